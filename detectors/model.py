@@ -1,0 +1,113 @@
+"""What goes into and comes out of a detector. Pure data: no Kafka, MQTT or database here.
+
+Detectors work on a *columnar batch* of readings (numpy arrays, one row per reading) plus per-device state
+(JSON-serialisable dicts, so the stream processor can keep them in a changelogged Faust table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+from typing import Any, Iterable
+
+import numpy as np
+
+from sitewatch.contracts import Reading, device_key
+
+
+class Level(IntEnum):
+    CLEAR = 0
+    YELLOW = 1  # warning: watch closely
+    ORANGE = 2  # alarm: act now
+    RED = 3  # cut-off / stop-work territory
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class ReadingBatch:
+    """A batch of readings as parallel arrays. Rows are in arrival order; ``ts`` may be out of order."""
+
+    site: np.ndarray  # object (str)
+    device: np.ndarray  # object (str)
+    family: np.ndarray  # object (str)
+    metric: np.ndarray  # object (str)
+    ts: np.ndarray  # int64 epoch ms
+    value: np.ndarray  # float64, canonical unit (see sitewatch.contracts.FAMILIES)
+
+    def __len__(self) -> int:
+        return int(self.ts.shape[0])
+
+    @property
+    def key(self) -> np.ndarray:
+        return np.array([device_key(s, d) for s, d in zip(self.site, self.device)], dtype=object)
+
+    @classmethod
+    def from_readings(cls, readings: Iterable[Reading]) -> "ReadingBatch":
+        rs = list(readings)
+        return cls(
+            site=np.array([r.site for r in rs], dtype=object),
+            device=np.array([r.device for r in rs], dtype=object),
+            family=np.array([r.family for r in rs], dtype=object),
+            metric=np.array([r.metric for r in rs], dtype=object),
+            ts=np.array([r.ts for r in rs], dtype=np.int64),
+            value=np.array([r.value for r in rs], dtype=np.float64),
+        )
+
+    @classmethod
+    def from_columns(cls, site, device, family, metric, ts, value) -> "ReadingBatch":
+        return cls(
+            site=np.asarray(site, dtype=object),
+            device=np.asarray(device, dtype=object),
+            family=np.asarray(family, dtype=object),
+            metric=np.asarray(metric, dtype=object),
+            ts=np.asarray(ts, dtype=np.int64),
+            value=np.asarray(value, dtype=np.float64),
+        )
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A detector's statement about one device and one hazard kind at one moment.
+
+    Emitted when the level for (device, kind) changes — entered, upgraded, downgraded, cleared
+    (``level == CLEAR``) — and re-asserted periodically while it stays raised, so the backlog can count
+    how long and how often it fired.
+    """
+
+    site: str
+    device: str
+    family: str
+    kind: str  # e.g. "crane.overload", "pit.cumulative", "fault.silent"
+    category: str  # "hazard" | "fault"
+    level: Level
+    ts: int  # epoch ms of the reading (or clock tick) that decided it
+    metric: str
+    value: float
+    threshold: float
+    rule: str  # human-readable: "load >= 100% of rated 10.0 t"
+    source: str = ""  # where the threshold comes from: standard / design document / config file
+    major: bool = False  # a 重大事故隐患: stop-work and listed supervision
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return device_key(self.site, self.device)
+
+    @property
+    def dedup_key(self) -> str:
+        return f"{self.site}/{self.device}/{self.kind}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["level"] = int(self.level)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Finding":
+        d = dict(d)
+        d["level"] = Level(d["level"])
+        d.pop("v", None)
+        return cls(**d)

@@ -1,0 +1,3 @@
+from sitewatch.cli import main
+
+main()

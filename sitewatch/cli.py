@@ -1,0 +1,214 @@
+"""The ``sitewatch`` command: the one place that wires every room together.
+
+Rooms are imported inside the commands, so ``sitewatch --help`` is instant and a command only pays for
+what it uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from sitewatch.settings import Settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.obj["settings"]
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum, _frame):
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--data-dir", type=click.Path(path_type=Path), help="local state (default .sitewatch or $SW_DATA_DIR)")
+@click.option("--mqtt-port", type=int, help="MQTT broker port (default 1883 or $SW_MQTT_PORT)")
+@click.option("--kafka", "kafka_bootstrap", help="Kafka bootstrap host:port (default 127.0.0.1:9092 or $SW_KAFKA_BOOTSTRAP)")
+@click.option("--db", "db_url", help="backlog database URL (default SQLite in the data dir, or $SW_DB_URL)")
+@click.option("-v", "--verbose", is_flag=True, help="debug logging")
+@click.pass_context
+def main(ctx, data_dir, mqtt_port, kafka_bootstrap, db_url, verbose):
+    """SiteWatch: construction-site safety monitoring on MQTT, Kafka and Faust.
+
+    \b
+    Quick start:   sitewatch demo           (whole pipeline, local brokers, simulator)
+    Pieces:        sitewatch up | bridge | worker | simulate
+    Inspect:       sitewatch tickets
+
+    Every option can also be set in the environment as SW_<NAME> (see sitewatch/settings.py).
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
+    for noisy in ("kafka", "aiokafka", "faust", "mode", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    overrides = {k: v for k, v in dict(data_dir=data_dir, mqtt_port=mqtt_port, kafka_bootstrap=kafka_bootstrap,
+                                       db_url=db_url).items() if v is not None}
+    ctx.obj = {"settings": Settings(**overrides)}
+
+
+@main.command()
+@click.option("--partitions", type=int, default=None, help="partitions per topic (default 4)")
+@click.pass_context
+def up(ctx, partitions):
+    """Start the local MQTT broker and Kafka-compatible broker, create the topics; Ctrl-C stops them."""
+    from sitewatch.localstack import LocalStack
+
+    s = _settings(ctx)
+    stack = LocalStack(s.data_dir, s.mqtt_port, int(s.kafka_bootstrap.rsplit(":", 1)[1]),
+                       partitions or s.kafka_partitions).start()
+    click.echo(f"MQTT   mqtt://127.0.0.1:{s.mqtt_port}\nKafka  {stack.bootstrap}\nlogs   {s.log_dir}\nCtrl-C to stop.")
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    try:
+        while not stop.wait(1.0):
+            for p in stack.procs:
+                if not p.running:
+                    raise click.ClickException(f"{p.name} exited unexpectedly:\n{p.tail()}")
+    finally:
+        stack.stop()
+        click.echo("stack stopped")
+
+
+@main.command()
+@click.option("--client-id", default="sitewatch-bridge", show_default=True,
+              help="MQTT client id; fixed so the broker keeps the persistent session across restarts")
+@click.pass_context
+def bridge(ctx, client_id):
+    """Run the MQTT → Kafka bridge (QoS 1, persistent session, ack after Kafka ack)."""
+    from ingest.bridge import Bridge
+
+    s = _settings(ctx)
+    b = Bridge(s.mqtt_host, s.mqtt_port, s.kafka_bootstrap, client_id, s.mqtt_username, s.mqtt_password)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    b.run(stop)
+
+
+@main.command()
+@click.option("--rules", type=click.Path(exists=True, path_type=Path), help="rules directory (default built-in)")
+@click.option("--webhook-url", help="deliver alerts to this webhook (or $SW_WEBHOOK_URL)")
+@click.pass_context
+def worker(ctx, rules, webhook_url):
+    """Run the Faust stream worker: validate → detect → tickets → alerts."""
+    import faust
+
+    from streams.app import create_app
+
+    s = _settings(ctx)
+    if rules:
+        s.rules_path = rules
+    if webhook_url:
+        s.webhook_url = webhook_url
+    pipe = create_app(s)
+    w = faust.Worker(pipe.app, loglevel="WARNING", quiet=True)
+    w.execute_from_commandline()
+
+
+@main.command()
+@click.option("--sites", default=2, show_default=True, help="number of sites")
+@click.option("--devices", default=2, show_default=True, help="devices per family per site")
+@click.option("--interval", default=1.0, show_default=True, help="seconds between readings of one sensor")
+@click.option("--scenario", default="crane-overload", show_default=True, help="hazard/fault to inject (--list)")
+@click.option("--at", "at_s", default=30.0, show_default=True, help="seconds into the run when the scenario starts")
+@click.option("--duration", type=float, help="stop after this many seconds (default: run until Ctrl-C)")
+@click.option("--mode", type=click.Choice(["gateway", "single"]), default="gateway", show_default=True,
+              help="gateway: one frame per site per tick; single: one MQTT message per reading")
+@click.option("--list", "list_scenarios", is_flag=True, help="list scenarios and exit")
+@click.pass_context
+def simulate(ctx, sites, devices, interval, scenario, at_s, duration, mode, list_scenarios):
+    """Publish simulated site sensor readings over MQTT, with a scenario injected on cue."""
+    from ingest.simulator import SimConfig, Simulator, describe_scenario, scenario_names
+
+    if list_scenarios:
+        for name in scenario_names():
+            click.echo(f"{name:16} {describe_scenario(name, at_s)}")
+        return
+    s = _settings(ctx)
+    try:
+        sim = Simulator(SimConfig(sites, devices, interval, scenario, at_s, mode))
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--scenario") from None
+    click.echo(f"simulating {sites} sites × {devices} devices/family, {len(sim.rows) / interval:.0f} readings/s; "
+               f"scenario: {describe_scenario(scenario, at_s)}")
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    sim.run(s.mqtt_host, s.mqtt_port, duration, stop, s.mqtt_username, s.mqtt_password)
+    click.echo(f"sent {sim.sent_readings} readings in {sim.sent_messages} messages")
+
+
+@main.command()
+@click.option("--site", help="only this site")
+@click.option("--events", is_flag=True, help="show each ticket's history")
+@click.pass_context
+def tickets(ctx, site, events):
+    """List hazard and fault tickets in the backlog."""
+    from backlog.store import Backlog
+
+    b = Backlog(_settings(ctx).backlog_url)
+    rows = b.tickets(site=site)
+    if not rows:
+        click.echo("no tickets")
+    for t in rows:
+        click.echo(_ticket_line(t))
+        if events:
+            for e in b.events(t.id):
+                click.echo(f"      {_fmt_ms(e.at_ms)} {e.actor:9} {e.action:18} {e.from_level} → {e.to_level}")
+
+
+LEVEL_COLOURS = {0: "green", 1: "yellow", 2: "bright_red", 3: "red"}
+LEVEL_NAMES = {0: "CLEAR", 1: "YELLOW", 2: "ORANGE", 3: "RED"}
+
+
+def _fmt_ms(ms: int) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ms / 1000))
+
+
+def _ticket_line(t) -> str:
+    level = click.style(f"{LEVEL_NAMES.get(t.peak_level, t.peak_level):6}", fg=LEVEL_COLOURS.get(t.peak_level), bold=True)
+    major = click.style(" MAJOR/stop-work", fg="red", bold=True) if t.major else ""
+    return (f"#{t.id:<4} {level} {t.category:6} {t.site}/{t.device} {t.kind:24} {t.metric}={t.last_value:.2f} "
+            f"(threshold {t.threshold:.2f}) ×{t.count} {t.status}{major}")
+
+
+@main.command()
+@click.option("--scenario", default="crane-overload", show_default=True, help="hazard to inject (see simulate --list)")
+@click.option("--at", "at_s", default=20.0, show_default=True, help="seconds after start when the scenario begins")
+@click.option("--sites", default=3, show_default=True)
+@click.option("--devices", default=2, show_default=True, help="devices per family per site")
+@click.option("--interval", default=1.0, show_default=True, help="seconds between readings of one sensor")
+@click.option("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+@click.option("--webhook-url", help="send alerts here instead of the built-in local receiver")
+@click.pass_context
+def demo(ctx, scenario, at_s, sites, devices, interval, duration, webhook_url):
+    """Run everything locally: brokers, bridge, worker, simulator, webhook receiver — and show it live."""
+    from sitewatch.demo import Demo
+
+    s = _settings(ctx)
+    demo_dir = s.data_dir / "demo"
+    shutil.rmtree(demo_dir, ignore_errors=True)  # the demo's brokers are in memory: start its backlog fresh too
+    s.data_dir = demo_dir
+    d = Demo(s, scenario=scenario, at_s=at_s, sites=sites, devices=devices, interval=interval,
+             webhook_url=webhook_url, echo=click.echo, ticket_line=_ticket_line)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    try:
+        d.run(stop, duration)
+    except Exception as e:  # a service that fails to start: say which and where its log is
+        raise click.ClickException(str(e)) from None
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

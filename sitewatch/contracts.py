@@ -1,0 +1,365 @@
+"""Message contracts: the one place that says what crosses a process boundary.
+
+Every room (ingest, streams, detectors, backlog, alerts) imports its topic names, payload shapes and
+validation from here, so a change of contract is one diff and one bump of ``SCHEMA_VERSION``.
+
+MQTT (sensor side)
+    ``sw/{site}/{family}/{device}/{metric}``       one reading  ``{"ts": ms|RFC3339, "value": n, "unit": "t"}``
+    ``sw/{site}/gateway/{gateway}/readings``       gateway frame ``{"readings": [{"family","device","metric",
+                                                   "ts","value","unit"}, ...]}``
+    ``sw/{site}/gateway/{gateway}/status``         gateway status / last-will ``{"ts", "online": bool, ...}``
+
+Kafka (inside)
+    ``sw.raw``          bridge envelopes: MQTT messages packed per key, original bytes kept
+    ``sw.readings``     validated readings packed per device (key ``site/device``), and gateway status records
+    ``sw.readings.dlq`` rejected input with the reason and the original bytes
+    ``sw.hazards``      detector findings (key ``site/device``)
+    ``sw.alerts``       notifications to deliver (key = ticket dedup key)
+    ``sw.config``       rule configuration updates
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterable
+
+SCHEMA_VERSION = 1
+
+# ---------------------------------------------------------------------------------------------- topics
+TOPIC_RAW = "sw.raw"
+TOPIC_READINGS = "sw.readings"
+TOPIC_DLQ = "sw.readings.dlq"
+TOPIC_HAZARDS = "sw.hazards"
+TOPIC_ALERTS = "sw.alerts"
+TOPIC_CONFIG = "sw.config"
+ALL_TOPICS = (TOPIC_RAW, TOPIC_READINGS, TOPIC_DLQ, TOPIC_HAZARDS, TOPIC_ALERTS, TOPIC_CONFIG)
+
+MQTT_ROOT = "sw"
+MQTT_SUBSCRIPTION = "sw/#"
+GATEWAY = "gateway"  # reserved word in the family position of a topic
+
+# ---------------------------------------------------------------------------------------------- limits
+MAX_PAYLOAD_BYTES = 64 * 1024       # one MQTT message; a gateway frame of ~500 readings fits
+MAX_FUTURE_SKEW_MS = 5 * 60 * 1000  # a reading stamped further ahead than this is a clock fault
+MIN_TS_MS = 946_684_800_000         # 2000-01-01: anything older is an unset RTC, not history
+_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+# ---------------------------------------------------------------------------------------------- families
+# family -> metric -> canonical unit. Names are what appears in MQTT topics and rules.
+FAMILIES: dict[str, dict[str, str]] = {
+    "crane": {"load": "t", "moment": "%", "wind": "m/s", "tilt": "deg"},
+    "formwork": {"settlement": "mm", "tilt": "deg", "axial_force": "kN", "horizontal_displacement": "mm"},
+    "pit": {
+        "wall_top_horizontal": "mm",
+        "wall_top_vertical": "mm",
+        "deep_horizontal": "mm",
+        "strut_force": "kN",
+        "groundwater_level": "m",
+        "surface_settlement": "mm",
+    },
+    "electrical": {
+        "current_a": "A",
+        "current_b": "A",
+        "current_c": "A",
+        "leakage": "mA",
+        "terminal_temp": "degC",
+    },
+    "battery": {"pack_temp": "degC", "cell_temp": "degC", "charge_current": "A", "smoke": "ppm", "co": "ppm"},
+}
+
+# (given unit, canonical unit) -> factor; spelled-out aliases sensors really send.
+UNIT_CONVERSIONS: dict[tuple[str, str], float] = {
+    ("kg", "t"): 0.001,
+    ("kN", "t"): 1 / 9.80665,
+    ("cm", "mm"): 10.0,
+    ("m", "mm"): 1000.0,
+    ("A", "mA"): 1000.0,
+    ("mA", "A"): 0.001,
+    ("N", "kN"): 0.001,
+    ("cm", "m"): 0.01,
+    ("mm", "m"): 0.001,
+}
+UNIT_ALIASES = {"°C": "degC", "℃": "degC", "C": "degC", "°": "deg", "pct": "%", "m/s2": "m/s2"}
+
+
+class InvalidReading(ValueError):
+    """A payload that breaks the contract. ``reason`` is a short machine-groupable code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    site: str
+    family: str
+    device: str
+    metric: str
+    ts: int  # epoch milliseconds, UTC
+    value: float  # in the canonical unit of FAMILIES[family][metric]
+
+    @property
+    def key(self) -> str:
+        return device_key(self.site, self.device)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayStatus:
+    site: str
+    gateway: str
+    ts: int
+    online: bool
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def device_key(site: str, device: str) -> str:
+    """Kafka key: one device's readings stay ordered in one partition."""
+    return f"{site}/{device}"
+
+
+def reading_topic(site: str, family: str, device: str, metric: str) -> str:
+    return f"{MQTT_ROOT}/{site}/{family}/{device}/{metric}"
+
+
+def gateway_topic(site: str, gateway: str, kind: str = "readings") -> str:
+    return f"{MQTT_ROOT}/{site}/{GATEWAY}/{gateway}/{kind}"
+
+
+def kafka_key_for_mqtt_topic(topic: str) -> str:
+    """The bridge keys by ``site/device`` (or ``site/gateway`` for frames) without parsing payloads."""
+    parts = topic.split("/")
+    if len(parts) == 5 and parts[0] == MQTT_ROOT:
+        return device_key(parts[1], parts[3])
+    return topic  # malformed topic: keep it together, validation will reject it
+
+
+# ---------------------------------------------------------------------------------------------- bridge envelope
+def pack_raw(messages: Iterable[tuple[str, bytes]], received_ms: int | None = None) -> bytes:
+    """Envelope for ``sw.raw``: several MQTT messages under one key, original bytes preserved."""
+    out = []
+    for topic, payload in messages:
+        try:
+            out.append({"t": topic, "p": payload.decode("utf-8")})
+        except UnicodeDecodeError:
+            out.append({"t": topic, "b64": base64.b64encode(payload).decode("ascii")})
+    rx = received_ms if received_ms is not None else now_ms()
+    return json.dumps({"v": SCHEMA_VERSION, "rx": rx, "msgs": out}, separators=(",", ":")).encode()
+
+
+def unpack_raw(data: bytes) -> tuple[int, list[tuple[str, bytes]]]:
+    env = json.loads(data)
+    msgs = []
+    for m in env["msgs"]:
+        payload = m["p"].encode("utf-8") if "p" in m else base64.b64decode(m["b64"])
+        msgs.append((m["t"], payload))
+    return int(env.get("rx", 0)), msgs
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def parse_ts(raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise InvalidReading("bad_timestamp", f"ts must be epoch ms or RFC 3339, got {raw!r}")
+    if isinstance(raw, (int, float)):
+        if not math.isfinite(raw):
+            raise InvalidReading("bad_timestamp", f"ts is not finite: {raw!r}")
+        return int(raw)
+    if isinstance(raw, str):
+        try:
+            dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidReading("bad_timestamp", f"ts is not RFC 3339: {raw!r}") from None
+        if dt.tzinfo is None:
+            raise InvalidReading("bad_timestamp", f"ts has no time zone: {raw!r}")
+        return int(dt.timestamp() * 1000)
+    raise InvalidReading("bad_timestamp", f"ts must be epoch ms or RFC 3339, got {type(raw).__name__}")
+
+
+def _check_id(kind: str, value: Any) -> str:
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise InvalidReading("bad_identifier", f"{kind} {value!r} must match {_ID_RE.pattern}")
+    return value
+
+
+def _canonical_value(family: str, metric: str, value: Any, unit: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidReading("non_numeric_value", f"value must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise InvalidReading("non_finite_value", f"value is {value!r}")
+    want = FAMILIES[family][metric]
+    if unit is None:
+        raise InvalidReading("missing_unit", f"{family}.{metric} needs unit {want!r}")
+    if not isinstance(unit, str):
+        raise InvalidReading("wrong_unit", f"unit must be a string, got {unit!r}")
+    unit = UNIT_ALIASES.get(unit, unit)
+    if unit == want:
+        return v
+    factor = UNIT_CONVERSIONS.get((unit, want))
+    if factor is None:
+        raise InvalidReading("wrong_unit", f"{family}.{metric} is measured in {want!r}, got {unit!r}")
+    return v * factor
+
+
+def _check_family_metric(family: Any, metric: Any) -> None:
+    if family not in FAMILIES:
+        raise InvalidReading("unknown_family", f"{family!r} is not one of {sorted(FAMILIES)}")
+    if metric not in FAMILIES[family]:
+        raise InvalidReading("unknown_metric", f"{family} has no metric {metric!r}; known: {sorted(FAMILIES[family])}")
+
+
+def _reading(site: str, family: Any, device: Any, metric: Any, body: dict, now: int) -> Reading:
+    _check_family_metric(family, metric)
+    _check_id("device", device)
+    if "ts" not in body:
+        raise InvalidReading("missing_field", "reading has no 'ts'")
+    if "value" not in body:
+        raise InvalidReading("missing_field", "reading has no 'value'")
+    ts = parse_ts(body["ts"])
+    if ts > now + MAX_FUTURE_SKEW_MS:
+        raise InvalidReading("future_timestamp", f"ts {ts} is {(ts - now) / 1000:.0f} s ahead of the clock")
+    if ts < MIN_TS_MS:
+        raise InvalidReading("bad_timestamp", f"ts {ts} is before 2000-01-01 (unset clock?)")
+    value = _canonical_value(family, metric, body["value"], body.get("unit"))
+    return Reading(site, family, device, metric, ts, value)
+
+
+@dataclass
+class Rejected:
+    """One rejected input, ready for the DLQ."""
+
+    reason: str
+    detail: str
+    topic: str
+    payload: bytes
+    index: int | None = None  # position inside a gateway frame, when only one item was bad
+
+    def to_dlq(self, received_ms: int) -> bytes:
+        return json.dumps(
+            {
+                "v": SCHEMA_VERSION,
+                "reason": self.reason,
+                "detail": self.detail,
+                "topic": self.topic,
+                "index": self.index,
+                "received_ms": received_ms,
+                "rejected_ms": now_ms(),
+                "payload_b64": base64.b64encode(self.payload).decode("ascii"),
+            },
+            separators=(",", ":"),
+        ).encode()
+
+
+@dataclass
+class Validated:
+    readings: list[Reading] = field(default_factory=list)
+    statuses: list[GatewayStatus] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+def validate_message(topic: str, payload: bytes, now: int | None = None, out: Validated | None = None) -> Validated:
+    """Turn one MQTT message into readings, or rejections with a reason. Never raises on bad input.
+
+    A gateway frame with one bad item keeps its good items: only the bad one goes to the DLQ.
+    """
+    out = out if out is not None else Validated()
+    now = now if now is not None else now_ms()
+
+    def reject(exc: InvalidReading, index: int | None = None) -> Validated:
+        out.rejected.append(Rejected(exc.reason, exc.detail, topic, payload, index))
+        return out
+
+    try:
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise InvalidReading("oversized", f"{len(payload)} bytes > limit {MAX_PAYLOAD_BYTES}")
+        parts = topic.split("/")
+        if len(parts) != 5 or parts[0] != MQTT_ROOT:
+            raise InvalidReading("bad_topic", f"{topic!r} is not sw/{{site}}/{{family}}/{{device}}/{{metric}}")
+        _, site, family, device, metric = parts
+        _check_id("site", site)
+        try:
+            body = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InvalidReading("bad_json", str(e)) from None
+        if not isinstance(body, dict):
+            raise InvalidReading("bad_schema", f"payload must be a JSON object, got {type(body).__name__}")
+        if family == GATEWAY:
+            _check_id("gateway", device)
+            if metric == "status":
+                online = body.get("online", True)
+                if not isinstance(online, bool):
+                    raise InvalidReading("bad_schema", "status 'online' must be true/false")
+                ts = parse_ts(body["ts"]) if "ts" in body else now
+                detail = {k: v for k, v in body.items() if k not in ("ts", "online")}
+                out.statuses.append(GatewayStatus(site, device, ts, online, detail))
+                return out
+            if metric != "readings":
+                raise InvalidReading("bad_topic", f"gateway topics end in /readings or /status, got {metric!r}")
+            items = body.get("readings")
+            if not isinstance(items, list):
+                raise InvalidReading("bad_schema", "gateway frame needs a 'readings' list")
+            for i, item in enumerate(items):
+                try:
+                    if not isinstance(item, dict):
+                        raise InvalidReading("bad_schema", f"readings[{i}] is not an object")
+                    out.readings.append(
+                        _reading(site, item.get("family"), item.get("device"), item.get("metric"), item, now)
+                    )
+                except InvalidReading as e:
+                    reject(e, i)
+            return out
+        out.readings.append(_reading(site, family, device, metric, body, now))
+        return out
+    except InvalidReading as e:
+        return reject(e)
+
+
+# ---------------------------------------------------------------------------------------------- sw.readings
+def pack_readings(readings: list[Reading], received_ms: int) -> bytes:
+    """One ``sw.readings`` record for readings of ONE device: columns, not objects, to keep JSON small."""
+    r0 = readings[0]
+    return json.dumps(
+        {
+            "v": SCHEMA_VERSION,
+            "type": "readings",
+            "site": r0.site,
+            "device": r0.device,
+            "family": r0.family,
+            "rx": received_ms,
+            "m": [r.metric for r in readings],
+            "ts": [r.ts for r in readings],
+            "val": [r.value for r in readings],
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def pack_status(status: GatewayStatus) -> bytes:
+    return json.dumps(
+        {
+            "v": SCHEMA_VERSION,
+            "type": "status",
+            "site": status.site,
+            "gateway": status.gateway,
+            "ts": status.ts,
+            "online": status.online,
+            "detail": status.detail,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def unpack_readings(record: dict) -> list[Reading]:
+    site, device, family = record["site"], record["device"], record["family"]
+    return [Reading(site, family, device, m, t, v) for m, t, v in zip(record["m"], record["ts"], record["val"])]

@@ -1,0 +1,90 @@
+"""The Faust application: topics, the per-device state table, and the stages wired together.
+
+    sw.raw ──validate──▶ sw.readings ──detect──▶ sw.hazards ──tickets──▶ backlog DB ──outbox──▶ sw.alerts ──notify──▶ receivers
+              └────────▶ sw.readings.dlq
+
+Every stage consumes in batches (``stream.take``) so per-message Faust overhead is paid once per batch, and
+offsets are committed only after a batch's output has been flushed to Kafka (at-least-once end to end).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import faust
+
+from sitewatch.contracts import TOPIC_ALERTS, TOPIC_DLQ, TOPIC_HAZARDS, TOPIC_RAW, TOPIC_READINGS
+from sitewatch.settings import Settings
+
+log = logging.getLogger("sitewatch.worker")
+
+
+@dataclass
+class Pipeline:
+    """Handles shared by the stages (filled in by ``create_app``)."""
+
+    app: faust.App
+    settings: Settings
+    raw: faust.TopicT
+    readings: faust.TopicT
+    dlq: faust.TopicT
+    hazards: faust.TopicT
+    alerts: faust.TopicT
+    device_state: faust.Table
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+
+def create_app(settings: Settings) -> Pipeline:
+    app = faust.App(
+        settings.worker_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",  # state is rebuilt from the changelog topic on start
+        web_enabled=False,  # no unauthenticated admin endpoint
+        topic_partitions=settings.kafka_partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        # Tansu makes a group join wait the full rebalance timeout (DESIGN §4): keep it short.
+        broker_session_timeout=6.0,
+        broker_rebalance_timeout=3.0,
+        broker_heartbeat_interval=1.0,
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+        producer_max_request_size=4 * 1024 * 1024,
+        datadir=str(settings.data_dir / "faust"),
+    )
+
+    def topic(name: str) -> faust.TopicT:
+        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    device_state = app.Table(
+        "device-state",
+        default=None,
+        key_type=str,
+        key_serializer="raw",  # same bytes as the sw.readings key, so the default partitioner co-partitions them
+        value_serializer="json",
+        partitions=settings.kafka_partitions,
+        use_partitioner=True,
+    )
+    pipe = Pipeline(
+        app=app,
+        settings=settings,
+        raw=topic(TOPIC_RAW),
+        readings=topic(TOPIC_READINGS),
+        dlq=topic(TOPIC_DLQ),
+        hazards=topic(TOPIC_HAZARDS),
+        alerts=topic(TOPIC_ALERTS),
+        device_state=device_state,
+    )
+
+    from streams import detect, notify, report, tickets, validate
+
+    validate.register(pipe)
+    detect.register(pipe)
+    tickets.register(pipe)
+    notify.register(pipe)
+    report.register(pipe)
+    return pipe

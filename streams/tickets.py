@@ -1,0 +1,55 @@
+"""Stage 3: sw.hazards → backlog tickets (dedup, level upgrades) → alert outbox → sw.alerts.
+
+The ticket write and the alert it announces are one database transaction (``backlog.store``); a leader-only
+timer publishes the outbox to ``sw.alerts`` and marks rows published only after Kafka acknowledged them.
+A crash in between re-publishes, and the notifier's delivery log drops the duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from backlog.store import Backlog
+from detectors.model import Finding
+from streams.app import Pipeline
+
+log = logging.getLogger("sitewatch.tickets")
+
+
+def register(pipe: Pipeline) -> None:
+    s = pipe.settings
+    backlog = Backlog(s.backlog_url)
+    db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backlog-db")  # one writer: SQLite-friendly
+
+    @pipe.app.agent(pipe.hazards, name="tickets")
+    async def tickets(stream):
+        async for batch in stream.take(1000, within=0.1):
+            findings = [Finding.from_dict(json.loads(b)) for b in batch]
+            queued = await asyncio.get_running_loop().run_in_executor(db, backlog.apply_findings, findings)
+            pipe.count("alerts_queued", queued)
+            if queued:
+                await publish_outbox()
+
+    publishing = asyncio.Lock()
+
+    async def publish_outbox() -> None:
+        async with publishing:
+            loop = asyncio.get_running_loop()
+            pending = await loop.run_in_executor(db, backlog.pending_alerts)
+            if not pending:
+                return
+            for _, alert in pending:
+                fut = await pipe.alerts.send(
+                    key=alert["ticket"]["dedup_key"].encode(),
+                    value=json.dumps(alert, ensure_ascii=False, separators=(",", ":")).encode(),
+                )
+                await fut
+            await loop.run_in_executor(db, backlog.mark_published, [i for i, _ in pending])
+            log.info("published %d alerts", len(pending))
+
+    @pipe.app.timer(1.0, name="outbox-publisher", on_leader=True)
+    async def outbox():
+        await publish_outbox()
