@@ -63,9 +63,9 @@ def create_app(settings: Settings) -> Pipeline:
     device_state = app.Table(
         "device-state",
         default=None,
-        key_type=str,
-        key_serializer="raw",  # same bytes as the sw.readings key, so the default partitioner co-partitions them
-        value_serializer="json",
+        # Keys are the raw bytes of the sw.readings key ("site/device"), so the default partitioner puts a
+        # device's state in the same partition number as its readings; values are plain JSON dicts.
+        key_type=bytes,  # -> "raw" key serializer both when writing and when recovering the changelog
         partitions=settings.kafka_partitions,
         use_partitioner=True,
     )

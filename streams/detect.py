@@ -53,9 +53,9 @@ def encode_finding(f: Finding) -> bytes:
     return json.dumps(d, separators=(",", ":")).encode()
 
 
-def partition_of(key: str, partitions: int) -> int:
+def partition_of(key: bytes, partitions: int) -> int:
     """The partition the default Kafka partitioner picks for a key (murmur2, as producers and the table use)."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class Detection:
@@ -65,36 +65,41 @@ class Detection:
 
     def run_batch(self, records: list[bytes]) -> list[Finding]:
         batch, statuses = decode_batch(records)
-        table = self.pipe.device_state
         findings: list[Finding] = []
         self.pipe.count("readings_detected", len(batch))
         if len(batch):
             keys = set(batch.key.tolist())
-            states = {k: table[k] for k in keys if table.get(k) is not None}
+            states = self._load(keys)
             findings += self.engine.process(batch, states)
-            for k in keys:
-                if k in states:
-                    table[k] = states[k]
+            self._store(states)
         for st in statuses:
-            k = f"{st.site}/gateway:{st.gateway}"
-            states = {k: table[k]} if table.get(k) is not None else {}
+            states = self._load([f"{st.site}/gateway:{st.gateway}"])
             findings += self.engine.on_status(st, states)
-            if k in states:
-                table[k] = states[k]
+            self._store(states)
         return findings
+
+    def _load(self, keys) -> dict[str, dict]:
+        """Table keys are bytes (see streams.app); the engine speaks str."""
+        table = self.pipe.device_state
+        found = ((k, table.get(k.encode())) for k in keys)
+        return {k: v for k, v in found if v is not None}
+
+    def _store(self, states: dict[str, dict]) -> None:
+        for k, v in states.items():
+            self.pipe.device_state[k.encode()] = v
 
     def run_tick(self, now: int) -> list[Finding]:
         table = self.pipe.device_state
-        assigned = {tp.partition for tp in self.pipe.app.assignment.assigned_actives() if tp.topic == TOPIC_READINGS}
+        assigned = {tp.partition for tp in self.pipe.app.assignor.assigned_actives() if tp.topic == TOPIC_READINGS}
         if not assigned:
             return []
         parts = self.pipe.settings.kafka_partitions
-        states = {k: v for k, v in table.items() if v is not None and partition_of(k, parts) in assigned}
+        states = {
+            k.decode(): v for k, v in table.items() if v is not None and partition_of(k, parts) in assigned
+        }
         before = {k: json.dumps(v, sort_keys=True) for k, v in states.items()}
         findings = self.engine.tick(now, states)
-        for k, v in states.items():
-            if before.get(k) != json.dumps(v, sort_keys=True):
-                table[k] = v
+        self._store({k: v for k, v in states.items() if before.get(k) != json.dumps(v, sort_keys=True)})
         return findings
 
 

@@ -11,6 +11,12 @@ log = logging.getLogger("sitewatch.worker")
 
 
 def register(pipe: Pipeline) -> None:
+    @pipe.app.on_rebalance_complete.connect
+    async def ready(sender, **kwargs):
+        # Tests and operators wait for this line: the worker owns partitions and is processing.
+        assigned = sorted(tp.partition for tp in sender.assignor.assigned_actives() if tp.topic == "sw.readings")
+        log.warning("worker ready: sw.readings partitions %s", assigned)
+
     last = {"t": time.monotonic(), "detected": 0}
 
     @pipe.app.timer(10.0, name="progress-report")

@@ -1,0 +1,39 @@
+# SiteWatch — everything a fresh machine needs, from the project's own files.
+#   make demo   the whole pipeline locally (brokers, bridge, worker, simulator, webhook receiver)
+#   make test   the test suite against real brokers and databases started by the tests
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PACKAGES := mosquitto influxdb postgresql
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test deps system-deps bench clean
+
+demo: deps
+	$(VENV)/bin/sitewatch demo $(ARGS)
+
+test: deps
+	$(PY) -m pytest $(ARGS)
+
+bench: deps
+	$(VENV)/bin/sitewatch bench $(ARGS)
+
+deps: system-deps $(STAMP)
+
+# Debian packages: the MQTT broker, the time-series database, PostgreSQL. Installed only when missing.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .sitewatch .pytest_cache
