@@ -21,6 +21,52 @@ from sitewatch.settings import Settings
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+# Commands that live with their room; imported only when invoked (fast --help, no cross-room imports here).
+ROOM_COMMANDS: dict[str, str] = {
+    "report": "backlog.cli:report",
+    "api": "backlog.cli:api",
+    "backlog": "backlog.cli:backlog",
+    "alerts": "alerts.cli:alerts",
+    "sink": "streams.sinks.cli:sink",
+    "dashboards": "dashboards.cli:dashboards",
+    "rules": "detectors.cli:rules",
+    "backtest": "detectors.cli:backtest",
+    "bench": "sitewatch.bench:bench",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose room commands are imported on first use."""
+
+    def _available(self) -> dict[str, str]:
+        import importlib.util
+
+        out = {}
+        for name, target in ROOM_COMMANDS.items():
+            module = target.split(":")[0]
+            try:
+                if importlib.util.find_spec(module) is not None:
+                    out[name] = target
+            except ModuleNotFoundError:
+                continue
+        return out
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self._available()))
+
+    def get_command(self, ctx, name):
+        cmd = super().get_command(ctx, name)
+        if cmd is not None:
+            return cmd
+        target = self._available().get(name)
+        if target is None:
+            return None
+        import importlib
+
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
 def _settings(ctx: click.Context) -> Settings:
     return ctx.obj["settings"]
 
@@ -33,7 +79,7 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--data-dir", type=click.Path(path_type=Path), help="local state (default .sitewatch or $SW_DATA_DIR)")
 @click.option("--mqtt-port", type=int, help="MQTT broker port (default 1883 or $SW_MQTT_PORT)")
 @click.option("--kafka", "kafka_bootstrap", help="Kafka bootstrap host:port (default 127.0.0.1:9092 or $SW_KAFKA_BOOTSTRAP)")
