@@ -158,7 +158,8 @@ def worker(ctx, rules, webhook_url):
     if webhook_url:
         s.webhook_url = webhook_url
     pipe = create_app(s)
-    w = faust.Worker(pipe.app, loglevel="WARNING", quiet=True)
+    # override_logging=False keeps our log format and levels (library chatter at WARNING, see main()).
+    w = faust.Worker(pipe.app, quiet=True, override_logging=False, redirect_stdouts=False)
     w.execute_from_commandline()
 
 

@@ -38,7 +38,29 @@ class Pipeline:
         self.counters[name] = self.counters.get(name, 0) + n
 
 
+FETCH_MAX_WAIT_MS = 100
+
+
+def _low_latency_fetch() -> None:
+    """Faust hard-codes ``fetch_max_wait_ms=1500`` for its consumer. With four hops between a sensor and a
+    webhook, a quiet partition can add 1.5 s per hop; a safety alert should not wait on that. Cap it."""
+    import aiokafka
+
+    if getattr(aiokafka.AIOKafkaConsumer, "_sitewatch_patched", False):
+        return
+
+    class LowLatencyConsumer(aiokafka.AIOKafkaConsumer):
+        _sitewatch_patched = True
+
+        def __init__(self, *args, **kwargs):
+            kwargs["fetch_max_wait_ms"] = min(kwargs.get("fetch_max_wait_ms", FETCH_MAX_WAIT_MS), FETCH_MAX_WAIT_MS)
+            super().__init__(*args, **kwargs)
+
+    aiokafka.AIOKafkaConsumer = LowLatencyConsumer
+
+
 def create_app(settings: Settings) -> Pipeline:
+    _low_latency_fetch()
     app = faust.App(
         settings.worker_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
