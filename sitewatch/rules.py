@@ -1,0 +1,660 @@
+"""Detector rules: schema, YAML loader, and per-site / per-device resolution.
+
+Why it lives in ``sitewatch`` and not in ``detectors``: the worker, the hot-reload listener and the ``sitewatch
+rules`` command all validate rule files, and none of them should import the detectors to do so. Nothing here
+does I/O except ``load_rules`` reading a directory.
+
+Layout on disk (see ``config/rules``)::
+
+    defaults.yaml           families:  one block per family, values from the standards (DESIGN.md §3)
+    sites/<site>.yaml       site: ...  family_overrides: {family: {...}}   devices: {device: {family: ..., ...}}
+
+A device's effective rules are ``defaults.families[f]`` deep-merged with the site's ``family_overrides[f]`` and
+then the device's own block, and the result is validated as a whole. So an error in a site file is reported at
+the line of the site file that caused it, e.g.
+``config/rules/sites/cz-0412.yaml:14: devices.tc-01.rated_load_t: Input should be greater than 0``.
+
+The same text can arrive over ``sw.config`` for hot reload: one YAML stream whose first document holds the
+defaults (``families:``) and whose further documents are site documents (``site:``), see ``bundle_text``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sitewatch.contracts import FAMILIES
+
+LEVEL_NAMES = ("yellow", "orange", "red")
+_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_DUR_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|min|h|d)?\s*$")
+_DUR_UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+# ------------------------------------------------------------------------------------------------ errors
+class RulesError(ValueError):
+    """Invalid rules. Every line of the message names ``file:line: field.path: problem``."""
+
+    def __init__(self, problems: list[tuple[str, int | None, str, str]]):
+        self.problems = problems
+        super().__init__("\n".join(_fmt_problem(*p) for p in problems))
+
+
+def _fmt_problem(file: str, line: int | None, path: str, msg: str) -> str:
+    where = f"{file}:{line}" if line is not None else file
+    return f"{where}: {path}: {msg}" if path else f"{where}: {msg}"
+
+
+# ------------------------------------------------------------------------------------------------ value types
+def _duration(v: Any) -> Any:
+    """Ops write "90s", "10min", "24h", "2d"; a bare number means seconds."""
+    if isinstance(v, bool):
+        raise ValueError("a duration is a number of seconds or a string like '90s', '10min', '24h', '2d'")
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        m = _DUR_RE.match(v)
+        if not m:
+            raise ValueError(f"{v!r} is not a duration like '90s', '10min', '24h', '2d'")
+        return float(m.group(1)) * _DUR_UNITS[m.group(2)]
+    return v
+
+
+Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+PositiveDuration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+Positive = Annotated[float, Field(gt=0)]
+LevelName = Literal["yellow", "orange", "red"]
+MajorLevel = Literal["yellow", "orange", "red", "none"]
+
+
+def _check_levels(v: list[float | None]) -> list[float | None]:
+    got = [x for x in v if x is not None]
+    if not got:
+        raise ValueError("at least one of yellow/orange/red must be set (use enabled: false to switch a check off)")
+    if any(x <= 0 for x in got):
+        raise ValueError("levels must be greater than 0 (null switches a level off)")
+    if any(b <= a for a, b in zip(got, got[1:])):
+        raise ValueError("levels must rise strictly: yellow < orange < red")
+    return v
+
+
+Levels3 = Annotated[list[float | None], Field(min_length=3, max_length=3)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ------------------------------------------------------------------------------------------------ building blocks
+class Knobs(_Model):
+    """How a check decides; ``None`` inherits the family's setting so a site tunes one place."""
+
+    enabled: bool = True
+    hold_count: Annotated[int, Field(ge=1)] | None = None
+    hold: Duration | None = None
+    clear_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
+    major_level: MajorLevel | None = None
+    source: str | None = None
+
+
+class AbsCheck(Knobs):
+    """Levels in the metric's own unit: [yellow, orange, red]; null switches a level off."""
+
+    levels: Levels3
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v):
+        return _check_levels(v)
+
+
+class PctCheck(Knobs):
+    """Levels as percentages of a rated value named by the family (rated load, breaker rating, RCD trip)."""
+
+    levels_pct: Levels3
+
+    @field_validator("levels_pct")
+    @classmethod
+    def _levels(cls, v):
+        return _check_levels(v)
+
+
+class ImbalanceCheck(PctCheck):
+    """(Imax - Imin) / Imax in %; judged only while the busiest phase carries ``min_load_pct`` of the rating."""
+
+    min_load_pct: Annotated[float, Field(ge=0, le=100)] = 20.0
+
+
+class RiseCheck(AbsCheck):
+    """Rate of rise, levels in unit per ``per``, measured over ``window``."""
+
+    per: Literal["s", "min", "h"] = "min"
+    window: PositiveDuration = 120.0
+
+
+class SensorRules(_Model):
+    """When a sensor is lying rather than the structure moving: these readings become faults, never hazards."""
+
+    range: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
+    spike_step: Positive | None = None  # a jump larger than this away from both previous readings is suspect
+    flatline_after: PositiveDuration | None = None  # identical readings for this long mean a stuck sensor
+    flatline_eps: Annotated[float, Field(ge=0)] = 0.0
+
+    @field_validator("range")
+    @classmethod
+    def _range(cls, v):
+        if v is not None and v[0] >= v[1]:
+            raise ValueError("range must be [low, high] with low < high")
+        return v
+
+
+class FamilyBase(_Model):
+    family: ClassVar[str] = ""
+    source: str
+    expected_interval: PositiveDuration = 1.0
+    hold_count: Annotated[int, Field(ge=1)] = 1
+    hold: Duration = 0.0
+    clear_ratio: Annotated[float, Field(gt=0, le=1)] = 0.95
+    major_level: MajorLevel = "red"
+    sensors: dict[str, SensorRules] = Field(default_factory=dict)
+
+    @field_validator("sensors", mode="before")
+    @classmethod
+    def _known_sensors(cls, v: Any) -> Any:
+        unknown = sorted(set(v) - set(FAMILIES[cls.family])) if isinstance(v, dict) else []
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown} for {cls.family}; known: {sorted(FAMILIES[cls.family])}")
+        return v
+
+
+# ------------------------------------------------------------------------------------------------ families
+class CraneRules(FamilyBase):
+    family: ClassVar[str] = "crane"
+    source: str = "GB 12602-2020 / GB/T 5031-2019"
+    rated_load_t: Positive = 10.0
+    overload: PctCheck = PctCheck(levels_pct=[90.0, 100.0, 110.0])  # of rated_load_t
+    moment: PctCheck = PctCheck(levels_pct=[90.0, 100.0, 110.0])  # the moment metric is already % of rated
+    wind: AbsCheck = AbsCheck(levels=[None, 20.0, None], major_level="none")  # m/s: lifting stops
+    sensors: dict[str, SensorRules] = Field(default_factory=lambda: {
+        "load": SensorRules(range=[-1.0, 100.0]),
+        "moment": SensorRules(range=[-5.0, 300.0]),
+        "wind": SensorRules(range=[0.0, 75.0], flatline_after=120.0),
+        "tilt": SensorRules(range=[-15.0, 15.0]),
+    })
+
+
+class PointMetric(_Model):
+    """One measured quantity of a monitoring point and its design alarm values (GB 50497 §8)."""
+
+    measure: Literal["change", "absolute"] = "change"
+    alarm: Positive | None = None  # cumulative change (or absolute value) alarm value, in the metric's unit
+    design_value: Positive | None = None  # e.g. strut design axial force; alarm = design_value × alarm_pct / 100
+    alarm_pct_of_design: Annotated[float, Field(gt=0, le=200)] = 70.0
+    rate: Positive | None = None  # alarm value of the rate, metric unit per family ``rate_per``
+    direction: Literal["both", "increase", "decrease"] = "both"
+    baseline: float | Literal["first"] = 0.0  # installation zero: a number, or the first reading received
+
+    @property
+    def alarm_value(self) -> float | None:
+        if self.alarm is not None:
+            return self.alarm
+        if self.design_value is not None:
+            return self.design_value * self.alarm_pct_of_design / 100.0
+        return None
+
+
+class MonitoredFamily(FamilyBase):
+    """Pit and formwork share the shape: per-metric alarm values, graded at ``level_pcts`` of them."""
+
+    level_pcts: Levels3 = [70.0, 85.0, 100.0]
+    rate_window: PositiveDuration = 86400.0
+    rate_per: Literal["min", "h", "d"] = "d"
+    rate_consecutive: Annotated[int, Field(ge=1, le=7)] = 1
+    cumulative: Knobs = Knobs()
+    rate: Knobs = Knobs()
+    metrics: dict[str, PointMetric] = Field(default_factory=dict)
+
+    @field_validator("level_pcts")
+    @classmethod
+    def _levels(cls, v):
+        return _check_levels(v)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _known_metrics(cls, v: Any) -> Any:
+        unknown = sorted(set(v) - set(FAMILIES[cls.family])) if isinstance(v, dict) else []
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown} for {cls.family}; known: {sorted(FAMILIES[cls.family])}")
+        return v
+
+
+class PitRules(MonitoredFamily):
+    family: ClassVar[str] = "pit"
+    source: str = "GB 50497-2019 §8"
+    grade: Literal[1, 2, 3] = 2  # 基坑等级, recorded in the evidence; alarm values come from the design
+    expected_interval: PositiveDuration = 6.0
+    rate_window: PositiveDuration = 86400.0
+    rate_per: Literal["min", "h", "d"] = "d"
+    rate_consecutive: Annotated[int, Field(ge=1, le=7)] = 2  # "连续2d以上"
+    metrics: dict[str, PointMetric] = Field(default_factory=lambda: {
+        "wall_top_horizontal": PointMetric(alarm=30.0, rate=3.0),
+        "wall_top_vertical": PointMetric(alarm=20.0, rate=3.0),
+        "deep_horizontal": PointMetric(alarm=45.0, rate=3.0),
+        "strut_force": PointMetric(measure="absolute", design_value=2000.0, alarm_pct_of_design=70.0),
+        "groundwater_level": PointMetric(alarm=1.0, rate=0.5, baseline="first"),
+        "surface_settlement": PointMetric(alarm=30.0, rate=3.0),
+    })
+    sensors: dict[str, SensorRules] = Field(default_factory=lambda: {
+        "wall_top_horizontal": SensorRules(range=[-500.0, 500.0], spike_step=20.0, flatline_after=21600.0),
+        "wall_top_vertical": SensorRules(range=[-500.0, 500.0], spike_step=20.0, flatline_after=21600.0),
+        "deep_horizontal": SensorRules(range=[-500.0, 500.0], spike_step=20.0, flatline_after=21600.0),
+        "strut_force": SensorRules(range=[-5000.0, 20000.0], spike_step=1000.0, flatline_after=21600.0),
+        "groundwater_level": SensorRules(range=[-200.0, 200.0], spike_step=2.0, flatline_after=21600.0),
+        "surface_settlement": SensorRules(range=[-500.0, 500.0], spike_step=20.0, flatline_after=21600.0),
+    })
+
+
+class FormworkRules(MonitoredFamily):
+    family: ClassVar[str] = "formwork"
+    source: str = "JGJ 162-2008 / formwork scheme control values"
+    rate_window: PositiveDuration = 300.0
+    rate_per: Literal["min", "h", "d"] = "min"
+    rate_consecutive: Annotated[int, Field(ge=1, le=7)] = 1
+    rate: Knobs = Knobs(hold_count=3)
+    metrics: dict[str, PointMetric] = Field(default_factory=lambda: {
+        "settlement": PointMetric(alarm=10.0, rate=0.5),
+        "horizontal_displacement": PointMetric(alarm=10.0, rate=0.5),
+        "tilt": PointMetric(alarm=1.0),
+        "axial_force": PointMetric(measure="absolute", alarm=60.0),
+    })
+    sensors: dict[str, SensorRules] = Field(default_factory=lambda: {
+        "settlement": SensorRules(range=[-200.0, 200.0], spike_step=10.0, flatline_after=600.0),
+        "horizontal_displacement": SensorRules(range=[-200.0, 200.0], spike_step=10.0, flatline_after=600.0),
+        "tilt": SensorRules(range=[-30.0, 30.0], spike_step=5.0, flatline_after=600.0),
+        "axial_force": SensorRules(range=[-50.0, 1000.0], flatline_after=600.0),
+    })
+
+
+class ElectricalRules(FamilyBase):
+    family: ClassVar[str] = "electrical"
+    source: str = "JGJ 46-2005"
+    major_level: MajorLevel = "none"
+    breaker_rating_a: Positive = 125.0
+    rcd_trip_ma: Positive = 30.0  # ≤ 15 in wet places
+    overcurrent: PctCheck = PctCheck(levels_pct=[90.0, 100.0, 120.0], hold=10.0)
+    leakage: PctCheck = PctCheck(levels_pct=[50.0, 75.0, 100.0], hold=30.0)  # of rcd_trip_ma: "persistently"
+    imbalance: ImbalanceCheck = ImbalanceCheck(levels_pct=[20.0, 30.0, 50.0], hold=300.0)
+    terminal_temp: AbsCheck = AbsCheck(levels=[70.0, 80.0, 90.0], hold_count=3)
+    sensors: dict[str, SensorRules] = Field(default_factory=lambda: {
+        "current_a": SensorRules(range=[-1.0, 5000.0]),
+        "current_b": SensorRules(range=[-1.0, 5000.0]),
+        "current_c": SensorRules(range=[-1.0, 5000.0]),
+        "leakage": SensorRules(range=[-1.0, 5000.0]),
+        "terminal_temp": SensorRules(range=[-40.0, 300.0], spike_step=30.0, flatline_after=1800.0),
+    })
+
+
+class BatteryRules(FamilyBase):
+    family: ClassVar[str] = "battery"
+    source: str = "Changzhou 2023 safety-governance plan (charging fire risk)"
+    major_level: MajorLevel = "none"
+    temp: AbsCheck = AbsCheck(levels=[45.0, 55.0, 65.0], hold_count=2)  # pack_temp and cell_temp, °C
+    temp_rise: RiseCheck = RiseCheck(levels=[1.0, 2.0, 5.0], per="min", window=120.0, hold_count=5)
+    gas: AbsCheck = AbsCheck(levels=[50.0, 100.0, 200.0], hold_count=3)  # co and smoke, ppm
+    sensors: dict[str, SensorRules] = Field(default_factory=lambda: {
+        "pack_temp": SensorRules(range=[-40.0, 400.0], spike_step=25.0, flatline_after=1800.0),
+        "cell_temp": SensorRules(range=[-40.0, 400.0], spike_step=25.0, flatline_after=1800.0),
+        "charge_current": SensorRules(range=[-1000.0, 1000.0]),
+        "smoke": SensorRules(range=[0.0, 100000.0]),
+        "co": SensorRules(range=[0.0, 100000.0]),
+    })
+
+
+FAMILY_MODELS: dict[str, type[FamilyBase]] = {
+    m.family: m for m in (CraneRules, PitRules, FormworkRules, ElectricalRules, BatteryRules)
+}
+FamilyRules = CraneRules | PitRules | FormworkRules | ElectricalRules | BatteryRules
+
+
+class FaultRules(_Model):
+    """Sensor-fault handling, shared by all families."""
+
+    silent_after_intervals: Annotated[float, Field(ge=1)] = 10.0
+    silent_level: LevelName = "orange"
+    flatline_level: LevelName = "yellow"
+    spike_level: LevelName = "yellow"
+    out_of_range_level: LevelName = "orange"
+    gateway_offline_level: LevelName = "orange"
+    clear_after_good: Annotated[int, Field(ge=1)] = 10  # consecutive good readings that end a spike / range fault
+
+
+class Families(_Model):
+    crane: CraneRules = CraneRules()
+    pit: PitRules = PitRules()
+    formwork: FormworkRules = FormworkRules()
+    electrical: ElectricalRules = ElectricalRules()
+    battery: BatteryRules = BatteryRules()
+
+
+class Defaults(_Model):
+    version: Literal[1] = 1
+    reassert: PositiveDuration = 60.0  # a raised finding is repeated this often (reading time)
+    faults: FaultRules = FaultRules()
+    families: Families = Families()
+
+
+class SiteDoc(_Model):
+    """Shape check only; the override blocks are validated merged with the defaults (see ``_build_site``)."""
+
+    site: str
+    source: str | None = None  # e.g. "cz-0412 monitoring scheme rev. 3": named as the source of overridden values
+    family_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    devices: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("site")
+    @classmethod
+    def _site_id(cls, v: str) -> str:
+        if not _ID_RE.match(v):
+            raise ValueError(f"site id must match {_ID_RE.pattern}")
+        return v
+
+    @model_validator(mode="after")
+    def _keys(self) -> "SiteDoc":
+        for fam in self.family_overrides:
+            if fam not in FAMILIES:
+                raise ValueError(f"family_overrides: unknown family {fam!r}; known: {sorted(FAMILIES)}")
+        for dev in self.devices:
+            if not _ID_RE.match(str(dev)):
+                raise ValueError(f"devices: device id {dev!r} must match {_ID_RE.pattern}")
+        return self
+
+
+# ------------------------------------------------------------------------------------------------ resolved rules
+@dataclass(frozen=True)
+class DeviceRules:
+    """The effective rules for one device plus where they came from (for evidence and ``sitewatch rules``)."""
+
+    site: str
+    device: str
+    family: str
+    rules: FamilyRules
+    reassert_s: float
+    faults: FaultRules
+    overridden_by: tuple[str, ...] = ()  # "config/rules/sites/cz-0412.yaml devices.tc-01", ...
+    site_source: str | None = None
+
+
+@dataclass
+class _Site:
+    site: str
+    file: str
+    source: str | None
+    families: dict[str, FamilyBase]
+    devices: dict[str, tuple[str, FamilyBase]]
+
+
+@dataclass
+class RuleSet:
+    defaults: Defaults = field(default_factory=Defaults)
+    sites: dict[str, _Site] = field(default_factory=dict)
+    origin: str = "built-in defaults"
+
+    @classmethod
+    def default(cls) -> "RuleSet":
+        return cls()
+
+    @classmethod
+    def from_yaml_text(cls, text: str, filename: str = "<text>") -> "RuleSet":
+        """A whole rule set from one YAML stream: a defaults document and/or site documents (``---``-separated).
+
+        Without a defaults document the built-in defaults apply, so a stream of site documents is enough.
+        """
+        docs = _parse_stream(text, filename)
+        defaults: Defaults | None = None
+        sites: list[tuple[str, Any, dict]] = []
+        problems: list = []
+        for node, data in docs:
+            if data is None:
+                continue
+            if isinstance(data, dict) and "site" in data:
+                sites.append((filename, node, data))
+            elif isinstance(data, dict) and defaults is None:
+                try:
+                    defaults = _build_defaults(filename, node, data)
+                except RulesError as e:
+                    problems += e.problems
+            else:
+                line = node.start_mark.line + 1
+                problems.append((filename, line, "", "expected a defaults document (families: ...) or a site "
+                                                     "document (site: ...), and at most one defaults document"))
+        return cls._assemble(defaults or Defaults(), sites, problems, origin=filename)
+
+    @classmethod
+    def _assemble(cls, defaults: Defaults, site_docs: list[tuple[str, Any, dict]], problems: list,
+                  origin: str) -> "RuleSet":
+        out = cls(defaults=defaults, origin=origin)
+        for file, node, data in site_docs:
+            try:
+                s = _build_site(defaults, file, node, data)
+            except RulesError as e:
+                problems += e.problems
+                continue
+            if s.site in out.sites:
+                problems.append((file, _line_of(node, ["site"]), "site",
+                                 f"site {s.site!r} is already defined in {out.sites[s.site].file}"))
+                continue
+            out.sites[s.site] = s
+        if problems:
+            raise RulesError(problems)
+        return out
+
+    # -------------------------------------------------------------------------------------------- lookups
+    def family(self, site: str, family: str) -> FamilyBase:
+        s = self.sites.get(site)
+        if s is not None and family in s.families:
+            return s.families[family]
+        return getattr(self.defaults.families, family)
+
+    def device(self, site: str, device: str, family: str) -> DeviceRules:
+        """Effective rules; a device block for another family is ignored (the reading's family wins)."""
+        s = self.sites.get(site)
+        over: list[str] = []
+        rules = self.family(site, family)
+        if s is not None:
+            if family in s.families:
+                over.append(f"{s.file} family_overrides.{family}")
+            dev = s.devices.get(device)
+            if dev is not None and dev[0] == family:
+                rules = dev[1]
+                over.append(f"{s.file} devices.{device}")
+        return DeviceRules(site, device, family, rules, self.defaults.reassert, self.defaults.faults,  # type: ignore[arg-type]
+                           tuple(over), s.source if s else None)
+
+    def configured_devices(self, site: str | None = None) -> list[tuple[str, str, str]]:
+        """(site, device, family) of every device named in a site file."""
+        return [(s.site, d, fam) for s in self.sites.values() if site in (None, s.site)
+                for d, (fam, _) in sorted(s.devices.items())]
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable content hash: tells hot reload whether anything changed and names the version in logs."""
+        h = hashlib.sha256(self.defaults.model_dump_json().encode())
+        for name in sorted(self.sites):
+            s = self.sites[name]
+            h.update(name.encode())
+            for fam in sorted(s.families):
+                h.update(fam.encode() + s.families[fam].model_dump_json().encode())
+            for d in sorted(s.devices):
+                h.update(d.encode() + s.devices[d][1].model_dump_json().encode())
+        return h.hexdigest()[:16]
+
+
+def load_rules(path: str | Path) -> RuleSet:
+    """A rules directory (``defaults.yaml`` optional, ``sites/*.yaml``) or a single YAML file."""
+    p = Path(path)
+    if p.is_file():
+        return RuleSet.from_yaml_text(p.read_text(encoding="utf-8"), filename=str(p))
+    if not p.is_dir():
+        raise RulesError([(str(p), None, "", "no such rules file or directory")])
+    problems: list = []
+    defaults = Defaults()
+    dfile = p / "defaults.yaml"
+    if dfile.exists():
+        try:
+            docs = _parse_stream(dfile.read_text(encoding="utf-8"), str(dfile))
+            node, data = docs[0] if docs else (None, None)
+            if data is not None:
+                defaults = _build_defaults(str(dfile), node, data)
+        except RulesError as e:
+            problems += e.problems
+    site_docs = []
+    for f in sorted((p / "sites").glob("*.y*ml")) if (p / "sites").is_dir() else []:
+        try:
+            for node, data in _parse_stream(f.read_text(encoding="utf-8"), str(f)):
+                if data is not None:
+                    site_docs.append((str(f), node, data))
+        except RulesError as e:
+            problems += e.problems
+    return RuleSet._assemble(defaults, site_docs, problems, origin=str(p))
+
+
+def bundle_text(path: str | Path) -> str:
+    """A rules directory as one YAML stream for ``sw.config``: what ``RuleSet.from_yaml_text`` reads back."""
+    p = Path(path)
+    parts = []
+    if (p / "defaults.yaml").exists():
+        parts.append((p / "defaults.yaml").read_text(encoding="utf-8"))
+    if (p / "sites").is_dir():
+        parts += [f.read_text(encoding="utf-8") for f in sorted((p / "sites").glob("*.y*ml"))]
+    return "\n---\n".join(t.strip("\n").removeprefix("---\n") for t in parts) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ validation
+def _parse_stream(text: str, filename: str) -> list[tuple[Any, Any]]:
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        datas = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(e, "problem", None) or str(e)
+        raise RulesError([(filename, line, "", f"YAML syntax: {problem}")]) from None
+    problems: list = []
+    for node in nodes:
+        _find_duplicate_keys(node, filename, [], problems)
+    if problems:
+        raise RulesError(problems)
+    return list(zip(nodes, datas))
+
+
+def _find_duplicate_keys(node: Any, filename: str, path: list, problems: list) -> None:
+    """PyYAML keeps the last of two equal keys silently; in a rule file that hides a typo'd override."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for k, v in node.value:
+            key = k.value
+            if key in seen:
+                problems.append((filename, k.start_mark.line + 1, ".".join(map(str, path + [key])),
+                                 f"duplicate key (first at line {seen[key]})"))
+            seen[key] = k.start_mark.line + 1
+            _find_duplicate_keys(v, filename, path + [key], problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _find_duplicate_keys(v, filename, path + [i], problems)
+
+
+def _line_of(node: Any, path: list) -> int | None:
+    """Line of the deepest node along ``path``; for a mapping entry the line of its key, where people look."""
+    if node is None:
+        return None
+    mark = node.start_mark
+    for item in path:
+        if isinstance(node, yaml.MappingNode):
+            pair = next(((k, v) for k, v in node.value if k.value == str(item)), None)
+            if pair is None:
+                break
+            mark, node = pair[0].start_mark, pair[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(item, int) and item < len(node.value):
+            node = node.value[item]
+            mark = node.start_mark
+        else:
+            break
+    return mark.line + 1
+
+
+def _problems_from(exc: ValidationError, filename: str, root: Any, prefix: list) -> list:
+    out = []
+    for err in exc.errors():
+        loc = [x for x in err["loc"] if not (isinstance(x, str) and x.startswith(("function-", "list[")))]
+        path = prefix + loc
+        msg = err["msg"].removeprefix("Value error, ")
+        out.append((filename, _line_of(root, path), ".".join(map(str, path)), msg))
+    return out
+
+
+def _build_defaults(filename: str, node: Any, data: Any) -> Defaults:
+    if not isinstance(data, dict):
+        raise RulesError([(filename, _line_of(node, []), "", "a defaults document must be a mapping")])
+    try:
+        return Defaults.model_validate(data)
+    except ValidationError as e:
+        raise RulesError(_problems_from(e, filename, node, [])) from None
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _build_site(defaults: Defaults, filename: str, node: Any, data: Any) -> _Site:
+    if not isinstance(data, dict):
+        raise RulesError([(filename, _line_of(node, []), "", "a site document must be a mapping")])
+    try:
+        doc = SiteDoc.model_validate(data)
+    except ValidationError as e:
+        raise RulesError(_problems_from(e, filename, node, [])) from None
+    problems: list = []
+    families: dict[str, FamilyBase] = {}
+    for fam, over in doc.family_overrides.items():
+        base = getattr(defaults.families, fam).model_dump()
+        if not isinstance(over, dict):
+            problems.append((filename, _line_of(node, ["family_overrides", fam]), f"family_overrides.{fam}",
+                             "must be a mapping"))
+            continue
+        try:
+            families[fam] = FAMILY_MODELS[fam].model_validate(_deep_merge(base, over))
+        except ValidationError as e:
+            problems += _problems_from(e, filename, node, ["family_overrides", fam])
+    devices: dict[str, tuple[str, FamilyBase]] = {}
+    for dev, over in doc.devices.items():
+        where = ["devices", dev]
+        if not isinstance(over, dict) or "family" not in over:
+            problems.append((filename, _line_of(node, where), ".".join(where),
+                             f"each device needs 'family: <one of {sorted(FAMILIES)}>'"))
+            continue
+        fam = over["family"]
+        if fam not in FAMILIES:
+            problems.append((filename, _line_of(node, where + ["family"]), ".".join(where + ["family"]),
+                             f"unknown family {fam!r}; known: {sorted(FAMILIES)}"))
+            continue
+        base = (families.get(fam) or getattr(defaults.families, fam)).model_dump()
+        rest = {k: v for k, v in over.items() if k != "family"}
+        try:
+            devices[dev] = (fam, FAMILY_MODELS[fam].model_validate(_deep_merge(base, rest)))
+        except ValidationError as e:
+            problems += _problems_from(e, filename, node, where)
+    if problems:
+        raise RulesError(problems)
+    return _Site(doc.site, filename, doc.source, families, devices)
