@@ -29,8 +29,8 @@ ROOM_COMMANDS: dict[str, str] = {
     "alerts": "alerts.cli:alerts",
     "sink": "streams.sinks.cli:sink",
     "dashboards": "dashboards.cli:dashboards",
-    "rules": "detectors.cli:rules",
-    "backtest": "detectors.cli:backtest",
+    "rules": "streams.rules_cli:rules",
+    "backtest": "streams.backtest:backtest",
     "bench": "sitewatch.bench:bench",
 }
 
