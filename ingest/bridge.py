@@ -7,8 +7,9 @@ Why it is built this way:
   write. A bridge crash therefore leaves unacknowledged messages with the broker, which redelivers them when the
   bridge comes back. Nothing the broker acknowledged to a sensor is lost between MQTT and Kafka.
 - **Packing.** Per-reading Kafka records cap a Faust worker near 17k readings/s (DESIGN §4), so the bridge packs
-  the messages that arrive within ``linger`` into one ``sw.raw`` record per key (``site/device``, or
-  ``site/gateway`` for gateway frames), keeping each device's messages ordered in one partition. The original
+  the messages that arrive within ``linger`` into one ``sw.raw`` record per *partition*: each message's key
+  (``site/device``, or ``site/gateway`` for gateway frames) picks the partition with Kafka's default
+  partitioner, so a device's messages stay ordered in one partition exactly as if keyed one by one. The original
   bytes travel unchanged: validation happens downstream, and what it rejects reaches the DLQ byte for byte.
 - **No validation here.** The bridge stays dumb and fast; the single validation point is the worker
   (``sitewatch.contracts.validate_message``).
@@ -25,7 +26,14 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from kafka import KafkaProducer
 
-from sitewatch.contracts import MQTT_SUBSCRIPTION, TOPIC_RAW, kafka_key_for_mqtt_topic, now_ms, pack_raw
+from sitewatch.contracts import (
+    MQTT_SUBSCRIPTION,
+    TOPIC_RAW,
+    kafka_key_for_mqtt_topic,
+    now_ms,
+    pack_raw,
+    partition_of,
+)
 
 log = logging.getLogger("sitewatch.bridge")
 
@@ -57,6 +65,8 @@ class Bridge:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reconnect = threading.Event()
+        self._n_partitions: int | None = None
+        self._part_cache: dict[str, int] = {}
         self._producer = KafkaProducer(
             bootstrap_servers=kafka_bootstrap,
             client_id=client_id,
@@ -65,7 +75,6 @@ class Bridge:
             retries=2_147_483_647,
             delivery_timeout_ms=120_000,
             max_request_size=4 * 1024 * 1024,
-            key_serializer=str.encode,
         )
         self._mqtt = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
@@ -108,24 +117,37 @@ class Bridge:
         if not batch:
             return 0
         rx = now_ms()
-        groups: dict[str, list[tuple[str, bytes, int, int]]] = defaultdict(list)
+        partitions = self._partitions()
+        groups: dict[int, list[tuple[str, bytes, int, int]]] = defaultdict(list)
         for item in batch:
-            groups[kafka_key_for_mqtt_topic(item[0])].append(item)
-        for key, items in groups.items():
+            key = kafka_key_for_mqtt_topic(item[0])
+            p = self._part_cache.get(key)
+            if p is None:
+                if len(self._part_cache) > 1_000_000:  # bounded even if a broker lets odd topics through
+                    self._part_cache.clear()
+                p = self._part_cache[key] = partition_of(key.encode(), partitions)
+            groups[p].append(item)
+        for partition, items in groups.items():
             chunk: list[tuple[str, bytes, int, int]] = []
             size = 0
             for item in items:
                 if chunk and size + len(item[1]) > MAX_RECORD_BYTES:
-                    self._send(key, chunk, rx)
+                    self._send(partition, chunk, rx)
                     chunk, size = [], 0
                 chunk.append(item)
                 size += len(item[1]) + len(item[0]) + 16
-            self._send(key, chunk, rx)
+            self._send(partition, chunk, rx)
         return len(batch)
 
-    def _send(self, key: str, items: list[tuple[str, bytes, int, int]], rx: int) -> None:
+    def _partitions(self) -> int:
+        if self._n_partitions is None:
+            found = self._producer.partitions_for(TOPIC_RAW)
+            self._n_partitions = len(found)
+        return self._n_partitions
+
+    def _send(self, partition: int, items: list[tuple[str, bytes, int, int]], rx: int) -> None:
         value = pack_raw(((t, p) for t, p, _, _ in items), rx)
-        future = self._producer.send(TOPIC_RAW, key=key, value=value)
+        future = self._producer.send(TOPIC_RAW, value=value, partition=partition)
         mids = [(mid, qos) for _, _, mid, qos in items if qos > 0]
         future.add_callback(self._acked, mids)
         future.add_errback(self._failed, len(items))

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sw.readings records carry many devices (see pack_readings); v1 records still read
 
 # ---------------------------------------------------------------------------------------------- topics
 TOPIC_RAW = "sw.raw"
@@ -123,6 +123,14 @@ class GatewayStatus:
 def device_key(site: str, device: str) -> str:
     """Kafka key: one device's readings stay ordered in one partition."""
     return f"{site}/{device}"
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2) picks for a key: how ``sw.readings`` records, the
+    device-state table and any other producer agree on where a device lives."""
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def reading_topic(site: str, family: str, device: str, metric: str) -> str:
@@ -327,16 +335,21 @@ def validate_message(topic: str, payload: bytes, now: int | None = None, out: Va
 
 # ---------------------------------------------------------------------------------------------- sw.readings
 def pack_readings(readings: list[Reading], received_ms: int) -> bytes:
-    """One ``sw.readings`` record for readings of ONE device: columns, not objects, to keep JSON small."""
-    r0 = readings[0]
+    """One ``sw.readings`` record for readings of any number of devices that share a partition.
+
+    Columns, not objects, and the (site, device, family) triple dictionary-encoded: ``devs`` lists each device
+    once and ``d`` points every row at its device. Per-record overhead in Kafka and Faust is what limits a
+    worker (DESIGN §4), so the validate stage sends one record per partition per batch, not one per device.
+    """
+    devs: dict[tuple[str, str, str], int] = {}
+    d = [devs.setdefault((r.site, r.device, r.family), len(devs)) for r in readings]
     return json.dumps(
         {
             "v": SCHEMA_VERSION,
             "type": "readings",
-            "site": r0.site,
-            "device": r0.device,
-            "family": r0.family,
             "rx": received_ms,
+            "devs": [list(k) for k in devs],
+            "d": d,
             "m": [r.metric for r in readings],
             "ts": [r.ts for r in readings],
             "val": [r.value for r in readings],
@@ -361,5 +374,12 @@ def pack_status(status: GatewayStatus) -> bytes:
 
 
 def unpack_readings(record: dict) -> list[Reading]:
-    site, device, family = record["site"], record["device"], record["family"]
-    return [Reading(site, family, device, m, t, v) for m, t, v in zip(record["m"], record["ts"], record["val"])]
+    """Readings of a ``sw.readings`` record (v2 multi-device; v1 single-device records are still read)."""
+    if "devs" not in record:  # v1
+        site, device, family = record["site"], record["device"], record["family"]
+        return [Reading(site, family, device, m, t, v) for m, t, v in zip(record["m"], record["ts"], record["val"])]
+    devs = record["devs"]
+    return [
+        Reading(devs[i][0], devs[i][2], devs[i][1], m, t, v)
+        for i, m, t, v in zip(record["d"], record["m"], record["ts"], record["val"])
+    ]

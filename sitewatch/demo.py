@@ -39,8 +39,7 @@ class ReadingsCounter(threading.Thread):
             while not self.stop.is_set():
                 for records in consumer.poll(timeout_ms=500).values():
                     for r in records:
-                        rec = json.loads(r.value)
-                        self.count += len(rec.get("ts", ()))
+                        self.count += len(json.loads(r.value).get("ts", ()))  # status records have none
         finally:
             consumer.close()
 

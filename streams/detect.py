@@ -1,7 +1,18 @@
 """Stage 2: sw.readings → detectors (numpy, per-device state in a Faust table) → sw.hazards.
 
 Readings of a whole batch are decoded into one columnar ``ReadingBatch`` and run through the detector engine
-in a single call; Python work per *device* (state in and out of the table) remains, per *reading* none.
+in a single call; Python work per *device* (state in and out) remains, per *reading* none.
+
+Device state lives in memory and is checkpointed to the changelogged Faust table:
+
+- at once for a device whose batch produced a finding (alarm state is never lost on a crash), and
+- otherwise at most every ``state_checkpoint_s`` per device (default 5 s).
+
+A changelog record per device per batch was the worker's largest single cost; with the checkpoint a crash can
+roll a quiet device's state (last values, rate samples) back by a few seconds. Replayed readings older than
+the restored state are dropped by the engine; alarm levels are re-derived from the next readings, and the
+backlog treats a re-raised level on an open ticket as an update, not a new ticket.
+
 A leader-only clock tick runs the silence (deadman) checks, which no reading can trigger by definition.
 """
 
@@ -9,15 +20,18 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
-from aiokafka.partitioner import murmur2
+import numpy as np
 
 from detectors import DetectorEngine, RuleSet, load_rules
 from detectors.model import Finding, ReadingBatch
-from sitewatch.contracts import SCHEMA_VERSION, GatewayStatus, TOPIC_READINGS, now_ms
+from sitewatch.contracts import SCHEMA_VERSION, TOPIC_READINGS, GatewayStatus, now_ms, partition_of
 from streams.app import Pipeline
 
 log = logging.getLogger("sitewatch.detect")
+
+STATE_CHECKPOINT_S = 5.0
 
 
 def load_rule_set(pipe: Pipeline) -> RuleSet:
@@ -25,26 +39,38 @@ def load_rule_set(pipe: Pipeline) -> RuleSet:
     if path is None:
         return RuleSet.default()
     rules = load_rules(path)
-    log.info("rules loaded from %s", path)
+    log.info("rules loaded from %s (fingerprint %s)", path, rules.fingerprint)
     return rules
 
 
 def decode_batch(records: list[bytes]) -> tuple[ReadingBatch, list[GatewayStatus]]:
-    site, device, family, metric, ts, value = [], [], [], [], [], []
+    """Many ``sw.readings`` records → one columnar batch (plus the gateway status records)."""
+    devs: list[list[str]] = []
+    d_idx: list[np.ndarray] = []
+    metric: list[str] = []
+    ts: list[int] = []
+    value: list[float] = []
     statuses: list[GatewayStatus] = []
     for data in records:
         rec = json.loads(data)
         if rec.get("type") == "status":
             statuses.append(GatewayStatus(rec["site"], rec["gateway"], rec["ts"], rec["online"], rec.get("detail", {})))
             continue
-        n = len(rec["ts"])
-        site.extend([rec["site"]] * n)
-        device.extend([rec["device"]] * n)
-        family.extend([rec["family"]] * n)
+        if "devs" in rec:
+            rec_devs, rec_d = rec["devs"], rec["d"]
+        else:  # v1: one device per record
+            rec_devs, rec_d = [[rec["site"], rec["device"], rec["family"]]], [0] * len(rec["ts"])
+        d_idx.append(np.asarray(rec_d, dtype=np.int64) + len(devs))
+        devs.extend(rec_devs)
         metric.extend(rec["m"])
         ts.extend(rec["ts"])
         value.extend(rec["val"])
-    return ReadingBatch.from_columns(site, device, family, metric, ts, value), statuses
+    if not devs:
+        return ReadingBatch.from_columns([], [], [], [], [], []), statuses
+    table = np.array(devs, dtype=object).reshape(-1, 3)
+    rows = np.concatenate(d_idx)
+    batch = ReadingBatch.from_columns(table[rows, 0], table[rows, 1], table[rows, 2], metric, ts, value)
+    return batch, statuses
 
 
 def encode_finding(f: Finding) -> bytes:
@@ -53,54 +79,109 @@ def encode_finding(f: Finding) -> bytes:
     return json.dumps(d, separators=(",", ":")).encode()
 
 
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition the default Kafka partitioner picks for a key (murmur2, as producers and the table use)."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
 class Detection:
-    def __init__(self, pipe: Pipeline):
+    def __init__(self, pipe: Pipeline, checkpoint_s: float = STATE_CHECKPOINT_S):
         self.pipe = pipe
         self.engine = DetectorEngine(load_rule_set(pipe))
+        self.checkpoint_s = checkpoint_s
+        self.cache: dict[str, dict] = {}  # device key -> latest state (authoritative while we own the partition)
+        self.saved_at: dict[str, float] = {}  # device key -> monotonic time of its last table checkpoint
+        self.dirty: set[str] = set()
 
+    # ------------------------------------------------------------------------------------ state
+    def _load(self, keys) -> dict[str, dict]:
+        """Cache first, then the table (keys there are bytes, see streams.app)."""
+        table = self.pipe.device_state
+        out = {}
+        for k in keys:
+            v = self.cache.get(k)
+            if v is None:
+                v = table.get(k.encode())
+            if v is not None:
+                out[k] = v
+        return out
+
+    def _keep(self, states: dict[str, dict], urgent: set[str]) -> None:
+        now = time.monotonic()
+        for k, v in states.items():
+            self.cache[k] = v
+            if k in urgent or now - self.saved_at.get(k, 0.0) >= self.checkpoint_s:
+                self._checkpoint(k, v, now)
+            else:
+                self.dirty.add(k)
+
+    def _checkpoint(self, k: str, v: dict, now: float) -> None:
+        self.pipe.device_state[k.encode()] = v
+        self.saved_at[k] = now
+        self.dirty.discard(k)
+
+    def flush_dirty(self, older_than_s: float | None = None) -> int:
+        now = time.monotonic()
+        limit = self.checkpoint_s if older_than_s is None else older_than_s
+        due = [k for k in self.dirty if now - self.saved_at.get(k, 0.0) >= limit]
+        for k in due:
+            self._checkpoint(k, self.cache[k], now)
+        return len(due)
+
+    def forget(self) -> None:
+        """Partitions moved (rebalance): the table is the truth again for whatever we are given next."""
+        self.cache.clear()
+        self.saved_at.clear()
+        self.dirty.clear()
+
+    # ------------------------------------------------------------------------------------ stages
     def run_batch(self, records: list[bytes]) -> list[Finding]:
         batch, statuses = decode_batch(records)
         findings: list[Finding] = []
         self.pipe.count("readings_detected", len(batch))
         if len(batch):
-            keys = set(batch.key.tolist())
-            states = self._load(keys)
-            findings += self.engine.process(batch, states)
-            self._store(states)
+            states = self._load(set(batch.key.tolist()))
+            found = self.engine.process(batch, states)
+            self._keep(states, {f.key for f in found})
+            findings += found
         for st in statuses:
             states = self._load([f"{st.site}/gateway:{st.gateway}"])
-            findings += self.engine.on_status(st, states)
-            self._store(states)
+            found = self.engine.on_status(st, states)
+            self._keep(states, set(states))
+            findings += found
         return findings
 
-    def _load(self, keys) -> dict[str, dict]:
-        """Table keys are bytes (see streams.app); the engine speaks str."""
-        table = self.pipe.device_state
-        found = ((k, table.get(k.encode())) for k in keys)
-        return {k: v for k, v in found if v is not None}
-
-    def _store(self, states: dict[str, dict]) -> None:
-        for k, v in states.items():
-            self.pipe.device_state[k.encode()] = v
-
     def run_tick(self, now: int) -> list[Finding]:
-        table = self.pipe.device_state
         assigned = {tp.partition for tp in self.pipe.app.assignor.assigned_actives() if tp.topic == TOPIC_READINGS}
         if not assigned:
             return []
         parts = self.pipe.settings.kafka_partitions
-        states = {
-            k.decode(): v for k, v in table.items() if v is not None and partition_of(k, parts) in assigned
-        }
-        before = {k: json.dumps(v, sort_keys=True) for k, v in states.items()}
+        states = {k.decode(): v for k, v in self.pipe.device_state.items() if v is not None}
+        states.update(self.cache)
+        states = {k: v for k, v in states.items() if partition_of(k.encode(), parts) in assigned}
+        before = dict(states)
         findings = self.engine.tick(now, states)
-        self._store({k: v for k, v in states.items() if before.get(k) != json.dumps(v, sort_keys=True)})
+        # The engine replaces the dict of a device whose state it changed: identity tells what to save.
+        self._keep({k: v for k, v in states.items() if v is not before.get(k)}, {f.key for f in findings})
+        self.flush_dirty()
         return findings
+
+    # ------------------------------------------------------------------------------------ hot reload
+    def apply_config(self, raw: bytes) -> bool:
+        """A ``sw.config`` record: swap in the new rules, or keep the old ones and say exactly why not."""
+        from sitewatch.rules import RulesError
+
+        try:
+            msg = json.loads(raw)
+            rules = RuleSet.from_yaml_text(msg["text"], filename=f"sw.config@{msg.get('fingerprint', '?')}")
+        except RulesError as e:
+            log.error("rejected rules from sw.config; the previous rules (fingerprint %s) keep running:\n%s",
+                      self.engine.rules.fingerprint, e)
+            return False
+        except (ValueError, KeyError, TypeError) as e:
+            log.error("rejected malformed sw.config record (%s); previous rules keep running", e)
+            return False
+        if rules.fingerprint == self.engine.rules.fingerprint:
+            return True
+        self.engine = DetectorEngine(rules)
+        log.warning("rules applied from sw.config: fingerprint %s (published by %s)", rules.fingerprint,
+                    msg.get("author", "?"))
+        return True
 
 
 def register(pipe: Pipeline) -> None:
@@ -121,3 +202,28 @@ def register(pipe: Pipeline) -> None:
     @pipe.app.timer(5.0, name="deadman-tick")
     async def tick():
         await emit(detection.run_tick(now_ms()))
+
+    @pipe.app.on_partitions_revoked.connect
+    async def revoked(sender, revoked, **kwargs):
+        detection.flush_dirty(older_than_s=0.0)  # hand over the latest state, not the last checkpoint
+        detection.forget()
+
+    @pipe.app.task
+    async def follow_config():
+        """Every worker reads all of ``sw.config`` (one partition, no consumer group) from the beginning, then
+        follows it: the last valid record wins. A consumer group would give each config to one worker only."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from sitewatch.contracts import TOPIC_CONFIG
+
+        tp = TopicPartition(TOPIC_CONFIG, 0)
+        consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
+                                    group_id=None, fetch_max_wait_ms=500)
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            async for msg in consumer:
+                detection.apply_config(msg.value)
+        finally:
+            await consumer.stop()

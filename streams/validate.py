@@ -14,6 +14,7 @@ from sitewatch.contracts import (
     pack_readings,
     pack_status,
     unpack_raw,
+    partition_of,
     validate_message,
 )
 from streams.app import Pipeline
@@ -21,8 +22,11 @@ from streams.app import Pipeline
 log = logging.getLogger("sitewatch.validate")
 
 
-def validate_envelopes(envelopes: list[bytes], now: int | None = None) -> tuple[dict[str, list[Reading]], Validated, int]:
-    """Validate a batch of bridge envelopes. Returns readings grouped by device key, the rest, and latest rx."""
+def validate_envelopes(
+    envelopes: list[bytes], partitions: int, now: int | None = None
+) -> tuple[dict[int, list[Reading]], Validated, int]:
+    """Validate a batch of bridge envelopes. Returns readings grouped by the ``sw.readings`` partition their
+    device key maps to (one record per partition downstream), the rest, and the latest bridge receive time."""
     now = now if now is not None else now_ms()
     out = Validated()
     rx_max = 0
@@ -35,10 +39,15 @@ def validate_envelopes(envelopes: list[bytes], now: int | None = None) -> tuple[
         rx_max = max(rx_max, rx)
         for topic, payload in msgs:
             validate_message(topic, payload, now, out)
-    by_device: dict[str, list[Reading]] = defaultdict(list)
+    by_partition: dict[int, list[Reading]] = defaultdict(list)
+    part: dict[str, int] = {}
     for r in out.readings:
-        by_device[device_key(r.site, r.device)].append(r)
-    return by_device, out, rx_max
+        key = device_key(r.site, r.device)
+        p = part.get(key)
+        if p is None:
+            p = part[key] = partition_of(key.encode(), partitions)
+        by_partition[p].append(r)
+    return by_partition, out, rx_max
 
 
 def register(pipe: Pipeline) -> None:
@@ -47,9 +56,9 @@ def register(pipe: Pipeline) -> None:
     @pipe.app.agent(pipe.raw, name="validate")
     async def validate(stream):
         async for batch in stream.take(s.batch_size, within=s.batch_within_s):
-            by_device, out, rx = validate_envelopes(batch)
-            for key, readings in by_device.items():
-                await pipe.readings.send(key=key.encode(), value=pack_readings(readings, rx))
+            by_partition, out, rx = validate_envelopes(batch, s.kafka_partitions)
+            for partition, readings in by_partition.items():
+                await pipe.readings.send(value=pack_readings(readings, rx), partition=partition)
             for st in out.statuses:
                 await pipe.readings.send(key=device_key(st.site, f"gateway:{st.gateway}").encode(), value=pack_status(st))
             for rej in out.rejected:

@@ -114,32 +114,35 @@ class LineBuilder:
 
     # ------------------------------------------------------------------------------------------ records
     def readings(self, records: list[dict]) -> Batch:
-        """Many ``type: readings`` records (one device each) → ``reading`` lines, vectorised per batch."""
+        """Many ``type: readings`` records (v2: many devices each; v1: one) → ``reading`` lines, vectorised."""
         out = Batch()
         if not records:
             return out
-        pre: list[str] = []
+        pre: list[str] = []  # per device entry
         suf: list[str] = []
         metrics: list[str] = []
         ts: list[int] = []
         vals: list[float] = []
-        counts = np.empty(len(records), dtype=np.int64)
-        for i, r in enumerate(records):
-            p, s = self._reading_prefix(r["site"], r["device"], r["family"])
-            pre.append(p)
-            suf.append(s)
+        rows: list[np.ndarray] = []  # per record: the device entry of each row
+        for r in records:
             m, t, v = r["m"], r["ts"], r["val"]
-            if not (len(m) == len(t) == len(v)):
-                out.skipped.append(f"readings record {r['site']}/{r['device']}: m/ts/val lengths differ")
-                counts[i] = 0
+            devs = r["devs"] if "devs" in r else [[r["site"], r["device"], r["family"]]]
+            d = r["d"] if "devs" in r else [0] * len(m)
+            if not (len(m) == len(t) == len(v) == len(d)):
+                out.skipped.append(f"readings record of {len(devs)} device(s): m/ts/val/d lengths differ")
                 continue
-            counts[i] = len(m)
+            base = len(pre)
+            for site, device, family in devs:
+                p, sfx = self._reading_prefix(site, device, family)
+                pre.append(p)
+                suf.append(sfx)
+            rows.append(np.asarray(d, dtype=np.int64) + base)
             metrics.extend(m)
             ts.extend(t)
             vals.extend(v)
         if not vals:
             return out
-        idx = np.repeat(np.arange(len(records)), counts)
+        idx = np.concatenate(rows)
         val_arr = np.asarray(vals, dtype=np.float64)
         ts_arr = np.asarray(ts, dtype=np.int64)
         ok = np.isfinite(val_arr)

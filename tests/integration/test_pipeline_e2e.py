@@ -10,7 +10,7 @@ import time
 import pytest
 
 from backlog.store import Backlog
-from sitewatch.contracts import TOPIC_DLQ, TOPIC_READINGS, now_ms, reading_topic
+from sitewatch.contracts import TOPIC_DLQ, TOPIC_READINGS, now_ms, reading_topic, unpack_readings
 from tests.conftest import read_topic, wait_until
 
 pytestmark = pytest.mark.integration
@@ -99,9 +99,7 @@ def test_worker_crash_mid_stream_loses_no_reading_and_files_no_duplicate(pipelin
     def all_readings():
         seen = set()
         for r in read_topic(pipeline.stack.bootstrap, TOPIC_READINGS, min_records=1, timeout=10):
-            rec = json.loads(r.value)
-            if rec.get("device") == "tc-01":
-                seen.update(rec["ts"])
+            seen.update(x.ts for x in unpack_readings(json.loads(r.value)) if x.device == "tc-01")
         return seen if len(seen) >= n else None
 
     seen = wait_until(all_readings, 90, "all readings in sw.readings", interval=1.0)
