@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -113,6 +113,7 @@ class SimConfig:
     seed: int = 7
     site_prefix: str = "cz-"
     qos: int = 1
+    speed: float = 1.0  # >1 compresses the scenario's ramps and holds (tests, demos); the start stays at `at`
 
 
 @dataclass
@@ -126,7 +127,11 @@ class Simulator:
         if self.cfg.scenario not in scenario_names():
             raise ValueError(f"unknown scenario {self.cfg.scenario!r}; choose from {', '.join(scenario_names())}")
         self._rng = np.random.default_rng(self.cfg.seed)
-        self.effects = _scenarios(self.cfg.scenario_at_s)[self.cfg.scenario][1]
+        at, k = self.cfg.scenario_at_s, self.cfg.speed
+        self.effects = [
+            replace(e, at_s=at + (e.at_s - at) / k, duration_s=None if e.duration_s is None else e.duration_s / k)
+            for e in _scenarios(at)[self.cfg.scenario][1]
+        ]
         rows = []
         for s in range(self.cfg.sites):
             for fam, metrics in SIGNALS.items():
