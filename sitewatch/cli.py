@@ -237,8 +237,10 @@ def _ticket_line(t) -> str:
 @click.option("--interval", default=1.0, show_default=True, help="seconds between readings of one sensor")
 @click.option("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
 @click.option("--webhook-url", help="send alerts here instead of the built-in local receiver")
+@click.option("--influx-port", type=int, default=8086, show_default=True,
+              help="port of the demo's InfluxDB (readings for Grafana); 0 = run without it")
 @click.pass_context
-def demo(ctx, scenario, at_s, sites, devices, interval, duration, webhook_url):
+def demo(ctx, scenario, at_s, sites, devices, interval, duration, webhook_url, influx_port):
     """Run everything locally: brokers, bridge, worker, simulator, webhook receiver — and show it live."""
     from sitewatch.demo import Demo
 
@@ -247,7 +249,7 @@ def demo(ctx, scenario, at_s, sites, devices, interval, duration, webhook_url):
     shutil.rmtree(demo_dir, ignore_errors=True)  # the demo's brokers are in memory: start its backlog fresh too
     s.data_dir = demo_dir
     d = Demo(s, scenario=scenario, at_s=at_s, sites=sites, devices=devices, interval=interval,
-             webhook_url=webhook_url, echo=click.echo, ticket_line=_ticket_line)
+             webhook_url=webhook_url, influx_port=influx_port or None, echo=click.echo, ticket_line=_ticket_line)
     stop = threading.Event()
     _stop_on_signals(stop)
     try:

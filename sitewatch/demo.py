@@ -53,6 +53,7 @@ class Demo:
     devices: int = 2
     interval: float = 1.0
     webhook_url: str | None = None
+    influx_port: int | None = 8086  # None: no time-series database / sink in this demo
     echo: Callable[[str], None] = print
     ticket_line: Callable = str
     latencies_ms: list[int] = field(default_factory=list)
@@ -70,20 +71,27 @@ class Demo:
 
         s = self.settings
         kafka_port = int(s.kafka_bootstrap.rsplit(":", 1)[1])
-        stack = LocalStack(s.data_dir, s.mqtt_port, kafka_port, s.kafka_partitions)
+        stack = LocalStack(s.data_dir, s.mqtt_port, kafka_port, s.kafka_partitions, influx_port=self.influx_port)
         receiver = None if self.webhook_url else WebhookReceiver(on_alert=self._on_alert).start()
         url = self.webhook_url or receiver.url
         env = {"SW_DATA_DIR": str(s.data_dir), "SW_MQTT_PORT": str(s.mqtt_port), "SW_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
                "SW_WEBHOOK_URL": url, "SW_DB_URL": s.backlog_url}
+        if self.influx_port is not None:
+            env["SW_INFLUX_URL"] = f"http://127.0.0.1:{self.influx_port}"
         procs: list[ManagedProcess] = []
         counter = ReadingsCounter(stack.bootstrap)
         sim_stop = threading.Event()
         try:
-            self.echo(f"▶ starting MQTT broker on :{s.mqtt_port} and Kafka-compatible broker (Tansu) on :{kafka_port}")
+            self.echo(f"▶ starting MQTT broker on :{s.mqtt_port} and Kafka-compatible broker (Tansu) on :{kafka_port}"
+                      + (f", InfluxDB on :{self.influx_port}" if self.influx_port is not None else ""))
             stack.start()
             self.echo("▶ starting bridge and Faust worker (logs in %s)" % s.log_dir)
             procs.append(ManagedProcess("bridge", sitewatch_argv("bridge"), s.log_dir / "bridge.log", env).start())
             procs.append(ManagedProcess("worker", sitewatch_argv("worker"), s.log_dir / "worker.log", env).start())
+            if self.influx_port is not None:
+                procs.append(ManagedProcess("sink", sitewatch_argv("sink", "run"), s.log_dir / "sink.log", env).start())
+                self.echo(f"▶ readings and hazards → InfluxDB database 'sitewatch' at {env['SW_INFLUX_URL']} "
+                          "(Grafana: docs/dashboards.md)")
             counter.start()
             sim = Simulator(SimConfig(self.sites, self.devices, self.interval, self.scenario, self.at_s))
             self.echo(f"▶ simulating {self.sites} sites, {len(sim.rows) / self.interval:.0f} readings/s; "

@@ -13,7 +13,7 @@ roll a quiet device's state (last values, rate samples) back by a few seconds. R
 the restored state are dropped by the engine; alarm levels are re-derived from the next readings, and the
 backlog treats a re-raised level on an open ticket as an update, not a new ticket.
 
-A leader-only clock tick runs the silence (deadman) checks, which no reading can trigger by definition.
+A clock tick (each worker, over the partitions it owns) runs the silence (deadman) checks, which no reading can trigger by definition.
 """
 
 from __future__ import annotations

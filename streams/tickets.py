@@ -3,6 +3,7 @@
 The ticket write and the alert it announces are one database transaction (``backlog.store``); a leader-only
 timer publishes the outbox to ``sw.alerts`` and marks rows published only after Kafka acknowledged them.
 A crash in between re-publishes, and the notifier's delivery log drops the duplicate.
+The timer also picks up alerts a crashed worker committed but never published.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def register(pipe: Pipeline) -> None:
             await loop.run_in_executor(db, backlog.mark_published, [i for i, _ in pending])
             log.info("published %d alerts", len(pending))
 
-    @pipe.app.timer(1.0, name="outbox-publisher", on_leader=True)
+    # Every worker sweeps the outbox, not just Faust's leader: what a crashed worker committed but never
+    # published must go out from whichever worker is alive (in the crash test, a leader-only sweep left the
+    # alert unsent). Two workers publishing the same row is harmless: the delivery log drops the copy.
+    @pipe.app.timer(1.0, name="outbox-publisher")
     async def outbox():
         await publish_outbox()

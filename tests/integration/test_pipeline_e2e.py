@@ -105,6 +105,8 @@ def test_worker_crash_mid_stream_loses_no_reading_and_files_no_duplicate(pipelin
     seen = wait_until(all_readings, 90, "all readings in sw.readings", interval=1.0)
     assert seen == {start + i * 100 for i in range(n)}
 
+    # The crash may have hit between the ticket commit and the alert: the restarted worker must deliver it.
+    wait_until(lambda: pipeline.receiver.received, 30, "the alert, delivered by either worker")
     time.sleep(5)  # let the restarted worker drain the replayed hazards and alerts
     tickets = backlog.tickets()
     assert len(tickets) == 1, f"replayed findings must update the open ticket: {[(t.kind, t.level) for t in tickets]}"
