@@ -7,26 +7,15 @@ outage test can stop its database without disturbing anything else.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import httpx
 import pytest
 
 from sitewatch.contracts import TOPIC_HAZARDS, TOPIC_READINGS, device_key
 from sitewatch.localstack import ManagedProcess, create_topics, free_port, start_influxdb, start_kafka
-
-
-def wait_until(cond: Callable[[], object], timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+from tests.conftest import wait_until  # noqa: F401 (re-exported for the sink tests)
 
 
 @dataclass
