@@ -58,6 +58,7 @@ class Bridge:
         username: str | None = None,
         password: str | None = None,
         linger_s: float = 0.02,
+        kafka_options: dict | None = None,
     ):
         self.linger_s = linger_s
         self.stats = BridgeStats()
@@ -75,6 +76,7 @@ class Bridge:
             retries=2_147_483_647,
             delivery_timeout_ms=120_000,
             max_request_size=4 * 1024 * 1024,
+            **(kafka_options or {}),
         )
         self._mqtt = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,

@@ -136,7 +136,8 @@ def bridge(ctx, client_id):
     from ingest.bridge import Bridge
 
     s = _settings(ctx)
-    b = Bridge(s.mqtt_host, s.mqtt_port, s.kafka_bootstrap, client_id, s.mqtt_username, s.mqtt_password)
+    b = Bridge(s.mqtt_host, s.mqtt_port, s.kafka_bootstrap, client_id, s.mqtt_username, s.mqtt_password,
+               kafka_options=s.kafka_options())
     stop = threading.Event()
     _stop_on_signals(stop)
     b.run(stop)

@@ -7,8 +7,9 @@ environment or a ``.env`` file kept out of the repository — secrets never live
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +25,12 @@ class Settings(BaseSettings):
 
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_partitions: int = 4
+    # Production Kafka listeners require TLS and/or SASL; the local stack is plaintext on loopback.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_username: str | None = None
+    kafka_password: str | None = Field(None, repr=False)
+    kafka_cafile: Path | None = Field(None, description="CA bundle that signed the Kafka brokers' certificates")
 
     db_url: str | None = Field(None, description="SQLAlchemy URL of the backlog; default SQLite in data_dir")
     rules_path: Path | None = Field(None, description="rules directory (defaults.yaml + sites/*.yaml)")
@@ -34,6 +41,41 @@ class Settings(BaseSettings):
     worker_id: str = "sitewatch-worker"
     batch_size: int = 5000
     batch_within_s: float = 0.2
+
+    @model_validator(mode="after")
+    def _kafka_auth_complete(self) -> "Settings":
+        if self.kafka_security_protocol.startswith("SASL") and not (self.kafka_username and self.kafka_password):
+            raise ValueError(f"SW_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs SW_KAFKA_USERNAME "
+                             "and SW_KAFKA_PASSWORD")
+        return self
+
+    def kafka_options(self) -> dict[str, Any]:
+        """Security keyword arguments shared by kafka-python and aiokafka clients (empty for plaintext)."""
+        opts: dict[str, Any] = {}
+        if self.kafka_security_protocol == "PLAINTEXT":
+            return opts
+        opts["security_protocol"] = self.kafka_security_protocol
+        if "SSL" in self.kafka_security_protocol:
+            import ssl
+
+            opts["ssl_context"] = ssl.create_default_context(cafile=str(self.kafka_cafile) if self.kafka_cafile else None)
+        if self.kafka_security_protocol.startswith("SASL"):
+            opts.update(sasl_mechanism=self.kafka_sasl_mechanism, sasl_plain_username=self.kafka_username,
+                        sasl_plain_password=self.kafka_password)
+        return opts
+
+    def faust_credentials(self):
+        """The same, in the form Faust wants (``broker_credentials``)."""
+        import faust
+
+        if self.kafka_security_protocol == "PLAINTEXT":
+            return None
+        ctx = self.kafka_options().get("ssl_context")
+        if self.kafka_security_protocol.startswith("SASL"):
+            mech = "PLAIN" if self.kafka_sasl_mechanism == "PLAIN" else self.kafka_sasl_mechanism
+            return faust.SASLCredentials(username=self.kafka_username, password=self.kafka_password,
+                                         mechanism=mech, ssl_context=ctx)
+        return faust.SSLCredentials(ctx)
 
     @property
     def backlog_url(self) -> str:

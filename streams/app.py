@@ -77,6 +77,7 @@ def create_app(settings: Settings) -> Pipeline:
         producer_acks=-1,
         producer_max_request_size=4 * 1024 * 1024,
         datadir=str(settings.data_dir / "faust"),
+        broker_credentials=settings.faust_credentials(),
     )
 
     def topic(name: str) -> faust.TopicT:

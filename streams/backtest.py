@@ -247,7 +247,7 @@ def load_parquet(path: str | Path, t_from: int | None = None, t_to: int | None =
 
 
 def load_kafka(bootstrap: str, topic: str, t_from: int, t_to: int, slack_ms: int = KAFKA_SLACK_MS,
-               idle_s: float = 2.0, timeout_s: float = 600.0) -> Recording:
+               idle_s: float = 2.0, timeout_s: float = 600.0, kafka_options: dict | None = None) -> Recording:
     """Read the packed ``sw.readings`` records of a time range, without a consumer group (nothing is committed).
 
     Partitions are positioned with ``offsets_for_times(from - slack)`` — a record is written after its readings
@@ -258,7 +258,8 @@ def load_kafka(bootstrap: str, topic: str, t_from: int, t_to: int, slack_ms: int
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest", consumer_timeout_ms=int(idle_s * 1000))
+                             auto_offset_reset="earliest", consumer_timeout_ms=int(idle_s * 1000),
+                             **(kafka_options or {}))
     cols = _Columns(f"kafka://{bootstrap}/{topic}")
     try:
         parts = consumer.partitions_for_topic(topic)
@@ -919,7 +920,8 @@ def backtest(ctx, csv_path, parquet_path, kafka_topic, t_from, t_to, bootstrap, 
     elif parquet_path:
         rec = load_parquet(parquet_path, lo, hi)
     else:
-        rec = load_kafka(bootstrap or settings.kafka_bootstrap, kafka_topic, lo, hi)
+        rec = load_kafka(bootstrap or settings.kafka_bootstrap, kafka_topic, lo, hi,
+                         kafka_options=settings.kafka_options())
     click.echo(f"backtest: loaded {len(rec):,} readings from {rec.source} in {time.perf_counter() - t0:.1f} s",
                err=True)
     r = replay(rec, {"baseline": baseline, "candidate": candidate}, batch_size, tick_step, flap_window, _progress)

@@ -218,7 +218,7 @@ def register(pipe: Pipeline) -> None:
 
         tp = TopicPartition(TOPIC_CONFIG, 0)
         consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
-                                    group_id=None, fetch_max_wait_ms=500)
+                                    group_id=None, fetch_max_wait_ms=500, **s.kafka_options())
         await consumer.start()
         try:
             consumer.assign([tp])

@@ -305,7 +305,7 @@ def publish(ctx, directory, bootstrap, dry_run):
         click.echo(json.dumps({**record, "text": f"<{len(text)} chars>"}, indent=1))
         return
     server = bootstrap or _settings(ctx).kafka_bootstrap
-    meta = send_config(server, record)
+    meta = send_config(server, record, kafka_options=_settings(ctx).kafka_options())
     click.echo(f"published rules {path} fingerprint {rs.fingerprint} to {TOPIC_CONFIG} at {server} "
                f"(partition {meta.partition}, offset {meta.offset})")
 
@@ -323,14 +323,15 @@ def _user() -> str:
         return "unknown"
 
 
-def send_config(bootstrap: str, record: dict[str, Any], timeout_s: float = 30.0):
+def send_config(bootstrap: str, record: dict[str, Any], timeout_s: float = 30.0, kafka_options: dict | None = None):
     """One acknowledged write (acks=all) keyed ``rules``: the config topic is a single ordered log."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     try:
         producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", retries=3,
-                                 request_timeout_ms=int(timeout_s * 1000), max_block_ms=int(timeout_s * 1000))
+                                 request_timeout_ms=int(timeout_s * 1000), max_block_ms=int(timeout_s * 1000),
+                                 **(kafka_options or {}))
     except KafkaError as e:
         raise click.ClickException(f"cannot reach Kafka at {bootstrap}: {e}") from None
     try:

@@ -118,7 +118,8 @@ def run(ctx, influx_url, influx_db, sink_group, sink_companies, sink_batch_point
     if w.name == "influxdb-v1" and not no_init:
         _wait_and_init(w, cfg)
     opts = SinkOptions(bootstrap=bootstrap, group_id=cfg.sink_group, batch_points=cfg.sink_batch_points,
-                       linger_s=cfg.sink_linger_s, max_poll_interval_ms=cfg.sink_max_poll_interval_ms)
+                       linger_s=cfg.sink_linger_s, max_poll_interval_ms=cfg.sink_max_poll_interval_ms,
+                       kafka_options=settings.kafka_options() if settings is not None else {})
     s = Sink(w, opts, LineBuilder(load_companies(cfg.sink_companies)), echo=lambda m: click.echo(m))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

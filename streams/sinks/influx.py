@@ -43,6 +43,7 @@ class SinkOptions:
     retry_max_wait_s: float = 10.0
     progress_every_s: float = 5.0
     auto_offset_reset: str = "earliest"
+    kafka_options: dict = field(default_factory=dict)  # TLS / SASL (sitewatch.settings.Settings.kafka_options)
 
 
 @dataclass
@@ -107,6 +108,7 @@ class Sink:
             session_timeout_ms=self.opts.session_timeout_ms,
             heartbeat_interval_ms=self.opts.heartbeat_interval_ms,
             fetch_max_wait_ms=100,
+            **self.opts.kafka_options,
         )
 
     # ------------------------------------------------------------------------------------------ writing
