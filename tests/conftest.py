@@ -136,11 +136,12 @@ def read_topic(bootstrap: str, topic: str, min_records: int = 0, timeout: float 
             for records in consumer.poll(timeout_ms=300).values():
                 out.extend(records)
             if min_records and len(out) >= min_records:
-                # drain what is already there
-                for records in consumer.poll(timeout_ms=500).values():
-                    out.extend(records)
-                break
-            if not min_records and time.monotonic() > deadline - 0.1:
+                while time.monotonic() < deadline:  # drain: everything already in the topic, not one poll of it
+                    more = consumer.poll(timeout_ms=1000)
+                    if not more:
+                        break
+                    for records in more.values():
+                        out.extend(records)
                 break
     finally:
         consumer.close()

@@ -57,6 +57,8 @@ def create_app(backlog: Backlog, evidence_root: Path) -> FastAPI:
         return JSONResponse({"detail": "missing or invalid bearer token"}, status_code=401,
                             headers={"WWW-Authenticate": "Bearer"})
 
+    app.include_router(__import__("backlog.api.ack_links", fromlist=["router"]).router(backlog))  # signed ack links
+
     @app.get("/health", tags=["meta"])
     def health() -> dict:
         return {"ok": True}
