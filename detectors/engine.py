@@ -12,12 +12,18 @@ Flow of ``process``:
    is emitted where that level changes, or every ``reassert`` of reading time while it stays raised.
 
 State per device is a small JSON-able dict (see ``_new_state``); its size does not grow with the reading rate.
+The per-series part is columnar: ``m = [ints, floats]``, one fixed block per metric of the device's family (in
+``FAMILIES`` order), so a batch gathers and scatters it with a handful of array operations instead of a Python
+loop per series. Devices whose effective rules are the same (no device-level override) share one parameter row:
+the numbers a check compares against are gathered from per-plan numpy tables by fancy indexing.
 """
 
 from __future__ import annotations
 
+import gc
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -33,16 +39,27 @@ from detectors.families.electrical import PHASES
 from sitewatch.contracts import FAMILIES, GatewayStatus
 from sitewatch.rules import LEVEL_NAMES, RuleSet
 
-STATE_VERSION = 1
+# v2: series state is columnar per device (``m = [ints, floats]``). A v1 state (``m = {metric: [13 values]}``)
+# is converted when read, so an upgrade keeps every latch, baseline and late-reading guard.
+STATE_VERSION = 2
+_READABLE = (1, 2)
 _NFM = len(FM_LIST)
 _NK = len(KINDS)
+_NC = len(CHECKS)
+_LEVELS = tuple(Level)
+_LNAMES = ("clear",) + tuple(LEVEL_NAMES)
 _METRIC_CODE = {m: i for i, m in enumerate(sorted({m for ms in FAMILIES.values() for m in ms}))}
 _FM_TABLE = np.full((len(FAMILIES) + 1, len(_METRIC_CODE) + 1), -1, dtype=np.int64)  # [-1] row/col: unknown
 for _i, (_fam, _m) in enumerate(FM_LIST):
     _FM_TABLE[FAM_CODE[_fam], _METRIC_CODE[_m]] = _i
-# series state layout: m[metric] = [t, p1, p2, p1_ts, suspect, flat_run, flat_start, oor_bit, oor_good,
-#                                   spike_bit, spike_good, flat_bit, baseline]
-_M_T, _M_BASE = 0, 12
+_FAM_NM = {f: len(ms) for f, ms in FAMILIES.items()}  # metric slots per family
+_NM_BY_CODE = np.array([_FAM_NM[f] for f in FAMILIES] + [0], dtype=np.int64)  # [-1]: unknown family
+# series state, per metric slot: ints [t, p1_ts, suspect, flat_run, flat_start, oor_bit, oor_good, spike_bit,
+# spike_good, flat_bit] (t = _NO_TS before the first reading) and floats [p1, p2, baseline] (null = none yet)
+_NI, _NF = 10, 3
+_NO_TS = int(np.iinfo(np.int64).min)
+_EMPTY_I = [_NO_TS] + [0] * (_NI - 1)
+_EMPTY_F = [None] * _NF
 _FM_SLOT = np.array(FM_SLOT, dtype=np.int64)
 _KIND_SLOT_CHECK: dict[tuple[str, int], int] = {(c.kind, c.slot): c.index for c in CHECKS}
 _CHECKS_BY_FM: dict[int, list[int]] = {}
@@ -52,6 +69,8 @@ for _c in CHECKS:
 _PHASE_FM = [FM_CODE[f"electrical/{p}"] for p in PHASES]
 _IMBALANCE = next(c.index for c in CHECKS if c.mode == "imbalance")
 _NAN = float("nan")
+_NO_CHECKS: dict = {}  # read-only
+_FAULT_BITS = ("fault.out_of_range", "fault.spike", "fault.flatline")
 
 
 def _f(x: Any) -> float:
@@ -65,7 +84,40 @@ def _j(x: float) -> float | None:
 
 
 def _new_state(family: str) -> dict:
-    return {"v": STATE_VERSION, "fam": family, "lt": None, "dl": None, "sil": [0, 0, 0], "m": {}, "c": {}, "k": {}}
+    nm = _FAM_NM[family]
+    return {"v": STATE_VERSION, "fam": family, "lt": None, "dl": None, "sil": [0, 0, 0],
+            "m": [_EMPTY_I * nm, _EMPTY_F * nm], "c": {}, "k": {}}
+
+
+def _upgrade(st: Any) -> dict | None:
+    """A stored state in the current layout, or None (treated as a fresh device) if it cannot be read."""
+    if not isinstance(st, dict) or st.get("fam") not in FAMILIES:
+        return None
+    v = st.get("v")
+    if v == STATE_VERSION:
+        m = st.get("m")
+        nm = _FAM_NM[st["fam"]]
+        if isinstance(m, list) and len(m) == 2 and len(m[0]) == nm * _NI and len(m[1]) == nm * _NF:
+            return st
+        return None
+    if v == 1:  # m: {metric: [t, p1, p2, p1_ts, sus, frun, fstart, oor_bit, oor_good, spk_bit, spk_good, flat_bit,
+        #                     baseline]}
+        ints: list = []
+        flts: list = []
+        old = st.get("m") or {}
+        for metric in FAMILIES[st["fam"]]:
+            ms = old.get(metric)
+            if ms:
+                ints += [int(ms[0])] + [int(x) for x in ms[3:12]]
+                flts += [ms[1], ms[2], ms[12]]
+            else:
+                ints += _EMPTY_I
+                flts += _EMPTY_F
+        ns = dict(st)
+        ns["v"] = STATE_VERSION
+        ns["m"] = [ints, flts]
+        return ns
+    return None
 
 
 @dataclass
@@ -80,47 +132,159 @@ class _Res:
     extra: dict | None = None
 
 
+class _Tables:
+    """Per-plan parameters as arrays: row ``pid`` of each table belongs to one distinct effective rule set."""
+
+    def __init__(self, plans: list[DevicePlan]):
+        P = len(plans)
+        self.lo = np.full((P, _NFM), np.nan)
+        self.hi = np.full((P, _NFM), np.nan)
+        self.step = np.full((P, _NFM), np.nan)
+        self.flat_ms = np.full((P, _NFM), np.nan)
+        self.eps = np.zeros((P, _NFM))
+        self.cag = np.zeros(P, np.int64)
+        self.flvl = np.zeros((len(_FAULT_BITS), P), np.int8)
+        self.reassert = np.ones(P, np.int64)
+        self.on = np.zeros((P, _NC), bool)
+        self.lines = np.full((P, _NC, 3), np.nan)
+        self.clear = np.full((P, _NC, 3), np.nan)
+        self.hold_n = np.ones((P, _NC), np.int64)
+        self.hold_ms = np.zeros((P, _NC), np.int64)
+        self.direction = np.zeros((P, _NC), np.int64)
+        self.baseline = np.full((P, _NC), np.nan)  # NaN: the first reading received is the zero
+        self.window_ms = np.zeros((P, _NC), np.int64)
+        self.bucket_ms = np.ones((P, _NC), np.int64)
+        self.consecutive = np.ones((P, _NC), np.int64)
+        self.per_ms = np.ones((P, _NC))
+        self.min_load = np.zeros((P, _NC))
+        for i, p in enumerate(plans):
+            for metric, s in p.sensors.items():
+                fm = FM_CODE[f"{p.family}/{metric}"]
+                self.lo[i, fm], self.hi[i, fm], self.step[i, fm] = s.lo, s.hi, s.step
+                self.flat_ms[i, fm], self.eps[i, fm] = s.flat_ms, s.eps
+            self.cag[i] = p.clear_after_good
+            for k, kind in enumerate(_FAULT_BITS):
+                self.flvl[k, i] = p.fault_levels[kind]
+            self.reassert[i] = p.reassert_ms
+            for ci, prm in p.checks.items():
+                self.on[i, ci] = True
+                self.lines[i, ci] = prm.lines
+                self.clear[i, ci] = prm.clear_lines
+                self.hold_n[i, ci] = prm.hold_count
+                self.hold_ms[i, ci] = prm.hold_ms
+                self.direction[i, ci] = prm.direction
+                if prm.baseline is not None:
+                    self.baseline[i, ci] = prm.baseline
+                self.window_ms[i, ci] = prm.window_ms
+                self.bucket_ms[i, ci] = prm.bucket_ms
+                self.consecutive[i, ci] = prm.consecutive
+                self.per_ms[i, ci] = prm.per_ms
+                self.min_load[i, ci] = prm.min_load
+
+
+def _code(values: list) -> tuple[np.ndarray, list]:
+    """Codes 0..U-1 in order of first appearance, and the distinct values (hash-based, no per-row Python)."""
+    uniq = list(dict.fromkeys(values))
+    index = {u: i for i, u in enumerate(uniq)}
+    return np.fromiter(map(index.__getitem__, values), np.int64, len(values)), uniq
+
+
+def _first_rows(codes: np.ndarray) -> np.ndarray:
+    """The row where each code first appears, for codes numbered in order of first appearance."""
+    cm = np.maximum.accumulate(codes)
+    return np.flatnonzero(np.r_[True, cm[1:] > cm[:-1]])
+
+
 class DetectorEngine:
     def __init__(self, rules: RuleSet):
         self.rules = rules
-        self._plans: dict[tuple[str, str, str], DevicePlan] = {}
+        self._plans: dict[tuple[str, str, str], tuple[DevicePlan, int]] = {}  # device -> (its plan, table row)
+        self._shared: dict[tuple[str, str], tuple[DevicePlan, int]] = {}  # (site, family) without device block
+        self._rows: list[DevicePlan] = []  # one plan per table row
+        self._tab: _Tables | None = None
 
     def plan(self, site: str, device: str, family: str) -> DevicePlan:
+        return self._plan(site, device, family)[0]
+
+    def _plan(self, site: str, device: str, family: str) -> tuple[DevicePlan, int]:
         key = (site, device, family)
-        p = self._plans.get(key)
-        if p is None:
-            p = self._plans[key] = build_plan(self.rules, site, device, family)
-        return p
+        pp = self._plans.get(key)
+        if pp is None:
+            dr = self.rules.device(site, device, family)
+            if dr.rules is self.rules.family(site, family):  # no device-level block: its site's numbers
+                sh = self._shared.get((site, family))
+                if sh is None:
+                    p = build_plan(self.rules, site, device, family)
+                    pp = self._shared[(site, family)] = (p, self._add_row(p))
+                else:
+                    base = sh[0]
+                    pp = (replace(base, device=device, rules=replace(base.rules, device=device)), sh[1])
+            else:
+                p = build_plan(self.rules, site, device, family)
+                pp = (p, self._add_row(p))
+            self._plans[key] = pp
+        return pp
+
+    def _add_row(self, p: DevicePlan) -> int:
+        self._rows.append(p)
+        return len(self._rows) - 1
+
+    def _tables(self) -> _Tables:
+        if self._tab is None or self._tab.cag.shape[0] != len(self._rows):
+            self._tab = _Tables(self._rows)
+        return self._tab
 
     # ============================================================================================ process
     def process(self, batch: ReadingBatch, states: dict[str, dict]) -> list[Finding]:
+        # A batch allocates tens of thousands of small containers (none of them cyclic) while a large state table
+        # is alive: the cyclic collector would walk that table again and again. Collect after the batch instead.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._process(batch, states)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _process(self, batch: ReadingBatch, states: dict[str, dict]) -> list[Finding]:
         n0 = len(batch)
         if n0 == 0:
             return []
-        keys = (batch.site + "/" + batch.device).tolist()
-        kidx: dict[str, int] = {}
-        dev_all = np.fromiter((kidx.setdefault(k, len(kidx)) for k in keys), np.int64, n0)
-        dkeys = list(kidx)
-        n_dev = len(dkeys)
-        mcode = np.fromiter((_METRIC_CODE.get(m, -1) for m in batch.metric.tolist()), np.int64, n0)
-        _, first_row = np.unique(dev_all, return_index=True)
+        site_l, dev_l = batch.site.tolist(), batch.device.tolist()
+        dev_all = _code(dev_l)[0]
+        first = _first_rows(dev_all)
+        if not (batch.site == batch.site[first][dev_all]).all():  # a device name used at several sites
+            sc = _code(site_l)[0]
+            dev_all = _code((sc * (len(first) + 1) + dev_all).tolist())[0]
+            first = _first_rows(dev_all)
+        first_row = first.tolist()
+        n_dev = len(first_row)
+        mlist = batch.metric.tolist()
+        mtab = {m: _METRIC_CODE.get(m, -1) for m in dict.fromkeys(mlist)}
+        mcode = np.fromiter(map(mtab.__getitem__, mlist), np.int64, n0)
 
         # ---- device contexts: state and plan (Python per device)
+        fam_l = batch.family[first].tolist()
+        dkeys: list[str] = []
         plans: list[DevicePlan | None] = []
         olds: list[dict | None] = []
         dev_fam = np.full(n_dev, -1, dtype=np.int64)
-        for d, key in enumerate(dkeys):
-            r = int(first_row[d])
-            st = states.get(key)
-            if not (isinstance(st, dict) and st.get("v") == STATE_VERSION and st.get("fam") in FAMILIES):
-                st = None
-            fam = st["fam"] if st else batch.family[r]
+        dev_pid = np.zeros(n_dev, dtype=np.int64)
+        for d, r in enumerate(first_row):
+            site, device = site_l[r], dev_l[r]
+            key = site + "/" + device
+            dkeys.append(key)
+            st = _upgrade(states.get(key))
+            fam = st["fam"] if st else fam_l[d]
             olds.append(st)
             if fam not in FAMILIES:
                 plans.append(None)
                 continue
-            plans.append(self.plan(batch.site[r], batch.device[r], fam))
+            p, pid = self._plan(site, device, fam)
+            plans.append(p)
             dev_fam[d] = FAM_CODE[fam]
+            dev_pid[d] = pid
+        tab = self._tables()
 
         # the device's family decides what its metric names mean; a metric foreign to it is dropped
         fmc = _FM_TABLE[dev_fam[dev_all], mcode]
@@ -132,100 +296,125 @@ class DetectorEngine:
             dup = np.r_[False, (d_[1:] == d_[:-1]) & (f_[1:] == f_[:-1]) & (t_[1:] == t_[:-1])]
             d_, f_, t_, v_ = d_[~dup], f_[~dup], t_[~dup], v_[~dup]
 
+        # ---- per-series state of the devices in the batch, columnar: one block of slots per device
+        nm = _NM_BY_CODE[dev_fam]
+        off = np.zeros(n_dev + 1, dtype=np.int64)
+        np.cumsum(nm, out=off[1:])
+        n_slots = int(off[-1])
+        S_i = np.empty((n_slots, _NI), dtype=np.int64)
+        S_i[:] = _EMPTY_I
+        S_f = np.full((n_slots, _NF), np.nan)
+        had = [d for d in range(n_dev) if olds[d] is not None]
+        if had:
+            had_a = np.array(had, dtype=np.int64)
+            slot_rows = np.repeat(off[had_a] - np.cumsum(np.r_[0, nm[had_a][:-1]]), nm[had_a]) + np.arange(
+                int(nm[had_a].sum()))
+            S_i[slot_rows] = np.array(list(chain.from_iterable(olds[d]["m"][0] for d in had)),
+                                      dtype=np.int64).reshape(-1, _NI)
+            S_f[slot_rows] = np.array(list(chain.from_iterable(olds[d]["m"][1] for d in had)),
+                                      dtype=np.float64).reshape(-1, _NF)
+
         # ---- series (device, metric); drop readings not newer than the series' last processed one
         sk = d_ * _NFM + f_
         sfirst, sgrp, sfirst_idx, slast = group_layout(sk)
         s_dev = d_[slast]
         s_fm = f_[slast]
-        s_state = []
-        s_last_ts = np.empty(slast.shape[0], dtype=np.int64)
-        for s in range(slast.shape[0]):
-            st = olds[s_dev[s]]
-            ms = st["m"].get(FM_LIST[s_fm[s]][1]) if st else None
-            s_state.append(ms)
-            s_last_ts[s] = ms[_M_T] if ms else np.iinfo(np.int64).min
-        fresh = t_ > s_last_ts[sgrp]
+        s_row = off[s_dev] + _FM_SLOT[s_fm]
+        fresh = t_ > S_i[s_row, 0][sgrp]
         if not fresh.all():
             d_, f_, t_, v_ = d_[fresh], f_[fresh], t_[fresh], v_[fresh]
             old_s = sgrp[fresh]
             sfirst, sgrp, sfirst_idx, slast = group_layout(d_ * _NFM + f_)
-            remap = old_s[slast]
-            s_state = [s_state[i] for i in remap]
+            s_row = s_row[old_s[slast]]
             s_dev, s_fm = d_[slast], f_[slast]
         n = t_.shape[0]
-        touched = np.zeros(n_dev, dtype=bool)
-        touched[np.unique(dev_all)] = True
         new_states: dict[int, dict] = {}
-        for d in np.flatnonzero(touched):
-            if plans[d] is None:
+        for d in range(n_dev):
+            p = plans[d]
+            if p is None:
                 continue
             old = olds[d]
-            ns = dict(old) if old else _new_state(plans[d].family)
-            ns["m"], ns["c"], ns["k"] = dict(ns["m"]), dict(ns["c"]), dict(ns["k"])
-            new_states[int(d)] = ns
+            ns = dict(old) if old else _new_state(p.family)
+            ns["c"], ns["k"] = dict(ns["c"]), dict(ns["k"])
+            new_states[d] = ns
         findings: list[Finding] = []
         if n == 0:
             self._write_back(states, dkeys, new_states)
             return findings
 
         # ---- sensor faults per series
-        S = slast.shape[0]
-        sens = [plans[s_dev[s]].sensors[FM_LIST[s_fm[s]][1]] for s in range(S)]
-        lo = np.array([p.lo for p in sens])
-        hi = np.array([p.hi for p in sens])
-        step = np.array([p.step for p in sens])
-        flat_ms = np.array([p.flat_ms for p in sens])
-        eps = np.array([p.eps for p in sens])
-        cag = np.array([plans[s_dev[s]].clear_after_good for s in range(S)], dtype=np.int64)
-        carry = _series_carry(s_state)
-        fr = sensor_faults(v_, t_, sgrp, sfirst, sfirst_idx, slast, lo, hi, step, flat_ms, eps, cag, carry)
+        s_pid = dev_pid[s_dev]
+        si_old = S_i[s_row]
+        sf_old = S_f[s_row]
+        carry = SeriesCarry(sf_old[:, 0], sf_old[:, 1], si_old[:, 1], si_old[:, 2].astype(bool), si_old[:, 3],
+                            si_old[:, 4], si_old[:, 5].astype(bool), si_old[:, 6], si_old[:, 7].astype(bool),
+                            si_old[:, 8], si_old[:, 9].astype(bool))
+        fr = sensor_faults(v_, t_, sgrp, sfirst, sfirst_idx, slast, tab.lo[s_pid, s_fm], tab.hi[s_pid, s_fm],
+                           tab.step[s_pid, s_fm], tab.flat_ms[s_pid, s_fm], tab.eps[s_pid, s_fm], tab.cag[s_pid],
+                           carry)
 
         results: list[_Res] = []
         row_all = np.arange(n)
-        fault_bits = {"fault.out_of_range": fr.oor_level_bit, "fault.spike": fr.spk_level_bit,
-                      "fault.flatline": fr.flat_level_bit}
-        for kind, bits in fault_bits.items():
-            lvl = np.array([p.fault_levels[kind] if p else 0 for p in plans], dtype=np.int8)
-            results.append(_Res(-1 - KIND_CODE[kind], row_all, np.where(bits, lvl[d_], 0).astype(np.int8), v_))
+        row_pid = dev_pid[d_]
+        for k, (kind, bits) in enumerate(zip(_FAULT_BITS, (fr.oor_level_bit, fr.spk_level_bit, fr.flat_level_bit))):
+            results.append(_Res(-1 - KIND_CODE[kind], row_all, np.where(bits, tab.flvl[k][row_pid], 0).astype(np.int8),
+                                v_))
 
         # ---- hazard checks over valid rows
         hv = np.flatnonzero(fr.valid)
         hv_fm = f_[hv]
         check_carry: dict[tuple[int, int], dict] = {}  # (device, check) -> new check state
-        base_updates: dict[int, float] = {}  # series -> baseline first taken in this batch
-        for fm in np.unique(hv_fm):
+        cdicts = [st["c"] if st else _NO_CHECKS for st in olds]
+        s_base = sf_old[:, 2].copy()  # baseline per series, first taken in this batch where it had none
+        for fm in np.unique(hv_fm).tolist():
+            checks = _CHECKS_BY_FM.get(fm)
+            if not checks:
+                continue
             rows_fm = hv[hv_fm == fm]
-            for ci in _CHECKS_BY_FM.get(int(fm), []):
-                res = self._run_check(ci, rows_fm, d_, sgrp, t_, v_, plans, olds, s_state, check_carry, base_updates)
+            for ci in checks:
+                res = self._run_check(ci, rows_fm, d_, sgrp, t_, v_, dev_pid, tab, cdicts, s_base, check_carry)
                 if res is not None:
                     results.append(res)
         ph = hv[np.isin(hv_fm, _PHASE_FM)]
         if ph.size:
-            res = self._run_imbalance(ph, d_, f_, t_, v_, plans, olds, check_carry)
+            res = self._run_imbalance(ph, d_, f_, t_, v_, dev_pid, tab, cdicts, check_carry)
             if res is not None:
                 results.append(res)
 
         # ---- combine per (device, kind), emit
         stated = np.array([d * _NK + KIND_CODE[k] for d, st in enumerate(olds) if st for k in st["k"]
                            if k in KIND_CODE], dtype=np.int64)
-        findings += self._emit(results, d_, f_, t_, v_, plans, olds, new_states, stated)
+        findings += self._emit(results, d_, f_, t_, v_, plans, dev_pid, tab, olds, new_states, stated, n_dev)
 
         # ---- silent devices come back; state write-back
-        dmin = np.full(n_dev, np.iinfo(np.int64).max, dtype=np.int64)
-        dmax = np.full(n_dev, np.iinfo(np.int64).min, dtype=np.int64)
+        big = np.iinfo(np.int64)
+        dmin = np.full(n_dev, big.max, dtype=np.int64)
+        dmax = np.full(n_dev, big.min, dtype=np.int64)
         np.minimum.at(dmin, d_, t_)
         np.maximum.at(dmax, d_, t_)
+        dmin_l, dmax_l = dmin.tolist(), dmax.tolist()
         for d, ns in new_states.items():
-            if dmax[d] == np.iinfo(np.int64).min:
+            hi_t = dmax_l[d]
+            if hi_t == big.min:
                 continue
             p = plans[d]
-            lt = max(int(dmax[d]), ns["lt"] or int(dmax[d]))
+            lt = max(hi_t, ns["lt"] or hi_t)
             ns["lt"] = lt
             ns["dl"] = lt + p.silent_ms
             if ns["sil"][0]:
-                findings.append(self._silent_finding(p, Level.CLEAR, int(dmin[d]), int(dmin[d]) - ns["sil"][1], ns))
+                findings.append(self._silent_finding(p, Level.CLEAR, dmin_l[d], dmin_l[d] - ns["sil"][1], ns))
                 ns["sil"] = [0, 0, 0]
-        self._series_write(new_states, s_state, s_dev, s_fm, slast, t_, fr.out, base_updates)
+        out = fr.out
+        S_i[s_row] = np.column_stack([t_[slast], out.p1_ts, out.sus, out.frun, out.fstart, out.oor_bit, out.oor_good,
+                                      out.spk_bit, out.spk_good, out.flat_bit]).astype(np.int64)
+        S_f[s_row] = np.column_stack([out.p1, out.p2, s_base])
+        ints = S_i.ravel().tolist()
+        fl = S_f.ravel()
+        flts = np.where(np.isnan(fl), None, fl.astype(object)).tolist()
+        off_l = off.tolist()
+        for d, ns in new_states.items():
+            a, b = off_l[d], off_l[d + 1]
+            ns["m"] = [ints[a * _NI:b * _NI], flts[a * _NF:b * _NF]]
         for (d, ci), cs in check_carry.items():
             if cs is None:
                 new_states[d]["c"].pop(CHECKS[ci].id, None)
@@ -236,122 +425,115 @@ class DetectorEngine:
         return findings
 
     # -------------------------------------------------------------------------------------------- checks
-    def _run_check(self, ci: int, rows: np.ndarray, d_, sgrp, t_, v_, plans, olds, s_state, check_carry,
-                   base_updates) -> _Res | None:
+    def _run_check(self, ci: int, rows: np.ndarray, d_, sgrp, t_, v_, dev_pid, tab: _Tables, cdicts, s_base,
+                   check_carry) -> _Res | None:
         c = CHECKS[ci]
         first, grp, first_idx, last = group_layout(sgrp[rows])
         gdev = d_[rows[last]]
-        params = [plans[d].checks.get(ci) for d in gdev]
-        on = np.array([p is not None for p in params], dtype=bool)
+        on = tab.on[dev_pid[gdev], ci]
         if not on.any():
             return None
         if not on.all():
             rows = rows[on[grp]]
             first, grp, first_idx, last = group_layout(sgrp[rows])
             gdev = d_[rows[last]]
-            params = [p for p in params if p is not None]
-        G = last.shape[0]
+        gp = dev_pid[gdev]
         ts, v = t_[rows], v_[rows]
-        cstates = [olds[d]["c"].get(c.id) if olds[d] else None for d in gdev]
+        cid = c.id
+        cstates = [cdicts[d].get(cid) for d in gdev.tolist()]
         extra: dict[str, Any] = {}
         if c.mode == "level":
             x = v.copy()
         elif c.mode == "change":
-            base = np.empty(G)
-            for g, (p, d) in enumerate(zip(params, gdev)):
-                if p.baseline is not None:
-                    base[g] = p.baseline
-                else:
-                    ms = s_state[sgrp[rows[last[g]]]]
-                    b = ms[_M_BASE] if ms else None
-                    if b is None:
-                        b = float(v[first_idx[last[g]]])
-                        base_updates[int(sgrp[rows[last[g]]])] = b
-                    base[g] = b
+            fixed = tab.baseline[gp, ci]
+            ser = sgrp[rows[last]]
+            base = np.where(np.isnan(fixed), s_base[ser], fixed)
+            take = np.isnan(base)
+            if take.any():
+                base[take] = v[first_idx[last[take]]]
+                s_base[ser[take]] = base[take]
             diff = v - base[grp]
-            dirs = np.array([p.direction for p in params])[grp]
+            dirs = tab.direction[gp, ci][grp]
             x = np.where(dirs == 0, np.abs(diff), np.where(dirs == 1, diff, -diff))
             extra["baseline"] = base[grp]
         elif c.mode == "rate":
             hist = [cs["hist"] if cs and cs.get("hist") else [[], []] for cs in cstates]
             x, refs, new_hist = windowed_rate(
-                v, ts, first, grp, hist,
-                np.array([p.window_ms for p in params], np.int64), np.array([p.bucket_ms for p in params], np.int64),
-                np.array([p.consecutive for p in params], np.int64), np.array([p.per_ms for p in params]),
-                np.array([p.direction for p in params], np.int64))
+                v, ts, first, grp, hist, tab.window_ms[gp, ci], tab.bucket_ms[gp, ci], tab.consecutive[gp, ci],
+                tab.per_ms[gp, ci], tab.direction[gp, ci])
             extra["refs"] = refs
         else:  # pragma: no cover - registry guarantees the modes above
             raise ValueError(c.mode)
-        level, out = self._hyst(x, ts, first, first_idx, grp, last, params, cstates)
+        level, out = self._hyst(x, ts, first, first_idx, grp, last, gp, ci, tab, cstates)
         if c.mode == "rate":
             for g, h, hs in zip(gdev.tolist(), _hyst_rows(out), new_hist):
                 check_carry[(g, ci)] = {"h": h, "hist": hs}
         else:
             _store_hyst(out, gdev, ci, cstates, check_carry)
-        lines = np.array([p.lines for p in params])[grp]
-        return _Res(ci, rows, level, x, lines, extra)
+        return _Res(ci, rows, level, x, None, extra)
 
-    def _run_imbalance(self, rows, d_, f_, t_, v_, plans, olds, check_carry) -> _Res | None:
+    def _run_imbalance(self, rows, d_, f_, t_, v_, dev_pid, tab: _Tables, cdicts, check_carry) -> _Res | None:
         ci = _IMBALANCE
         c = CHECKS[ci]
-        params_by_dev = {int(d): plans[d].checks.get(ci) for d in np.unique(d_[rows])}
-        rows = rows[np.array([params_by_dev[int(d)] is not None for d in d_[rows]], dtype=bool)]
+        rows = rows[tab.on[dev_pid[d_[rows]], ci]]
         if not rows.size:
             return None
         rows = rows[np.lexsort((f_[rows], t_[rows], d_[rows]))]
         first, grp, first_idx, last = group_layout(d_[rows])
         gdev = d_[rows[last]]
-        params = [params_by_dev[int(d)] for d in gdev]
-        cstates = [olds[d]["c"].get(c.id) if olds[d] else None for d in gdev]
+        gp = dev_pid[gdev]
+        cstates = [cdicts[d].get(c.id) for d in gdev.tolist()]
         ts, v, f = t_[rows], v_[rows], f_[rows]
         phase_vals = []
-        carry_ph = np.array([[_f(x) for x in (cs.get("ph") if cs else None) or [None] * 3] for cs in cstates])
+        carry_ph = np.array([(cs.get("ph") if cs else None) or _EMPTY_F for cs in cstates],
+                            dtype=np.float64).reshape(-1, 3)
         for k, code in enumerate(_PHASE_FM):
             li = ffill_index(f == code, first_idx)
             phase_vals.append(np.where(li >= 0, v[np.maximum(li, 0)], carry_ph[grp, k]))
         pv = np.vstack(phase_vals)
         imax, imin = pv.max(axis=0), pv.min(axis=0)
-        min_load = np.array([p.min_load for p in params])[grp]
+        min_load = tab.min_load[gp, ci][grp]
         with np.errstate(invalid="ignore", divide="ignore"):
             x = np.where(np.isfinite(imax) & np.isfinite(imin) & (imax >= min_load) & (imax > 0),
                          (imax - imin) / imax * 100.0, np.nan)
-        level, out = self._hyst(x, ts, first, first_idx, grp, last, params, cstates)
+        level, out = self._hyst(x, ts, first, first_idx, grp, last, gp, ci, tab, cstates)
         phases = _nullable(pv[:, last].T.ravel())
         for g, h in enumerate(_hyst_rows(out)):  # one per electrical device: the last phase currents are kept
             check_carry[(int(gdev[g]), ci)] = {"h": h, "ph": phases[3 * g:3 * g + 3]}
-        lines = np.array([p.lines for p in params])[grp]
-        return _Res(ci, rows, level, x, lines, {"phases": pv})
+        return _Res(ci, rows, level, x, None, {"phases": pv})
 
     @staticmethod
-    def _hyst(x, ts, first, first_idx, grp, last, params, cstates):
+    def _hyst(x, ts, first, first_idx, grp, last, gp, ci, tab: _Tables, cstates):
         G = last.shape[0]
         carry = HystCarry.zeros(G)
-        for g, cs in enumerate(cstates):
-            h = cs.get("h") if cs else None
-            if h:
-                carry.bits[g] = h[0:3]
-                carry.run[g] = h[3:6]
-                carry.start[g] = h[6:9]
-        lines = np.array([p.lines for p in params], dtype=np.float64)[grp]
-        clear = np.array([p.clear_lines for p in params], dtype=np.float64)[grp]
-        hold_n = np.array([p.hold_count for p in params], np.int64)[grp]
-        hold_ms = np.array([p.hold_ms for p in params], np.int64)[grp]
-        return graded_levels(x, ts, first, first_idx, grp, last, lines, clear, hold_n, hold_ms, carry)
+        busy = [(g, h) for g, cs in enumerate(cstates) if cs and (h := cs.get("h"))]
+        if busy:
+            gi = np.fromiter((g for g, _ in busy), np.int64, len(busy))
+            hs = np.array([h for _, h in busy], dtype=np.int64).reshape(-1, 9)
+            carry.bits[gi] = hs[:, 0:3].astype(bool)
+            carry.run[gi] = hs[:, 3:6]
+            carry.start[gi] = hs[:, 6:9]
+        return graded_levels(x, ts, first, first_idx, grp, last, tab.lines[gp, ci][grp], tab.clear[gp, ci][grp],
+                             tab.hold_n[gp, ci][grp], tab.hold_ms[gp, ci][grp], carry)
 
     # -------------------------------------------------------------------------------------------- emission
-    def _emit(self, results: list[_Res], d_, f_, t_, v_, plans, olds, new_states, stated) -> list[Finding]:
+    def _emit(self, results: list[_Res], d_, f_, t_, v_, plans, dev_pid, tab: _Tables, olds, new_states,
+              stated, n_dev: int) -> list[Finding]:
         """Combine levels per (device, kind) and emit. A (device, kind) that is clear now and was clear (no
         stored state) is skipped before any sorting: in a quiet batch that is nearly every row."""
         kcode = [KIND_CODE[CHECKS[r.check].kind] if r.check >= 0 else -1 - r.check for r in results]
         raised = [(d_[r.rows[r.level > 0]] * _NK + kc) for r, kc in zip(results, kcode)]
-        live_codes = np.unique(np.concatenate([stated, *raised]))
+        live_tab = np.zeros(n_dev * _NK, dtype=bool)
+        live_tab[stated] = True
+        for a in raised:
+            live_tab[a] = True
         parts: list[tuple] = []
         for ri, r in enumerate(results):
             if not r.rows.shape[0]:
                 continue
             dev = d_[r.rows]
             kc = kcode[ri]
-            live = np.isin(dev * _NK + kc, live_codes)
+            live = live_tab[dev * _NK + kc]
             if not live.any():
                 continue
             loc = np.flatnonzero(live)
@@ -360,14 +542,15 @@ class DetectorEngine:
                 slot = np.full(loc.shape[0], CHECKS[r.check].slot, np.int64)
             else:
                 slot = _FM_SLOT[f_[r.rows[loc]]]
-            parts.append((dev[loc], kind, slot, np.full(loc.shape[0], ri, np.int64), loc, r.rows[loc], r.level[loc]))
+            parts.append((dev[loc], kind, slot, np.full(loc.shape[0], ri, np.int64), loc, r.rows[loc], r.level[loc],
+                          r.x[loc]))
         if not parts:
             return []
-        e_dev, e_kind, e_slot, e_res, e_loc, e_row, e_lvl = (np.concatenate(a) for a in zip(*parts))
+        e_dev, e_kind, e_slot, e_res, e_loc, e_row, e_lvl, x_e = (np.concatenate(a) for a in zip(*parts))
         e_ts = t_[e_row]
         o = np.lexsort((e_slot, e_ts, e_kind, e_dev))
-        e_dev, e_kind, e_slot, e_res, e_loc, e_row, e_lvl, e_ts = (
-            a[o] for a in (e_dev, e_kind, e_slot, e_res, e_loc, e_row, e_lvl, e_ts))
+        e_dev, e_kind, e_slot, e_res, e_loc, e_row, e_lvl, e_ts, x_e = (
+            a[o] for a in (e_dev, e_kind, e_slot, e_res, e_loc, e_row, e_lvl, e_ts, x_e))
         first, grp, first_idx, last = group_layout(e_dev * _NK + e_kind)
         G = last.shape[0]
         g_dev, g_kind = e_dev[last], e_kind[last]
@@ -400,59 +583,62 @@ class DetectorEngine:
         lastchg = np.maximum.accumulate(np.where(change, idx, first_idx - 1))
         te = np.where(lastchg >= first_idx, e_ts[np.maximum(lastchg, 0)], carry_te[grp])
         prev_ts = prev_in_group(e_ts, first, grp, carry_lt)
-        R = np.array([plans[d].reassert_ms for d in g_dev], dtype=np.int64)[grp]
+        R = tab.reassert[dev_pid[g_dev]][grp]
         reassert = ~change & (agg > 0) & ((e_ts - te) // R > (prev_ts - te) // R)
         emit = np.flatnonzero(change | reassert)
 
+        # the slot that explains each emitted level: the entry's own if it carries the level, else the worst one
         findings = []
-        for j in emit.tolist():
-            g = int(grp[j])
-            findings.append(self._finding(results, j, g, g_dev, g_kind, agg, prev, e_slot, e_res, e_loc, li,
-                                          slot_lvl, kstates, t_, v_, f_, plans, bool(change[j])))
+        if emit.size:
+            lv = agg[emit]
+            col = e_slot[emit]
+            sl = slot_lvl[emit]
+            own = sl[np.arange(emit.shape[0]), col]
+            col = np.where((lv > 0) & (own != lv), np.argmax(sl == lv[:, None], axis=1), col)
+            k = li[emit, col]
+            kc = np.maximum(k, 0)
+            krow = e_row[kc]
+            cols = (grp[emit].tolist(), lv.tolist(), prev[emit].tolist(), e_ts[emit].tolist(), col.tolist(),
+                    k.tolist(), e_res[kc].tolist(), e_loc[kc].tolist(), x_e[kc].tolist(), v_[krow].tolist(),
+                    t_[krow].tolist(), f_[krow].tolist(), change[emit].tolist())
+            g_dev_l, g_kind_l = g_dev.tolist(), g_kind.tolist()
+            for g, level, before, ts, c, kk, ri, loc, x, raw, rts, fm, changed in zip(*cols):
+                findings.append(self._finding(results, plans[g_dev_l[g]], KINDS[g_kind_l[g]], level, before, ts, c,
+                                              kk, ri, loc, x, raw, rts, fm, kstates[g], changed))
         # write kind states
-        for g in range(G):
-            j = int(last[g])
-            kind = KINDS[g_kind[g]]
-            ks = kstates[g]
-            xs = list(ks["x"]) if ks else [None] * KIND_SLOTS[kind]
-            for col in range(KIND_SLOTS[kind]):
-                k = li[j, col]
-                if k >= 0:
-                    r = results[e_res[k]]
-                    xs[col] = _j(r.x[e_loc[k]])
-            slots = [int(s) for s in slot_lvl[j, :KIND_SLOTS[kind]]]
-            if not agg[j] and not any(slots):
-                new_states[int(g_dev[g])]["k"].pop(kind, None)
+        lj = li[last]
+        has = lj >= 0
+        xl = np.where(has, x_e[np.maximum(lj, 0)], np.nan).tolist()
+        has = has.tolist()
+        slot_l = slot_lvl[last].tolist()
+        agg_l, te_l, lt_l = agg[last].tolist(), te[last].tolist(), e_ts[last].tolist()
+        for g, (d, kc) in enumerate(zip(g_dev.tolist(), g_kind.tolist())):
+            kind = KINDS[kc]
+            ns_k = new_states[d]["k"]
+            nsl = KIND_SLOTS[kind]
+            slots = slot_l[g][:nsl]
+            if not agg_l[g] and not any(slots):
+                ns_k.pop(kind, None)
                 continue
-            new_states[int(g_dev[g])]["k"][kind] = {
-                "l": int(agg[j]), "te": int(te[j]), "lt": int(e_ts[j]), "s": slots, "x": xs}
+            ks = kstates[g]
+            xs = list(ks["x"]) if ks else [None] * nsl
+            hg, xg = has[g], xl[g]
+            for c in range(nsl):
+                if hg[c]:
+                    xs[c] = None if xg[c] != xg[c] else xg[c]
+            ns_k[kind] = {"l": agg_l[g], "te": te_l[g], "lt": lt_l[g], "s": slots, "x": xs}
         return findings
 
-    def _finding(self, results, j, g, g_dev, g_kind, agg, prev, e_slot, e_res, e_loc, li, slot_lvl, kstates,
-                 t_, v_, f_, plans, changed: bool) -> Finding:
-        p = plans[g_dev[g]]
-        kind = KINDS[g_kind[g]]
-        level = int(agg[j])
-        before = int(prev[j])
-        ts = int(t_[_row(results, e_res, e_loc, j)])
-        # the slot that explains the level: this entry's own if it carries the level, else the worst one
-        col = int(e_slot[j])
-        if level > 0 and slot_lvl[j, col] != level:
-            col = int(np.flatnonzero(slot_lvl[j] == level)[0])
-        k = int(li[j, col])
-        ev: dict[str, Any] = {"level": LEVEL_NAMES[level - 1] if level else "clear",
-                              "previous": LEVEL_NAMES[before - 1] if before else "clear",
-                              "reassert": not changed}
+    def _finding(self, results, p: DevicePlan, kind: str, level: int, before: int, ts: int, col: int, k: int,
+                 ri: int, loc: int, x: float, raw: float, rts: int, fm: int, ks: dict | None,
+                 changed: bool) -> Finding:
+        ev: dict[str, Any] = {"level": _LNAMES[level], "previous": _LNAMES[before], "reassert": not changed}
         if k >= 0:
-            r = results[e_res[k]]
-            loc = int(e_loc[k])
-            row = int(r.rows[loc])
-            metric = FM_LIST[f_[row]][1] if r.check < 0 or CHECKS[r.check].metric != "*" else "*"
-            x, raw, rts = float(r.x[loc]), float(v_[row]), int(t_[row])
+            r = results[ri]
+            metric = FM_LIST[fm][1] if r.check < 0 or CHECKS[r.check].metric != "*" else "*"
         else:  # the worst slot has no reading in this batch: take what the state remembered
             r = None
-            loc = row = -1
-            x = _f(kstates[g]["x"][col]) if kstates[g] else _NAN
+            x = _f(ks["x"][col]) if ks else _NAN
             raw, rts = x, ts
             metric = ""
         if kind in FAULT_KINDS:
@@ -464,7 +650,7 @@ class DetectorEngine:
         metric = metric or c.metric
         prm = p.checks.get(ci)
         if prm is None:  # check switched off by a rule reload while raised: report the clear plainly
-            return Finding(p.site, p.device, p.family, kind, "hazard", Level(level), ts, metric, x, _NAN,
+            return Finding(p.site, p.device, p.family, kind, "hazard", _LEVELS[level], ts, metric, x, _NAN,
                            "check disabled by configuration", "", False, ev)
         if level:
             threshold = prm.lines[level - 1]
@@ -474,10 +660,10 @@ class DetectorEngine:
             threshold = prm.clear_lines[ref_level - 1]
             rule = (f"cleared: {metric} below {threshold:.6g} {prm.unit} "
                     f"({prm.clear_ratio:g} x the {LEVEL_NAMES[ref_level - 1]} line)")
-        ev.update({"value": raw, "reading_ts": rts, "unit": prm.unit,
-                   "lines": {LEVEL_NAMES[i]: prm.lines[i] for i in range(3) if not math.isnan(prm.lines[i])},
-                   "clear_ratio": prm.clear_ratio, "hold_count": prm.hold_count, "hold_s": prm.hold_ms / 1000,
-                   **prm.evidence})
+        ev["value"] = raw
+        ev["reading_ts"] = rts
+        ev.update(prm.static_evidence)
+        ev["lines"] = dict(ev["lines"])
         if r is not None and r.extra:
             if "baseline" in r.extra:
                 ev["baseline"] = float(r.extra["baseline"][loc])
@@ -489,7 +675,7 @@ class DetectorEngine:
                 ev["phases_a"] = [_j(r.extra["phases"][i, loc]) for i in range(3)]
         if p.rules.overridden_by:
             ev["config"] = list(p.rules.overridden_by)
-        return Finding(p.site, p.device, p.family, kind, "hazard", Level(level), ts, metric, x,
+        return Finding(p.site, p.device, p.family, kind, "hazard", _LEVELS[level], ts, metric, x,
                        float(threshold), rule, prm.source, level >= prm.major_from, ev)
 
     def _fault_finding(self, p: DevicePlan, kind: str, level: int, ts: int, metric: str, value: float,
@@ -507,7 +693,7 @@ class DetectorEngine:
         if not level:
             rule = "cleared: " + rule
         ev.update({"value": value, "reading_ts": rts, "withheld_from_hazards": bool(level)})
-        return Finding(p.site, p.device, p.family, kind, "fault", Level(level), ts, metric, value,
+        return Finding(p.site, p.device, p.family, kind, "fault", _LEVELS[level], ts, metric, value,
                        float(threshold), rule, p.fault_source, False, ev)
 
     # ============================================================================================ clock
@@ -515,7 +701,7 @@ class DetectorEngine:
         """Silent devices (deadman), judged against the wall clock; re-asserts while they stay silent."""
         out = []
         for key, st in list(states.items()):
-            if not isinstance(st, dict) or st.get("v") != STATE_VERSION or "dl" not in st or st.get("dl") is None:
+            if not isinstance(st, dict) or st.get("v") not in _READABLE or "dl" not in st or st.get("dl") is None:
                 continue
             if now_ms <= st["dl"]:
                 continue
@@ -551,7 +737,7 @@ class DetectorEngine:
         """Gateway offline (MQTT last will) raises a fault; back online clears it. Older statuses are ignored."""
         key = f"{status.site}/gateway:{status.gateway}"
         st = states.get(key)
-        if not (isinstance(st, dict) and st.get("v") == STATE_VERSION and st.get("gw")):
+        if not (isinstance(st, dict) and st.get("v") in _READABLE and st.get("gw")):
             st = {"v": STATE_VERSION, "gw": True, "ts": None, "l": 0, "te": 0}
         if st["ts"] is not None and status.ts < st["ts"]:
             return []
@@ -579,24 +765,9 @@ class DetectorEngine:
 
     # ============================================================================================ state
     @staticmethod
-    def _series_write(new_states, s_state, s_dev, s_fm, slast, t_, out: SeriesCarry, base_updates) -> None:
-        cols = [t_[slast].tolist(), _nullable(out.p1), _nullable(out.p2)] + [
-            a.astype(np.int64).tolist() for a in (out.p1_ts, out.sus, out.frun, out.fstart, out.oor_bit,
-                                                  out.oor_good, out.spk_bit, out.spk_good, out.flat_bit)]
-        metric = [FM_LIST[f][1] for f in s_fm.tolist()]
-        for s, row in enumerate(zip(*cols)):
-            old = s_state[s]
-            b = base_updates.get(s, old[_M_BASE] if old else None)
-            new_states[int(s_dev[s])]["m"][metric[s]] = [*row, b]
-
-    @staticmethod
     def _write_back(states, dkeys, new_states) -> None:
         for d, ns in new_states.items():
             states[dkeys[d]] = ns
-
-
-def _row(results, e_res, e_loc, j) -> int:
-    return int(results[e_res[j]].rows[e_loc[j]])
 
 
 def _store_hyst(out: HystCarry, gdev: np.ndarray, ci: int, cstates: list, check_carry: dict) -> None:
@@ -619,14 +790,3 @@ def _hyst_rows(out: HystCarry) -> list[list[int]]:
 def _nullable(a: np.ndarray) -> list:
     return np.where(np.isnan(a), None, a.astype(object)).tolist()
 
-
-def _series_carry(s_state: list[list | None]) -> SeriesCarry:
-    S = len(s_state)
-    rows = [ms[1:12] if ms else _EMPTY_SERIES for ms in s_state]
-    a = np.array(rows, dtype=np.float64).reshape(S, 11)  # None -> nan
-    i = np.nan_to_num(a[:, 2:]).astype(np.int64)
-    return SeriesCarry(a[:, 0], a[:, 1], i[:, 0], i[:, 1].astype(bool), i[:, 2], i[:, 3], i[:, 4].astype(bool),
-                       i[:, 5], i[:, 6].astype(bool), i[:, 7], i[:, 8].astype(bool))
-
-
-_EMPTY_SERIES = [None, None, 0, 0, 0, 0, 0, 0, 0, 0, 0]

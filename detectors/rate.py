@@ -35,8 +35,10 @@ def windowed_rate(v: np.ndarray, ts: np.ndarray, first: np.ndarray, grp: np.ndar
     hg = np.repeat(np.arange(g_count), sizes)
     ht = np.fromiter(chain.from_iterable(h[0] for h in hist), np.int64, hg.shape[0])
     hv = np.fromiter(chain.from_iterable(h[1] for h in hist), np.float64, hg.shape[0])
-    last_bucket = np.array([h[0][-1] // int(bucket_ms[g]) if h[0] else np.iinfo(np.int64).min
-                            for g, h in enumerate(hist)], dtype=np.int64)
+    last_bucket = np.full(g_count, np.iinfo(np.int64).min, dtype=np.int64)
+    if ht.size:
+        nonempty = sizes > 0
+        last_bucket[nonempty] = ht[np.cumsum(sizes)[nonempty] - 1] // bucket_ms[nonempty]
     b = ts // bucket_ms[grp]
     new = b != prev_in_group(b, first, grp, last_bucket)
     sg = np.concatenate([hg, grp[new]])

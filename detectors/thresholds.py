@@ -45,6 +45,14 @@ class Params:
         """clear_ratio × line, rounded to 12 digits so 0.95 × 9 t is the 8.55 t an engineer computes by hand."""
         return tuple(float(f"{self.clear_ratio * x:.12g}") for x in self.lines)  # type: ignore[return-value]
 
+    @cached_property
+    def static_evidence(self) -> dict[str, Any]:
+        """The part of a finding's evidence that depends only on the check's parameters (do not mutate)."""
+        return {"unit": self.unit,
+                "lines": {LEVEL_NAMES[i]: self.lines[i] for i in range(3) if not math.isnan(self.lines[i])},
+                "clear_ratio": self.clear_ratio, "hold_count": self.hold_count, "hold_s": self.hold_ms / 1000,
+                **self.evidence}
+
 
 def knobs(dr: DeviceRules, k: Knobs) -> dict[str, Any]:
     """A check's hold / clear / major / source, falling back to the family's."""
