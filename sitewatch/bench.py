@@ -171,7 +171,7 @@ BENCH_RULES = "version: 1\nfaults:\n  silent_after_intervals: 1000000\n"
 
 
 def _frames(readings: int, per_frame: int, sites: int, single: bool) -> list[tuple[str, bytes]]:
-    now = int(time.time() * 1000)  # readings 1 ms apart from now: inside the 5 min future-skew limit
+    now = int(time.time() * 1000) - readings  # 1 ms apart, ending now: never "in the future" (that is a DLQ case)
     fams = list(FAMILIES)
     frames: list[tuple[str, bytes]] = []
     items = []
@@ -220,6 +220,12 @@ def bench_pipeline(readings: int, echo=click.echo) -> dict[str, float]:
     from sitewatch.localstack import LocalStack, ManagedProcess, free_port, sitewatch_argv
     from sitewatch.webhook_receiver import WebhookReceiver
 
+    import signal
+
+    def _interrupt(signum, frame):  # SIGTERM too must run the finally below: the children live in own sessions
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
     tmp = Path(tempfile.mkdtemp(prefix="sitewatch-bench-"))
     stack = LocalStack(tmp, free_port(), free_port()).start()
     receiver = WebhookReceiver().start()
