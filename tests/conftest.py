@@ -146,3 +146,17 @@ def read_topic(bootstrap: str, topic: str, min_records: int = 0, timeout: float 
     finally:
         consumer.close()
     return out
+
+
+def wait_for_readings(bootstrap: str, site: str, device: str, n: int, timeout: float = 90.0) -> set[int]:
+    """Timestamps of ``site/device`` readings that reached ``sw.readings``, once there are at least ``n`` of
+    them (duplicates from at-least-once redelivery collapse in the set)."""
+    from sitewatch.contracts import TOPIC_READINGS, unpack_readings
+
+    def seen():
+        got = set()
+        for r in read_topic(bootstrap, TOPIC_READINGS, min_records=1, timeout=10):
+            got.update(x.ts for x in unpack_readings(json.loads(r.value)) if (x.site, x.device) == (site, device))
+        return got if len(got) >= n else None
+
+    return wait_until(seen, timeout, f"{n} readings of {site}/{device} in sw.readings", interval=1.0)

@@ -3,14 +3,13 @@ gets the unacknowledged messages again from the broker's persistent session — 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
 import pytest
 
-from sitewatch.contracts import TOPIC_READINGS, now_ms, reading_topic, unpack_readings
-from tests.conftest import read_topic, wait_until
+from sitewatch.contracts import now_ms, reading_topic
+from tests.conftest import wait_for_readings
 
 pytestmark = pytest.mark.integration
 
@@ -34,11 +33,5 @@ def test_bridge_crash_loses_no_acknowledged_reading(pipeline, sensor):
     pub.join(60)
     assert "session present=True" in pipeline.procs["bridge"].tail(50), "the restarted bridge resumed its session"
 
-    def all_arrived():
-        seen = set()
-        for r in read_topic(pipeline.stack.bootstrap, TOPIC_READINGS, min_records=1, timeout=5):
-            seen.update(x.ts for x in unpack_readings(json.loads(r.value)) if x.device == "jc-01")
-        return seen if len(seen) >= n else None
-
-    seen = wait_until(all_arrived, 90, "every reading published through the crash", interval=1.0)
+    seen = wait_for_readings(pipeline.stack.bootstrap, "br-01", "jc-01", n)
     assert seen == {start + i * 10 for i in range(n)}

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from backlog.store import Backlog
-from sitewatch.contracts import TOPIC_DLQ, TOPIC_READINGS, now_ms, reading_topic, unpack_readings
-from tests.conftest import read_topic, wait_until
+from sitewatch.contracts import TOPIC_DLQ, now_ms, reading_topic
+from tests.conftest import read_topic, wait_for_readings, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -96,13 +96,7 @@ def test_worker_crash_mid_stream_loses_no_reading_and_files_no_duplicate(pipelin
     pub.join(60)
 
     # No lost reading: every published timestamp reached sw.readings (duplicates allowed: at-least-once).
-    def all_readings():
-        seen = set()
-        for r in read_topic(pipeline.stack.bootstrap, TOPIC_READINGS, min_records=1, timeout=10):
-            seen.update(x.ts for x in unpack_readings(json.loads(r.value)) if x.device == "tc-01")
-        return seen if len(seen) >= n else None
-
-    seen = wait_until(all_readings, 90, "all readings in sw.readings", interval=1.0)
+    seen = wait_for_readings(pipeline.stack.bootstrap, "cz-0412", "tc-01", n)
     assert seen == {start + i * 100 for i in range(n)}
 
     # The crash may have hit between the ticket commit and the alert: the restarted worker must deliver it.
