@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -185,11 +186,27 @@ def test_missing_columns_and_missing_source_are_usage_errors(tmp_path):
     assert res.exit_code == 2 and "--rules" in res.output
 
 
-def test_parquet_without_pyarrow_says_how_to_install_it(tmp_path):
-    import importlib.util
+def test_parquet_and_csv_of_the_same_recording_fire_the_same(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    if importlib.util.find_spec("pyarrow") is not None:
-        pytest.skip("pyarrow is installed here")
+    rows = crane_rows([4.0, 9.3, 9.3, 4.0, 11.5, 11.5, 4.0])
+    csv_path = write_csv(tmp_path / "lift.csv", rows)
+    cols = list(zip(*rows))
+    pq.write_table(pa.table({name: list(col) for name, col in
+                             zip(["site", "device", "family", "metric", "ts", "value", "unit"], cols)}),
+                   tmp_path / "lift.parquet")
+    rules = str(rules_dir(tmp_path))
+    reports = [json.loads(run_cli(flag, str(path), "--rules", rules, "--json").stdout)
+               for flag, path in (("--csv", csv_path), ("--parquet", tmp_path / "lift.parquet"))]
+    tickets = [r["configs"]["candidate"]["tickets_list"] for r in reports]
+    assert tickets[0] and tickets[0] == tickets[1]
+    assert reports[1]["input"]["rows_valid"] == len(rows)
+
+
+def test_parquet_without_pyarrow_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # what a machine without pyarrow looks like to import
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     p = tmp_path / "x.parquet"
     p.write_bytes(b"PAR1")
     res = CliRunner().invoke(backtest, ["--parquet", str(p), "--rules", str(rules_dir(tmp_path))])
