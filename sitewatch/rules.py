@@ -74,6 +74,14 @@ LevelName = Literal["yellow", "orange", "red"]
 MajorLevel = Literal["yellow", "orange", "red", "none"]
 
 
+def _only_known_metrics(family: str, v: Any) -> Any:
+    """Per-metric blocks may only name metrics the family has (a typo must not silently configure nothing)."""
+    unknown = sorted(set(v) - set(FAMILIES[family])) if isinstance(v, dict) else []
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown} for {family}; known: {sorted(FAMILIES[family])}")
+    return v
+
+
 def _check_levels(v: list[float | None]) -> list[float | None]:
     got = [x for x in v if x is not None]
     if not got:
@@ -168,10 +176,7 @@ class FamilyBase(_Model):
     @field_validator("sensors", mode="before")
     @classmethod
     def _known_sensors(cls, v: Any) -> Any:
-        unknown = sorted(set(v) - set(FAMILIES[cls.family])) if isinstance(v, dict) else []
-        if unknown:
-            raise ValueError(f"unknown metric(s) {unknown} for {cls.family}; known: {sorted(FAMILIES[cls.family])}")
-        return v
+        return _only_known_metrics(cls.family, v)
 
 
 # ------------------------------------------------------------------------------------------------ families
@@ -229,10 +234,7 @@ class MonitoredFamily(FamilyBase):
     @field_validator("metrics", mode="before")
     @classmethod
     def _known_metrics(cls, v: Any) -> Any:
-        unknown = sorted(set(v) - set(FAMILIES[cls.family])) if isinstance(v, dict) else []
-        if unknown:
-            raise ValueError(f"unknown metric(s) {unknown} for {cls.family}; known: {sorted(FAMILIES[cls.family])}")
-        return v
+        return _only_known_metrics(cls.family, v)
 
 
 class PitRules(MonitoredFamily):
