@@ -67,7 +67,6 @@ class Bridge:
         self._stop = threading.Event()
         self._reconnect = threading.Event()
         self._n_partitions: int | None = None
-        self._part_cache: dict[str, int] = {}
         self._producer = KafkaProducer(
             bootstrap_servers=kafka_bootstrap,
             client_id=client_id,
@@ -122,13 +121,7 @@ class Bridge:
         partitions = self._partitions()
         groups: dict[int, list[tuple[str, bytes, int, int]]] = defaultdict(list)
         for item in batch:
-            key = kafka_key_for_mqtt_topic(item[0])
-            p = self._part_cache.get(key)
-            if p is None:
-                if len(self._part_cache) > 1_000_000:  # bounded even if a broker lets odd topics through
-                    self._part_cache.clear()
-                p = self._part_cache[key] = partition_of(key.encode(), partitions)
-            groups[p].append(item)
+            groups[partition_of(kafka_key_for_mqtt_topic(item[0]).encode(), partitions)].append(item)
         for partition, items in groups.items():
             chunk: list[tuple[str, bytes, int, int]] = []
             size = 0

@@ -21,6 +21,7 @@ Kafka (inside)
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import re
@@ -125,6 +126,7 @@ def device_key(site: str, device: str) -> str:
     return f"{site}/{device}"
 
 
+@functools.lru_cache(maxsize=1 << 20)  # murmur2 is pure Python; the bridge and validate ask for the same keys
 def partition_of(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2) picks for a key: how ``sw.readings`` records, the
     device-state table and any other producer agree on where a device lives."""

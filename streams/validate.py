@@ -40,13 +40,8 @@ def validate_envelopes(
         for topic, payload in msgs:
             validate_message(topic, payload, now, out)
     by_partition: dict[int, list[Reading]] = defaultdict(list)
-    part: dict[str, int] = {}
     for r in out.readings:
-        key = device_key(r.site, r.device)
-        p = part.get(key)
-        if p is None:
-            p = part[key] = partition_of(key.encode(), partitions)
-        by_partition[p].append(r)
+        by_partition[partition_of(device_key(r.site, r.device).encode(), partitions)].append(r)
     return by_partition, out, rx_max
 
 
