@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from sitewatch.contracts import TOPIC_READINGS
 from streams.app import Pipeline
 
 log = logging.getLogger("sitewatch.worker")
@@ -14,7 +15,7 @@ def register(pipe: Pipeline) -> None:
     @pipe.app.on_rebalance_complete.connect
     async def ready(sender, **kwargs):
         # Tests and operators wait for this line: the worker owns partitions and is processing.
-        assigned = sorted(tp.partition for tp in sender.assignor.assigned_actives() if tp.topic == "sw.readings")
+        assigned = sorted(tp.partition for tp in sender.assignor.assigned_actives() if tp.topic == TOPIC_READINGS)
         log.warning("worker ready: sw.readings partitions %s", assigned)
 
     last = {"t": time.monotonic(), "detected": 0}
