@@ -20,13 +20,8 @@ DATASOURCE_UID = "sitewatch-influxdb"  # fixed in dashboards/provisioning/dataso
 DATASOURCE_TYPE = "influxdb"
 DATASOURCE = dm.DataSourceRef(type_val=DATASOURCE_TYPE, uid=DATASOURCE_UID)
 
-# sink layout (streams/sinks/lineproto.py, schema.py): retention policy qualified measurements
-READING = '"raw"."reading"'
-READING_1M = '"rollup_1m"."reading_1m"'
-HAZARD = '"events"."hazard"'
-HEALTH = '"events"."device_health"'
-
-SITE = '"site" =~ /^$site$/'
+# sink layout and the site filter: one definition in dashboards/queries.py (shared with the wall page)
+from dashboards.queries import HAZARD, HEALTH, READING, READING_1M, SITE  # noqa: E402,F401
 
 LEVEL_COLOURS = {0: "green", 1: "yellow", 2: "orange", 3: "red"}
 LEVEL_TEXT = {0: "CLEAR", 1: "YELLOW", 2: "ORANGE", 3: "RED"}

@@ -14,19 +14,12 @@ from grafana_foundation_sdk.builders import stat, table, timeseries
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 
-from dashboards.common import (HAZARD, HEALTH, LEVEL_STEPS, READING, READING_1M, SITE, Grid, InfluxQL,
-                               band_steps, level_mappings, open_hazards, site_variable, thresholds_override)
+from dashboards import queries
+from dashboards.common import (LEVEL_STEPS, SITE, Grid, InfluxQL, band_steps, level_mappings, open_hazards,
+                               site_variable, thresholds_override)
+from dashboards.queries import FAMILY_BANDS  # noqa: F401 - re-exported (older imports)
 
 UID = "sitewatch-site-wall"
-
-# metric regex → published yellow/orange/red bands (DESIGN §3), shown as tile colours and trend lines
-FAMILY_BANDS: dict[str, list[tuple[str, float, float, float]]] = {
-    "crane": [(r".* moment$", 90, 100, 110), (r".* wind$", 15, 18, 20)],
-    "formwork": [],
-    "pit": [(r".* wall_top_horizontal$", 21, 25.5, 30)],
-    "electrical": [(r".* leakage$", 15, 22.5, 30), (r".* terminal_temp$", 60, 70, 80)],
-    "battery": [(r".* (pack|cell)_temp$", 45, 55, 65), (r".* (smoke|co)$", 50, 100, 200)],
-}
 
 
 def _big(title: str, query: str, grid: Grid, w: int = 6, h: int = 6, mapped: bool = False,
@@ -42,16 +35,16 @@ def _big(title: str, query: str, grid: Grid, w: int = 6, h: int = 6, mapped: boo
 
 
 def family_tiles(family: str, grid: Grid) -> stat.Panel:
-    q = (f'SELECT last("value") FROM {READING} WHERE {SITE} AND "family" = \'{family}\' AND $timeFilter '
-         f'GROUP BY "device", "metric"')
-    p = (stat.Panel().title(f"{family.capitalize()} — current values").grid_pos(grid.at(24 if family == "pit" else 12, 6))
+    shared = queries.family_current(family)  # the wall page's drill-down shows the same query
+    q = shared.query
+    p = (stat.Panel().title(shared.title).grid_pos(grid.at(24 if family == "pit" else 12, 6))
          .with_target(InfluxQL(q).alias("$tag_device $tag_metric"))
          .color_mode(cm.BigValueColorMode.BACKGROUND).graph_mode(cm.BigValueGraphMode.AREA)
          .text_mode(cm.BigValueTextMode.VALUE_AND_NAME).orientation(cm.VizOrientation.AUTO)
          .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
          .thresholds(band_steps(1e12, 1e12, 1e12)).color_scheme(db.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
          .decimals(1).no_value("no readings"))
-    for regex, y, o, r in FAMILY_BANDS[family]:
+    for regex, y, o, r in shared.band_overrides:
         p = p.override_by_regexp(*thresholds_override(regex, y, o, r))
     return p
 
@@ -114,25 +107,12 @@ def build() -> dm.Dashboard:
     d = d.with_panel(hz_table)
 
     d = d.with_row(db.Row("Trends").grid_pos(g.row()))
-    crane = (f'SELECT mean("value") FROM {READING} WHERE {SITE} AND "family" = \'crane\' AND "metric" = \'{{m}}\' '
-             f'AND $timeFilter GROUP BY time($__interval), "device", "metric" fill(none)')
-    d = d.with_panel(_trend("Crane load", crane.format(m="load"), g, "masst"))
-    d = d.with_panel(_trend("Crane moment (% of rated)", crane.format(m="moment"), g, "percent",
-                            steps=band_steps(90, 100, 110)))
-    pit = (f'SELECT mean("value") FROM {READING_1M} WHERE {SITE} AND "family" = \'pit\' AND "metric" =~ '
-           f'/^(wall_top_horizontal|wall_top_vertical|deep_horizontal|surface_settlement)$/ AND $timeFilter '
-           f'GROUP BY time($__interval), "device", "metric" fill(none)')
-    p = _trend("Pit displacement — 7 days (alarm lines 70/85/100 % of 30 mm)", pit, g, "lengthmm",
-               steps=band_steps(21, 25.5, 30), time_from="7d")
-    alarm = (f'SELECT last("threshold") FROM {HAZARD} WHERE {SITE} AND "family" = \'pit\' AND $timeFilter '
-             f'GROUP BY time($__interval), "device", "kind" fill(previous)')
-    p = p.with_target(InfluxQL(alarm, "B").alias("alarm $tag_device $tag_kind"))
-    d = d.with_panel(p)
-    bat = (f'SELECT max("value") FROM {READING} WHERE {SITE} AND "family" = \'battery\' AND "metric" =~ '
-           f'/^(pack_temp|cell_temp)$/ AND $timeFilter GROUP BY time($__interval), "device", "metric" fill(none)')
-    d = d.with_panel(_trend("Battery charging temperatures", bat, g, "celsius", steps=band_steps(45, 55, 65)))
-    gw = f'SELECT last("online") FROM {HEALTH} WHERE {SITE} AND $timeFilter GROUP BY "gateway"'
-    d = d.with_panel(_big("Gateways online", gw, g, w=24, h=4,
+    for t in queries.TRENDS:  # one definition each, also drawn by the wall page's site drill-down
+        p = _trend(t.title, t.query, g, t.unit, steps=band_steps(*t.bands) if t.bands else None, time_from=t.time_from)
+        for extra in t.targets[1:]:
+            p = p.with_target(InfluxQL(extra.query, extra.ref_id).alias(extra.alias))
+        d = d.with_panel(p)
+    d = d.with_panel(_big(queries.GATEWAYS.title, queries.GATEWAYS.query, g, w=24, h=4,
                           steps=db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps(
                               [dm.Threshold(None, "red"), dm.Threshold(1, "green")]))
                      .mappings([dm.ValueMap(options={"0": dm.ValueMappingResult(text="OFFLINE", color="red", index=0),
