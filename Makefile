@@ -5,7 +5,8 @@ SHELL := /bin/bash
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := mosquitto influxdb postgresql
+APT_PACKAGES := mosquitto influxdb postgresql chromium fonts-wqy-zenhei
+WALL_JS := backlog/api/wall_static/vendor/echarts.min.js
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test deps system-deps bench clean
@@ -20,6 +21,7 @@ bench: deps
 	$(VENV)/bin/sitewatch bench $(ARGS)
 
 deps: system-deps $(STAMP)
+deps: $(WALL_JS)
 
 # Debian packages: the MQTT broker, the time-series database, PostgreSQL. Installed only when missing.
 system-deps:
@@ -35,5 +37,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# The wall page's chart library (ECharts, pinned by package-lock.json) from the npm registry, copied next to the
+# page so the API serves it itself: wall screens work offline, no CDN at runtime. npm from Debian when missing.
+$(WALL_JS): package.json package-lock.json
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends npm; }
+	npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p $(dir $@)
+	cp node_modules/echarts/dist/echarts.min.js $@
+
 clean:
 	rm -rf $(VENV) .sitewatch .pytest_cache
+	rm -rf node_modules $(WALL_JS)
