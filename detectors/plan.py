@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from detectors.families import MODULES
 from detectors.thresholds import LEVEL_NUM, Params
@@ -80,6 +82,26 @@ class DevicePlan:
     clear_after_good: int
     fault_source: str = ""
     by_metric: dict[str, list[int]] = field(default_factory=dict)
+    # cadence / deadman (``silent_ms`` above is the limit at the family's default interval)
+    default_interval_ms: int = 1000  # the family's expected_interval: the cadence until min_gaps gaps were seen
+    silent_after: float = 10.0  # faults.silent_after_intervals
+    silent_floor_ms: int = 0
+    silent_ceiling_ms: int = 2**62
+    min_gaps: int = 5  # faults.min_gaps_to_learn
+    follows_calendar: bool = False  # silence outside the site's working time is "off", not a fault
+    calendar_grace_ms: int = 0
+    gateway: str | None = None  # the device's gateway from its site file (topology override), else None
+
+    def silent_limit_ms(self, cadence_ms: float | None = None, gaps_seen: int = 0) -> int:
+        """Deadman limit: clamp(silent_after x cadence, floor, ceiling); the default interval is the cadence
+        until ``min_gaps`` inter-arrival gaps have been seen (or when no learned cadence is given)."""
+        c = cadence_ms if cadence_ms is not None and gaps_seen >= self.min_gaps and cadence_ms > 0 \
+            else self.default_interval_ms
+        return _clamp_ms(c * self.silent_after, self.silent_floor_ms, self.silent_ceiling_ms)
+
+
+def _clamp_ms(x: float, lo: int, hi: int) -> int:
+    return int(round(min(max(x, lo), hi)))
 
 
 _NO_SENSOR = SensorParams(math.nan, math.nan, math.nan, math.nan, 0.0)
@@ -106,14 +128,24 @@ def build_plan(rules: RuleSet, site: str, device: str, family: str) -> DevicePla
     src = "sensor fault rules"
     if dr.overridden_by:
         src += " via " + ", ".join(dr.overridden_by)
+    r = dr.rules
+    interval_ms = int(round(1000 * r.expected_interval))
+    floor_ms, ceiling_ms = int(round(1000 * r.silent_floor)), int(round(1000 * r.silent_ceiling))
     return DevicePlan(
         site=site, device=device, family=family, rules=dr, checks=checks, sensors=sensors,
-        silent_ms=int(round(1000 * dr.rules.expected_interval * f.silent_after_intervals)),
+        silent_ms=_clamp_ms(interval_ms * f.silent_after_intervals, floor_ms, ceiling_ms),
         reassert_ms=int(round(1000 * dr.reassert_s)),
         fault_levels={"fault.out_of_range": LEVEL_NUM[f.out_of_range_level], "fault.spike": LEVEL_NUM[f.spike_level],
                       "fault.flatline": LEVEL_NUM[f.flatline_level], "fault.silent": LEVEL_NUM[f.silent_level],
                       "fault.gateway_offline": LEVEL_NUM[f.gateway_offline_level]},
-        clear_after_good=f.clear_after_good, fault_source=src, by_metric=by_metric)
+        clear_after_good=f.clear_after_good, fault_source=src, by_metric=by_metric,
+        default_interval_ms=interval_ms, silent_after=float(f.silent_after_intervals), silent_floor_ms=floor_ms,
+        silent_ceiling_ms=ceiling_ms, min_gaps=f.min_gaps_to_learn, follows_calendar=r.follows_calendar,
+        calendar_grace_ms=int(round(1000 * r.calendar_grace)), gateway=dr.gateway)
+
+
+def _local_iso(ms: int, tz: str) -> str:
+    return datetime.fromtimestamp(ms / 1000, ZoneInfo(tz)).isoformat()
 
 
 def explain(rules: RuleSet, site: str, device: str, family: str) -> list[dict]:
@@ -136,5 +168,29 @@ def explain(rules: RuleSet, site: str, device: str, family: str) -> list[dict]:
                     "range": None if math.isnan(s.lo) else [s.lo, s.hi],
                     "spike_step": None if math.isnan(s.step) else s.step,
                     "flatline_after_s": None if math.isnan(s.flat_ms) else s.flat_ms / 1000})
-    out.append({"kind": "fault.silent", "after_s": plan.silent_ms / 1000})
+    cal = rules.calendar_config(site)
+    silent = {
+        "kind": "fault.silent", "after_s": plan.silent_ms / 1000,
+        "expected_interval_s": plan.default_interval_ms / 1000, "silent_after_intervals": plan.silent_after,
+        "silent_floor_s": plan.silent_floor_ms / 1000, "silent_ceiling_s": plan.silent_ceiling_ms / 1000,
+        "min_gaps_to_learn": plan.min_gaps, "follows_calendar": plan.follows_calendar,
+        "calendar_grace_s": plan.calendar_grace_ms / 1000 if plan.follows_calendar else None,
+        "gateway": plan.gateway,
+        "calendar": {"timezone": cal.timezone, "working_hours": list(cal.working_hours),
+                     "rest_days": list(cal.rest_days), "holidays": list(cal.holidays),
+                     "shutdowns": [{"from": _local_iso(s.start_ms, cal.timezone),
+                                    "to": _local_iso(s.end_ms, cal.timezone), "reason": s.reason}
+                                   for s in cal.shutdowns],
+                     "charging_hours": list(cal.charging_hours)},
+        "rule": (f"no reading for clamp({plan.silent_after:g} x cadence, {plan.silent_floor_ms / 1000:g} s, "
+                 f"{plan.silent_ceiling_ms / 1000:g} s); cadence = {plan.default_interval_ms / 1000:g} s until "
+                 f"{plan.min_gaps} gaps were seen, then the device's own"
+                 + (f"; counted in working time only, {plan.calendar_grace_ms / 1000:g} s grace after each "
+                    "working-period start" if plan.follows_calendar else "")),
+    }
+    cv = getattr(plan.rules.rules, "charging_violation", None)
+    if cv is not None:
+        silent["charging_violation"] = {**cv.model_dump(), "charging_hours": list(cal.charging_hours),
+                                        "charging_points": sorted(rules.charging_points(site)) or None}
+    out.append(silent)
     return out

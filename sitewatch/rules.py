@@ -7,7 +7,9 @@ does I/O except ``load_rules`` reading a directory.
 Layout on disk (see ``config/rules``)::
 
     defaults.yaml           families:  one block per family, values from the standards (DESIGN.md §3)
+                            faults: / lateness: / inhibit_rules:  global sensor-fault, late-data and inhibition rules
     sites/<site>.yaml       site: ...  family_overrides: {family: {...}}   devices: {device: {family: ..., ...}}
+                            calendar: {...}  charging_points: [...]  inhibit_rules: [...]  (all optional)
 
 A device's effective rules are ``defaults.families[f]`` deep-merged with the site's ``family_overrides[f]`` and
 then the device's own block, and the result is validated as a whole. So an error in a site file is reported at
@@ -21,16 +23,21 @@ defaults (``families:``) and whose further documents are site documents (``site:
 from __future__ import annotations
 
 import copy
+import datetime as _dt
 import hashlib
 import re
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sitewatch.contracts import FAMILIES
+
+if TYPE_CHECKING:
+    from detectors.calendar import Calendar
 
 LEVEL_NAMES = ("yellow", "orange", "red")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -164,9 +171,22 @@ class SensorRules(_Model):
 
 
 class FamilyBase(_Model):
+    """Shared by every family. The cadence / deadman block:
+
+    * ``expected_interval`` — the family's reading interval, used until a device has shown its own cadence
+      (``faults.min_gaps_to_learn`` inter-arrival gaps);
+    * the deadman limit is ``clamp(faults.silent_after_intervals x cadence, silent_floor, silent_ceiling)``;
+    * ``follows_calendar`` — silence outside the site's working time (``calendar:`` in the site file) is "off",
+      not a fault; such a device may stay silent ``calendar_grace`` into each working period (powered on late).
+    """
+
     family: ClassVar[str] = ""
     source: str
     expected_interval: PositiveDuration = 1.0
+    silent_floor: Duration = 60.0
+    silent_ceiling: PositiveDuration = 600.0
+    follows_calendar: bool = False
+    calendar_grace: Duration = 1800.0
     hold_count: Annotated[int, Field(ge=1)] = 1
     hold: Duration = 0.0
     clear_ratio: Annotated[float, Field(gt=0, le=1)] = 0.95
@@ -178,11 +198,23 @@ class FamilyBase(_Model):
     def _known_sensors(cls, v: Any) -> Any:
         return _only_known_metrics(cls.family, v)
 
+    @field_validator("silent_ceiling")
+    @classmethod
+    def _ceiling_above_floor(cls, v: float, info) -> float:
+        floor = info.data.get("silent_floor")
+        if floor is not None and v < floor:
+            raise ValueError(f"silent_ceiling ({v:g} s) must be at least silent_floor ({floor:g} s)")
+        return v
+
 
 # ------------------------------------------------------------------------------------------------ families
 class CraneRules(FamilyBase):
     family: ClassVar[str] = "crane"
     source: str = "GB 12602-2020 / GB/T 5031-2019"
+    expected_interval: PositiveDuration = 1.0  # black box ~1 Hz while powered
+    silent_floor: Duration = 60.0
+    silent_ceiling: PositiveDuration = 600.0
+    follows_calendar: bool = True  # switched off at night and on rest days
     rated_load_t: Positive = 10.0
     overload: PctCheck = PctCheck(levels_pct=[90.0, 100.0, 110.0])  # of rated_load_t
     moment: PctCheck = PctCheck(levels_pct=[90.0, 100.0, 110.0])  # the moment metric is already % of rated
@@ -241,7 +273,9 @@ class PitRules(MonitoredFamily):
     family: ClassVar[str] = "pit"
     source: str = "GB 50497-2019 §8"
     grade: Literal[1, 2, 3] = 2  # 基坑等级, recorded in the evidence; alarm values come from the design
-    expected_interval: PositiveDuration = 6.0
+    expected_interval: PositiveDuration = 1800.0  # total stations / inclinometer chains: 10 min .. hours (GB 50497 §7)
+    silent_floor: Duration = 7200.0  # densified 10 min -> back to 1 h must not fault
+    silent_ceiling: PositiveDuration = 93600.0  # a point read once a day is still caught within about a day
     rate_window: PositiveDuration = 86400.0
     rate_per: Literal["min", "h", "d"] = "d"
     rate_consecutive: Annotated[int, Field(ge=1, le=7)] = 2  # "连续2d以上"
@@ -266,6 +300,9 @@ class PitRules(MonitoredFamily):
 class FormworkRules(MonitoredFamily):
     family: ClassVar[str] = "formwork"
     source: str = "JGJ 162-2008 / formwork scheme control values"
+    expected_interval: PositiveDuration = 1.0  # continuous while concrete is being poured
+    silent_floor: Duration = 60.0
+    silent_ceiling: PositiveDuration = 7200.0
     rate_window: PositiveDuration = 300.0
     rate_per: Literal["min", "h", "d"] = "min"
     rate_consecutive: Annotated[int, Field(ge=1, le=7)] = 1
@@ -287,6 +324,9 @@ class FormworkRules(MonitoredFamily):
 class ElectricalRules(FamilyBase):
     family: ClassVar[str] = "electrical"
     source: str = "JGJ 46-2005"
+    expected_interval: PositiveDuration = 30.0  # switch-box monitors report every few seconds to a minute
+    silent_floor: Duration = 300.0
+    silent_ceiling: PositiveDuration = 3600.0
     major_level: MajorLevel = "none"
     breaker_rating_a: Positive = 125.0
     rcd_trip_ma: Positive = 30.0  # ≤ 15 in wet places
@@ -303,10 +343,24 @@ class ElectricalRules(FamilyBase):
     })
 
 
+class ChargingViolation(_Model):
+    """Charging outside the site's ``calendar.charging_hours``, or (when the site lists ``charging_points``) at a
+    battery device that is not an approved charging point. ``charge_current`` above ``min_current_a`` is charging."""
+
+    enabled: bool = True
+    min_current_a: Annotated[float, Field(ge=0)] = 0.5
+    level: LevelName = "orange"
+
+
 class BatteryRules(FamilyBase):
     family: ClassVar[str] = "battery"
     source: str = "Changzhou 2023 safety-governance plan (charging fire risk)"
+    expected_interval: PositiveDuration = 30.0  # charging-cabinet monitors: seconds to a minute
+    silent_floor: Duration = 300.0
+    silent_ceiling: PositiveDuration = 3600.0
+    follows_calendar: bool = True  # charging cabinets are switched off outside working time
     major_level: MajorLevel = "none"
+    charging_violation: ChargingViolation = ChargingViolation()
     temp: AbsCheck = AbsCheck(levels=[45.0, 55.0, 65.0], hold_count=2)  # pack_temp and cell_temp, °C
     temp_rise: RiseCheck = RiseCheck(levels=[1.0, 2.0, 5.0], per="min", window=120.0, hold_count=5)
     gas: AbsCheck = AbsCheck(levels=[50.0, 100.0, 200.0], hold_count=3)  # co and smoke, ppm
@@ -329,6 +383,7 @@ class FaultRules(_Model):
     """Sensor-fault handling, shared by all families."""
 
     silent_after_intervals: Annotated[float, Field(ge=1)] = 10.0
+    min_gaps_to_learn: Annotated[int, Field(ge=1)] = 5  # the family's expected_interval applies until this many gaps
     silent_level: LevelName = "orange"
     flatline_level: LevelName = "yellow"
     spike_level: LevelName = "yellow"
@@ -345,11 +400,232 @@ class Families(_Model):
     battery: BatteryRules = BatteryRules()
 
 
+class LatenessRules(_Model):
+    """Readings that arrive late (a gateway buffered them through an outage)."""
+
+    allowed: PositiveDuration = 259200.0  # older than this behind the device's newest reading: DLQ, too_late
+    gap_factor: Annotated[float, Field(gt=1)] = 3.0  # in-order jump > gap_factor x cadence: a gap late data may fill
+    max_gaps: Annotated[int, Field(ge=0, le=100)] = 3  # gaps remembered per device
+
+
+INHIBIT_LABELS = ("site", "device", "family", "kind", "category", "level", "gateway", "metric")
+
+
+def _can_match_fault(m: dict[str, str]) -> bool:
+    if "category" in m:
+        return m["category"] == "fault"
+    if "kind" in m:
+        return m["kind"].startswith("fault.")
+    return True
+
+
+def _only_faults(m: dict[str, str]) -> bool:
+    return m.get("category") == "fault" or m.get("kind", "").startswith("fault.")
+
+
+class InhibitRule(_Model):
+    """Alertmanager-style: while a finding matching ``source_match`` is raised, findings matching ``target_match``
+    whose ``equal`` labels have the same values as the source's are inhibited (recorded, not alerted).
+
+    Matchers are exact label values. A sensor fault must never inhibit a hazard on another sensor: a rule whose
+    source can be a fault must restrict its target to faults.
+    """
+
+    name: Annotated[str, Field(min_length=1)]
+    source_match: dict[str, str]
+    target_match: dict[str, str]
+    equal: list[str] = Field(default_factory=list)
+
+    @field_validator("source_match", "target_match", "equal")
+    @classmethod
+    def _known_labels(cls, v):
+        unknown = sorted(set(v) - set(INHIBIT_LABELS))
+        if unknown:
+            raise ValueError(f"unknown label(s) {unknown}; known: {list(INHIBIT_LABELS)}")
+        return v
+
+    @field_validator("target_match")
+    @classmethod
+    def _fault_never_inhibits_a_hazard(cls, v: dict[str, str], info) -> dict[str, str]:
+        src = info.data.get("source_match")
+        if src is not None and _can_match_fault(src) and not _only_faults(v):
+            raise ValueError("the source can match a sensor fault, so the target must be restricted to faults "
+                             "(category: fault, or a kind starting with 'fault.'): a sensor fault must never "
+                             "inhibit a hazard on another sensor")
+        return v
+
+    def matches(self, labels: dict[str, Any], which: Literal["source", "target"]) -> bool:
+        m = self.source_match if which == "source" else self.target_match
+        return all(str(labels.get(k)) == v for k, v in m.items())
+
+
+def _default_inhibit_rules() -> list[InhibitRule]:
+    return [InhibitRule(name="gateway-offline-silences-its-devices", source_match={"kind": "fault.gateway_offline"},
+                        target_match={"kind": "fault.silent"}, equal=["site", "gateway"])]
+
+
+def _unique_names(rules: list[InhibitRule]) -> list[InhibitRule]:
+    seen: set[str] = set()
+    for r in rules:
+        if r.name in seen:
+            raise ValueError(f"inhibit rule name {r.name!r} is used twice")
+        seen.add(r.name)
+    return rules
+
+
 class Defaults(_Model):
     version: Literal[1] = 1
     reassert: PositiveDuration = 60.0  # a raised finding is repeated this often (reading time)
     faults: FaultRules = FaultRules()
+    lateness: LatenessRules = LatenessRules()
+    inhibit_rules: list[InhibitRule] = Field(default_factory=_default_inhibit_rules)
     families: Families = Families()
+
+    @field_validator("inhibit_rules")
+    @classmethod
+    def _names(cls, v):
+        return _unique_names(v)
+
+
+# ------------------------------------------------------------------------------------------------ site calendar
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HHMM_RANGE_RE = re.compile(r"^\s*([0-9]{1,2}):([0-9]{2})\s*-\s*([0-9]{1,2}):([0-9]{2})\s*$")
+
+
+def _time_range(v: Any) -> str:
+    """"07:00-12:00" (local time, end after start, "24:00" = end of the day), normalised to "HH:MM-HH:MM"."""
+    m = _HHMM_RANGE_RE.match(v) if isinstance(v, str) else None
+    if not m:
+        raise ValueError(f"{v!r} is not a local time range like '07:00-12:00' (quote it in YAML)")
+    h1, m1, h2, m2 = map(int, m.groups())
+    a, b = h1 * 60 + m1, h2 * 60 + m2
+    if m1 > 59 or m2 > 59 or a > 24 * 60 or b > 24 * 60:
+        raise ValueError(f"{v!r}: times run from 00:00 to 24:00")
+    if b <= a:
+        raise ValueError(f"{v!r}: the end must be after the start (overnight ranges are not supported yet: "
+                         "write '22:00-24:00' and '00:00-06:00')")
+    return f"{h1:02d}:{m1:02d}-{h2:02d}:{m2:02d}"
+
+
+def _minutes(r: str) -> tuple[int, int]:
+    a, b = r.split("-")
+    return int(a[:2]) * 60 + int(a[3:]), int(b[:2]) * 60 + int(b[3:])
+
+
+def _date(v: Any) -> _dt.date:
+    if isinstance(v, _dt.datetime):
+        raise ValueError(f"{v!r}: a holiday is a whole local date like '2026-10-01'")
+    if isinstance(v, _dt.date):
+        return v
+    try:
+        return _dt.date.fromisoformat(str(v).strip())
+    except ValueError:
+        raise ValueError(f"{v!r} is not a date like '2026-10-01' or a range like '2026-10-01..2026-10-07'") from None
+
+
+def _date_range(v: Any) -> str:
+    """"2026-10-01" or "2026-10-01..2026-10-07" (both days included), normalised."""
+    a, sep, b = str(v).partition("..") if isinstance(v, str) else (v, "", None)
+    d1 = _date(a)
+    d2 = _date(b) if sep else d1
+    if d2 < d1:
+        raise ValueError(f"{v!r}: the range ends before it starts")
+    if (d2 - d1).days > 366:
+        raise ValueError(f"{v!r}: a holiday range longer than a year is probably a typo (use shutdowns:)")
+    return f"{d1.isoformat()}..{d2.isoformat()}" if d2 != d1 else d1.isoformat()
+
+
+def _weekday(v: Any) -> str:
+    s = str(v).strip().lower()[:3]
+    if s not in _WEEKDAYS or not isinstance(v, str):
+        raise ValueError(f"{v!r} is not a weekday; use {', '.join(_WEEKDAYS)}")
+    return s
+
+
+def _epoch_ms(v: Any) -> int:
+    """RFC 3339 with an offset ("2026-11-03T00:00:00+08:00", "...Z") or epoch milliseconds."""
+    if isinstance(v, bool):
+        raise ValueError("expected an RFC 3339 time with an offset or epoch milliseconds")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str):
+        try:
+            v = _dt.datetime.fromisoformat(v.strip())
+        except ValueError:
+            raise ValueError(f"{v!r} is not an RFC 3339 time like '2026-11-03T00:00:00+08:00'") from None
+    if isinstance(v, _dt.datetime):
+        if v.tzinfo is None:
+            raise ValueError(f"{v.isoformat()!r} has no UTC offset: write it like '2026-11-03T00:00:00+08:00'")
+        return int(v.timestamp() * 1000)
+    raise ValueError(f"{v!r}: expected an RFC 3339 time with an offset or epoch milliseconds")
+
+
+TimeRange = Annotated[str, BeforeValidator(_time_range)]
+DateRange = Annotated[str, BeforeValidator(_date_range)]
+Weekday = Annotated[str, BeforeValidator(_weekday)]
+EpochMs = Annotated[int, BeforeValidator(_epoch_ms)]
+
+
+class Shutdown(_Model):
+    """A declared shutdown, e.g. a stop-work order from the ledger: no working time in [from, to)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    start_ms: EpochMs = Field(alias="from")
+    end_ms: EpochMs = Field(alias="to")
+    reason: str | None = None
+
+    @field_validator("end_ms")
+    @classmethod
+    def _after_start(cls, v: int, info) -> int:
+        a = info.data.get("start_ms")
+        if a is not None and v <= a:
+            raise ValueError("'to' must be after 'from'")
+        return v
+
+
+class CalendarConfig(_Model):
+    """A site's working calendar. Without one a site works every day 00:00-24:00 (so calendar-following devices
+    behave like any other) in Asia/Shanghai, with no holidays, and charging is allowed at any hour."""
+
+    timezone: str = "Asia/Shanghai"
+    working_hours: Annotated[list[TimeRange], Field(min_length=1)] = Field(default_factory=lambda: ["00:00-24:00"])
+    rest_days: list[Weekday] = Field(default_factory=list)
+    holidays: list[DateRange] = Field(default_factory=list)
+    shutdowns: list[Shutdown] = Field(default_factory=list)
+    charging_hours: list[TimeRange] = Field(default_factory=lambda: ["00:00-24:00"])
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{v!r} is not an IANA time zone name like 'Asia/Shanghai'") from None
+        return v
+
+    @property
+    def working_minutes(self) -> list[tuple[int, int]]:
+        return [_minutes(r) for r in self.working_hours]
+
+    @property
+    def charging_minutes(self) -> list[tuple[int, int]]:
+        return [_minutes(r) for r in self.charging_hours]
+
+    @property
+    def rest_weekdays(self) -> frozenset[int]:
+        return frozenset(_WEEKDAYS.index(d) for d in self.rest_days)
+
+    @property
+    def holiday_ranges(self) -> list[tuple[_dt.date, _dt.date]]:
+        out = []
+        for h in self.holidays:
+            a, _, b = h.partition("..")
+            out.append((_dt.date.fromisoformat(a), _dt.date.fromisoformat(b or a)))
+        return out
+
+    @property
+    def shutdown_ranges(self) -> list[tuple[int, int]]:
+        return [(s.start_ms, s.end_ms) for s in self.shutdowns]
 
 
 class SiteDoc(_Model):
@@ -357,8 +633,26 @@ class SiteDoc(_Model):
 
     site: str
     source: str | None = None  # e.g. "cz-0412 monitoring scheme rev. 3": named as the source of overridden values
+    calendar: CalendarConfig | None = None
+    charging_points: list[str] = Field(default_factory=list)  # non-empty: charging elsewhere is a violation
+    inhibit_rules: list[InhibitRule] = Field(default_factory=list)  # appended to the global ones, this site only
     family_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     devices: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("charging_points")
+    @classmethod
+    def _point_ids(cls, v: list[str]) -> list[str]:
+        for d in v:
+            if not _ID_RE.match(d):
+                raise ValueError(f"device id {d!r} must match {_ID_RE.pattern}")
+        if len(set(v)) != len(v):
+            raise ValueError("a charging point is listed twice")
+        return v
+
+    @field_validator("inhibit_rules")
+    @classmethod
+    def _names(cls, v):
+        return _unique_names(v)
 
     @field_validator("site")
     @classmethod
@@ -391,6 +685,7 @@ class DeviceRules:
     faults: FaultRules
     overridden_by: tuple[str, ...] = ()  # "config/rules/sites/cz-0412.yaml devices.tc-01", ...
     site_source: str | None = None
+    gateway: str | None = None  # from the device block's ``gateway:`` (topology override), else None
 
 
 @dataclass
@@ -400,6 +695,13 @@ class _Site:
     source: str | None
     families: dict[str, FamilyBase]
     devices: dict[str, tuple[str, FamilyBase]]
+    calendar: CalendarConfig = field(default_factory=CalendarConfig)
+    charging_points: frozenset[str] = frozenset()
+    inhibit_rules: list[InhibitRule] = field(default_factory=list)  # already restricted to this site
+    gateways: dict[str, str] = field(default_factory=dict)  # device -> gateway (devices blocks' ``gateway:``)
+
+
+_DEFAULT_CALENDAR = CalendarConfig()
 
 
 @dataclass
@@ -407,6 +709,7 @@ class RuleSet:
     defaults: Defaults = field(default_factory=Defaults)
     sites: dict[str, _Site] = field(default_factory=dict)
     origin: str = "built-in defaults"
+    _calendars: dict[str, "Calendar"] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def default(cls) -> "RuleSet":
@@ -477,7 +780,45 @@ class RuleSet:
                 rules = dev[1]
                 over.append(f"{s.file} devices.{device}")
         return DeviceRules(site, device, family, rules, self.defaults.reassert, self.defaults.faults,  # type: ignore[arg-type]
-                           tuple(over), s.source if s else None)
+                           tuple(over), s.source if s else None, self.device_gateway(site, device))
+
+    def device_gateway(self, site: str, device: str) -> str | None:
+        """The gateway a device stands behind when its site file says so (``devices.<id>.gateway``), else None."""
+        s = self.sites.get(site)
+        return s.gateways.get(device) if s is not None else None
+
+    def calendar_config(self, site: str) -> CalendarConfig:
+        s = self.sites.get(site)
+        return s.calendar if s is not None else _DEFAULT_CALENDAR
+
+    def calendar(self, site: str) -> "Calendar":
+        """The site's working calendar (``detectors.calendar.Calendar``), built once per site and rule set."""
+        cal = self._calendars.get(site)
+        if cal is None:
+            from detectors.calendar import Calendar  # pure numpy + zoneinfo; imported only when asked for
+
+            cal = self._calendars[site] = Calendar.from_config(self.calendar_config(site))
+        return cal
+
+    def charging_points(self, site: str) -> frozenset[str]:
+        """Approved charging points of a site; empty = not enforced (charging at any battery device is allowed)."""
+        s = self.sites.get(site)
+        return s.charging_points if s is not None else frozenset()
+
+    @property
+    def lateness(self) -> LatenessRules:
+        return self.defaults.lateness
+
+    def inhibit_rules(self, site: str | None = None) -> list[InhibitRule]:
+        """The global inhibit rules, then the site's own (each restricted to ``site: <its site>``).
+
+        Without ``site``: the global rules and every site's rules (safe, since site rules carry their site).
+        """
+        out = list(self.defaults.inhibit_rules)
+        for s in self.sites.values():
+            if site in (None, s.site):
+                out += s.inhibit_rules
+        return out
 
     def configured_devices(self, site: str | None = None) -> list[tuple[str, str, str]]:
         """(site, device, family) of every device named in a site file."""
@@ -495,6 +836,11 @@ class RuleSet:
                 h.update(fam.encode() + s.families[fam].model_dump_json().encode())
             for d in sorted(s.devices):
                 h.update(d.encode() + s.devices[d][1].model_dump_json().encode())
+            h.update(b"calendar" + s.calendar.model_dump_json().encode())
+            h.update(b"charging_points" + ",".join(sorted(s.charging_points)).encode())
+            h.update(b"gateways" + ",".join(f"{d}={g}" for d, g in sorted(s.gateways.items())).encode())
+            for r in s.inhibit_rules:
+                h.update(b"inhibit" + r.model_dump_json().encode())
         return h.hexdigest()[:16]
 
 
@@ -640,12 +986,21 @@ def _build_site(defaults: Defaults, filename: str, node: Any, data: Any) -> _Sit
         except ValidationError as e:
             problems += _problems_from(e, filename, node, ["family_overrides", fam])
     devices: dict[str, tuple[str, FamilyBase]] = {}
+    gateways: dict[str, str] = {}
     for dev, over in doc.devices.items():
         where = ["devices", dev]
         if not isinstance(over, dict) or "family" not in over:
             problems.append((filename, _line_of(node, where), ".".join(where),
                              f"each device needs 'family: <one of {sorted(FAMILIES)}>'"))
             continue
+        if "gateway" in over:
+            over = dict(over)
+            gw = over.pop("gateway")
+            if not (isinstance(gw, str) and _ID_RE.match(gw)):
+                problems.append((filename, _line_of(node, where + ["gateway"]), ".".join(where + ["gateway"]),
+                                 f"gateway id must be a string matching {_ID_RE.pattern}"))
+            else:
+                gateways[dev] = gw
         fam = over["family"]
         if fam not in FAMILIES:
             problems.append((filename, _line_of(node, where + ["family"]), ".".join(where + ["family"]),
@@ -657,6 +1012,17 @@ def _build_site(defaults: Defaults, filename: str, node: Any, data: Any) -> _Sit
             devices[dev] = (fam, FAMILY_MODELS[fam].model_validate(_deep_merge(base, rest)))
         except ValidationError as e:
             problems += _problems_from(e, filename, node, where)
+    inhibit: list[InhibitRule] = []
+    for i, r in enumerate(doc.inhibit_rules):
+        for side in ("source_match", "target_match"):
+            other = getattr(r, side).get("site", doc.site)
+            if other != doc.site:
+                problems.append((filename, _line_of(node, ["inhibit_rules", i, side, "site"]),
+                                 f"inhibit_rules.{i}.{side}.site",
+                                 f"a site file's inhibit rule applies to its own site {doc.site!r} only"))
+        inhibit.append(r.model_copy(update={"source_match": {**r.source_match, "site": doc.site},
+                                            "target_match": {**r.target_match, "site": doc.site}}))
     if problems:
         raise RulesError(problems)
-    return _Site(doc.site, filename, doc.source, families, devices)
+    return _Site(doc.site, filename, doc.source, families, devices, doc.calendar or _DEFAULT_CALENDAR,
+                 frozenset(doc.charging_points), inhibit, gateways)
