@@ -4,6 +4,9 @@
                                                             ↑                     │
                                                             └──────reject─────────┘   (verification failed)
     closed ─reopen→ open    (回头看: the follow-up review found the hazard back)
+    open/acknowledged/rectifying/rectified ─retract→ closed
+                            (pipeline only: a silent-sensor fault that buffered readings later disproved —
+                             the device was measuring all along; journalled as ``retracted`` with the reason)
 
 A sensor that alarms again after closure does not reopen the closed ticket: the pipeline opens a *new* ticket
 with ``reopened_from`` pointing at the closed one, so the verified closure stays on record and the repeat counts
@@ -21,6 +24,8 @@ TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
     "verify": (frozenset({"rectified"}), "closed"),
     "reject": (frozenset({"rectified"}), "rectifying"),
     "reopen": (frozenset({"closed"}), "open"),
+    # No role may retract: only the pipeline calls it (``Backlog._retract``), never the API.
+    "retract": (frozenset({"open", "acknowledged", "rectifying", "rectified"}), "closed"),
 }
 
 

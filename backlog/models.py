@@ -75,6 +75,16 @@ class Ticket(Base):
     reopened_from: Mapped[int | None] = mapped_column(Integer, nullable=True)  # id of the closed ticket it follows
     reopen_count: Mapped[int] = mapped_column(Integer, default=0)
 
+    # --- the episode (migration 0003): what the sensor saw, not only its last word ---
+    peak_ts_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # reading ts of peak_value
+    first_breach_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_breach_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    clear_value: Mapped[float | None] = mapped_column(Float, nullable=True)  # the reading that cleared it
+    late: Mapped[bool] = mapped_column(Boolean, default=False)  # opened from buffered (back-dated) readings
+    arrival_delay_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    outage_from_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    outage_to_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
     __table_args__ = (
         Index(
             "uq_tickets_one_open_per_key",
@@ -110,6 +120,64 @@ class AlertOutbox(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_ms: Mapped[int] = mapped_column(BigInteger)
     published_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+
+
+class AppliedLateFinding(Base):
+    """Idempotency of back-dated findings (``evidence.late``): they are older than ``last_seen_ms`` by nature, so
+    the time-based replay check cannot tell a replay from news; this table can (one row per key, ts, level)."""
+
+    __tablename__ = "applied_late_findings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dedup_key: Mapped[str] = mapped_column(String(200))
+    ts: Mapped[int] = mapped_column(BigInteger)
+    level: Mapped[int] = mapped_column(Integer)
+    ticket_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    applied_ms: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (UniqueConstraint("dedup_key", "ts", "level", name="uq_applied_late_findings"),)
+
+
+class InhibitedFinding(Base):
+    """A finding not ticketed because an inhibition rule's source ticket was open and active (e.g. a device
+    silent behind an offline gateway). One row per target key and source ticket; re-asserts update it."""
+
+    __tablename__ = "inhibited_findings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dedup_key: Mapped[str] = mapped_column(String(200), index=True)
+    site: Mapped[str] = mapped_column(String(64), index=True)
+    device: Mapped[str] = mapped_column(String(64))
+    family: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(64))
+    category: Mapped[str] = mapped_column(String(16))
+    level: Mapped[int] = mapped_column(Integer)
+    ts: Mapped[int] = mapped_column(BigInteger)  # first inhibited finding
+    last_ts: Mapped[int] = mapped_column(BigInteger)
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    rule: Mapped[str] = mapped_column(String(200))  # the inhibition rule's name
+    source_ticket_id: Mapped[int] = mapped_column(Integer, index=True)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    resolved_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    resolution: Mapped[str | None] = mapped_column(String(32), nullable=True)  # source_cleared | target_cleared
+
+
+HEALTH_STATES = ("ok", "off", "silent", "faulty", "inhibited")
+
+
+class DeviceHealth(Base):
+    """The latest health state of each device (``device.health`` findings); never a ticket nor an alert."""
+
+    __tablename__ = "device_health"
+
+    site: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device: Mapped[str] = mapped_column(String(64), primary_key=True)
+    family: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))
+    since_ms: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    gateway: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
 
 
 # ------------------------------------------------------------------------------------------ organisations

@@ -46,7 +46,7 @@ def test_happy_path_open_to_closed(org, clock):
 
 
 @pytest.mark.parametrize("status", STATUSES)
-@pytest.mark.parametrize("action", sorted(TRANSITIONS))
+@pytest.mark.parametrize("action", sorted(set(TRANSITIONS) - {"retract"}))  # retract: pipeline only (test_late_episodes)
 def test_transition_table_is_enforced(org, status, action):
     """Every (status, action) pair not in the lifecycle table is refused with Conflict — and the rest work."""
     tid = _open(org)
