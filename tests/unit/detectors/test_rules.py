@@ -129,4 +129,6 @@ def test_explain_lists_effective_checks_and_sources():
     overload = next(x for x in out if x["kind"] == "crane.overload")
     assert overload["levels"] == {"yellow": 7.2, "orange": 8.0, "red": 8.8}
     assert "GB 12602" in overload["source"] and "devices.tc-01" in overload["source"]
-    assert any(x["kind"] == "fault.silent" for x in out)
+    silent = next(x for x in out if x["kind"] == "fault.silent")
+    assert silent["after_s"] == 60.0, "10 x the crane's 1 s, lifted to its 60 s silent_floor"
+    assert silent["follows_calendar"] and silent["calendar"]["rest_days"] == ["sun"]
