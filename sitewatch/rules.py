@@ -456,7 +456,7 @@ class InhibitRule(_Model):
 
     def matches(self, labels: dict[str, Any], which: Literal["source", "target"]) -> bool:
         m = self.source_match if which == "source" else self.target_match
-        return all(str(labels.get(k)) == v for k, v in m.items())
+        return all(labels.get(k) is not None and str(labels[k]) == v for k, v in m.items())
 
 
 def _default_inhibit_rules() -> list[InhibitRule]:

@@ -191,6 +191,8 @@ def test_built_in_inhibit_rule():
     src = {"site": "s", "gateway": "gw-1", "kind": "fault.gateway_offline", "category": "fault"}
     assert r.matches(src, "source") and not r.matches(src, "target")
     assert r.matches({"site": "s", "gateway": "gw-1", "kind": "fault.silent"}, "target")
+    none = InhibitRule(name="n", source_match={"gateway": "None"}, target_match={"category": "fault"})
+    assert not none.matches({"gateway": None}, "source") and not none.matches({}, "source")
 
 
 @pytest.mark.parametrize("source, target", [
