@@ -146,7 +146,7 @@ def render(query: str, site: str, end_ms: int, span: int, max_points: int = 1000
         raise ValueError(f"bad site code {site!r}")
     out = query.replace("$timeFilter", f"time >= {end_ms - span}ms and time <= {end_ms}ms")
     out = out.replace("$__interval", interval(span, max_points)).replace("$site", re.escape(site))
-    if "$" in out:
+    if re.search(r"\$(\{|[A-Za-z_])", out):
         raise ValueError(f"unsubstituted macro in {out}")
     return out
 
