@@ -289,20 +289,25 @@ class Backlog:
             self._major_effects(s, t, PIPELINE, f"rule: {f.rule}", self.policy.major_credit_points)
         return t
 
-    def _fold_episode(self, t: Ticket, f: Finding) -> bool:
-        """Fold a raised finding (and the episode it reports) into peak and breach times. True: a new peak."""
+    @staticmethod
+    def _fold_episode(t: Ticket, f: Finding) -> bool:
+        """Fold a finding and the episode it reports into the ticket's peak and breach times. A raised finding
+        is itself a breach at its ``ts``; a clear contributes only its ``episode``. True: a new peak."""
         ep = _episode(f)
-        candidates = [(float(f.value), int(f.ts))]
+        raised = f.level != Level.CLEAR
+        candidates = [(float(f.value), int(f.ts))] if raised else []
         if ep.get("peak") is not None:
             candidates.append((float(ep["peak"]), int(ep.get("peak_ts") or f.ts)))
         new_peak = False
         for v, ts in candidates:
             if abs(v) > abs(t.peak_value):
                 t.peak_value, t.peak_ts_ms, new_peak = v, ts, True
-        first = int(ep.get("first_breach") or f.ts)
-        last = int(ep.get("last_breach") or f.ts)
-        t.first_breach_ms = first if t.first_breach_ms is None else min(t.first_breach_ms, first)
-        t.last_breach_ms = last if t.last_breach_ms is None else max(t.last_breach_ms, last)
+        first = ep.get("first_breach") or (f.ts if raised else None)
+        last = ep.get("last_breach") or (f.ts if raised else None)
+        if first is not None:
+            t.first_breach_ms = int(first) if t.first_breach_ms is None else min(t.first_breach_ms, int(first))
+        if last is not None:
+            t.last_breach_ms = int(last) if t.last_breach_ms is None else max(t.last_breach_ms, int(last))
         return new_peak
 
     def _raise(self, s: Session, t: Ticket, f: Finding, ctx: _Batch, newer: bool, late: bool = False) -> int:
@@ -339,6 +344,7 @@ class Backlog:
         return queued
 
     def _clear(self, s: Session, t: Ticket, f: Finding, late: bool = False) -> None:
+        self._fold_episode(t, f)  # the clear reports the whole episode: its peak may be news
         value, ts = _cleared_by(f)
         self._change(s, t, PIPELINE, "condition_cleared", f, level=0, active=False, cleared_ms=ts, clear_value=value,
                      **({"_extra": _late_detail(f)} if late else {}))
@@ -384,6 +390,7 @@ class Backlog:
                 t.last_seen_ms, t.last_value = f.ts, f.value
                 self._clear(s, t, f, late=True)
             else:  # newer live readings hold the alarm: the late episode's end is history, not news
+                self._fold_episode(t, f)
                 self._event(s, t, "late_episode_ended", t.level, t.level, f, **_late_detail(f), clear_value=value,
                             cleared_ms=ts, last_seen_ms=t.last_seen_ms)
             return 0
@@ -634,6 +641,38 @@ class Backlog:
             total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
             rows = list(s.scalars(q.order_by(Ticket.id.desc()).offset((page - 1) * page_size).limit(page_size)))
             return rows, total
+
+    def device_health(self, actor: Actor | None = None, *, site: str | None = None,
+                      state: str | None = None) -> list[DeviceHealth]:
+        """Latest health per device, limited to what ``actor`` may see (like ``search``)."""
+        if actor is not None:
+            check(actor, "read")
+        if state is not None and state not in HEALTH_STATES:
+            raise Invalid(f"state must be one of {', '.join(HEALTH_STATES)}")
+        q = select(DeviceHealth)
+        if actor is not None and actor.sites is not None:
+            q = q.where(DeviceHealth.site.in_(sorted(actor.sites)))
+        if site:
+            q = q.where(DeviceHealth.site == site)
+        if state:
+            q = q.where(DeviceHealth.state == state)
+        with self.session() as s:
+            return list(s.scalars(q.order_by(DeviceHealth.site, DeviceHealth.device)))
+
+    def inhibited(self, actor: Actor | None = None, *, site: str | None = None, active: bool | None = None,
+                  limit: int = 500) -> list[InhibitedFinding]:
+        """Inhibited findings (newest first); ``active=True``: still inhibited (source condition present)."""
+        if actor is not None:
+            check(actor, "read")
+        q = select(InhibitedFinding)
+        if actor is not None and actor.sites is not None:
+            q = q.where(InhibitedFinding.site.in_(sorted(actor.sites)))
+        if site:
+            q = q.where(InhibitedFinding.site == site)
+        if active is not None:
+            q = q.where(InhibitedFinding.resolved_ms.is_(None) if active else InhibitedFinding.resolved_ms.is_not(None))
+        with self.session() as s:
+            return list(s.scalars(q.order_by(InhibitedFinding.id.desc()).limit(limit)))
 
     def attachments(self, ticket_id: int) -> list[Attachment]:
         with self.session() as s:

@@ -4,6 +4,10 @@ The ticket write and the alert it announces are one database transaction (``back
 timer publishes the outbox to ``sw.alerts`` and marks rows published only after Kafka acknowledged them.
 A crash in between re-publishes, and the notifier's delivery log drops the duplicate.
 The timer also picks up alerts a crashed worker committed but never published.
+
+Inhibition rules (a gateway offline hides its devices' silences) come from the rules files when
+``SW_RULES_PATH`` is set (``RuleSet.inhibit_rules(site)``: the global rules, then the site's own), else the
+backlog's built-in defaults. They are read once at start; an unreadable rules path falls back to the defaults.
 """
 
 from __future__ import annotations
@@ -20,9 +24,34 @@ from streams.app import Pipeline
 log = logging.getLogger("sitewatch.tickets")
 
 
+def inhibit_rules(settings):
+    """``site -> rules`` from the rules files, or None (the backlog's built-in defaults)."""
+    path = getattr(settings, "rules_path", None)
+    if not path:
+        return None
+    try:
+        from sitewatch.rules import load_rules
+
+        ruleset = load_rules(path)
+    except Exception as e:  # noqa: BLE001 - the detect stage reports bad rules; tickets keep the defaults
+        log.warning("inhibit rules: cannot load %s (%s); using the built-in rules", path, e)
+        return None
+    fn = getattr(ruleset, "inhibit_rules", None)
+    if not callable(fn):
+        return None
+
+    def for_site(site: str):
+        try:
+            return fn(site=site)
+        except TypeError:  # an older signature without ``site``
+            return fn()
+
+    return for_site
+
+
 def register(pipe: Pipeline) -> None:
     s = pipe.settings
-    backlog = Backlog(s.backlog_url)
+    backlog = Backlog(s.backlog_url, inhibit_rules=inhibit_rules(s))
     db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backlog-db")  # one writer: SQLite-friendly
 
     @pipe.app.agent(pipe.hazards, name="tickets")

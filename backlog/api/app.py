@@ -58,6 +58,7 @@ def create_app(backlog: Backlog, evidence_root: Path) -> FastAPI:
                             headers={"WWW-Authenticate": "Bearer"})
 
     app.include_router(__import__("backlog.api.ack_links", fromlist=["router"]).router(backlog))  # signed ack links
+    app.include_router(__import__("backlog.api.devices", fromlist=["router"]).router(backlog, current))  # /devices
     app.include_router(__import__("backlog.api.wall", fromlist=["router"]).router(backlog))  # wall page: /wall
 
     @app.get("/health", tags=["meta"])

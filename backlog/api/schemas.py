@@ -48,6 +48,17 @@ class TicketOut(BaseModel):
     reopened_from: int | None
     reopen_count: int
     overdue: bool = False
+    # the episode: the worst reading and when, first/last reading over a line, the reading that cleared it
+    peak_ts_ms: int | None = None
+    first_breach_ms: int | None = None
+    last_breach_ms: int | None = None
+    cleared_ms: int | None = None
+    clear_value: float | None = None
+    # opened from readings a gateway buffered during an outage (back-dated: opened_ms is the measurement time)
+    late: bool = False
+    arrival_delay_s: float | None = None
+    outage_from_ms: int | None = None
+    outage_to_ms: int | None = None
 
 
 class TicketPage(BaseModel):
