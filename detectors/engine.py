@@ -2,14 +2,21 @@
 
 Flow of ``process``:
 
-1. rows are tagged with a device number and a fixed (family, metric) code, sorted by (device, metric, ts),
-   exact duplicates (at-least-once redelivery) and readings not newer than the last processed reading of their
-   series (late or replayed) are dropped — a late reading can therefore neither corrupt a rate nor clear an alarm;
+1. rows are tagged with a device number and a fixed (family, metric) code, sorted by (device, metric, ts);
+   exact duplicates (at-least-once redelivery) are dropped, and readings not newer than the last processed
+   reading of their series are set aside for the *late lane* (step 5) — so a late reading can neither corrupt
+   a live rate nor clear a live alarm;
 2. sensor faults (range, spike, flatline) are judged per series; faulty readings are withheld from hazards;
 3. every check of the registry runs over the rows of its metric, all devices at once, producing a level per row
    (hysteresis and hold included);
 4. per (device, kind) the levels of the kind's metrics are combined (the worst current one wins), and a finding
-   is emitted where that level changes, or every ``reassert`` of reading time while it stays raised.
+   is emitted where that level changes, or every ``reassert`` of reading time while it stays raised; each
+   finding carries its episode (peak value and time, first and last breach, worst level);
+5. late readings (a gateway's buffer flushed after an outage) that fall in a *gap* of the device's covered event
+   time (``detectors.coverage``) are evaluated in measurement-time order on a late lane: a fresh state seeded
+   with the device's baselines and the rate history from before the gap. Its findings are back-dated, marked
+   late with the arrival delay and the outage window; its clears never clear what live readings hold. Late
+   readings inside covered time are duplicates and change nothing (counted in ``stats``).
 
 State per device is a small JSON-able dict (see ``_new_state``); its size does not grow with the reading rate.
 The per-series part is columnar: ``m = [ints, floats]``, one fixed block per metric of the device's family (in
@@ -22,12 +29,14 @@ from __future__ import annotations
 
 import gc
 import math
+from bisect import bisect_left
 from dataclasses import dataclass, replace
 from itertools import chain
 from typing import Any
 
 import numpy as np
 
+from detectors import coverage, deadman
 from detectors.faults import SeriesCarry, sensor_faults
 from detectors.grouped import ffill_index, group_layout, prev_in_group
 from detectors.hysteresis import HystCarry, graded_levels
@@ -36,7 +45,7 @@ from detectors.plan import (CHECKS, FAM_CODE, FAULT_KINDS, FM_CODE, FM_LIST, FM_
                             KIND_SLOTS, KINDS, MAX_SLOTS, DevicePlan, build_plan)
 from detectors.rate import windowed_rate
 from detectors.families.electrical import PHASES
-from sitewatch.contracts import FAMILIES, GatewayStatus
+from sitewatch.contracts import FAMILIES, DeviceStatus, GatewayStatus
 from sitewatch.rules import LEVEL_NAMES, RuleSet
 
 # v2: series state is columnar per device (``m = [ints, floats]``). A v1 state (``m = {metric: [13 values]}``)
@@ -71,6 +80,11 @@ _IMBALANCE = next(c.index for c in CHECKS if c.mode == "imbalance")
 _NAN = float("nan")
 _NO_CHECKS: dict = {}  # read-only
 _FAULT_BITS = ("fault.out_of_range", "fault.spike", "fault.flatline")
+# device health, as shown on the API, the ledger and the dashboards: off (announced, or outside working time
+# for a calendar device), silent (a deadman fault), faulty (a sensor fault raised), ok
+HEALTH = ("ok", "off", "silent", "faulty")
+_OK, _OFF, _SILENT, _FAULTY = range(4)
+_FAULT_KIND_NAMES = frozenset(_FAULT_BITS)
 
 
 def _f(x: Any) -> float:
@@ -85,7 +99,12 @@ def _j(x: float) -> float | None:
 
 def _new_state(family: str) -> dict:
     nm = _FAM_NM[family]
-    return {"v": STATE_VERSION, "fam": family, "lt": None, "dl": None, "sil": [0, 0, 0],
+    # lt: newest reading; dl: silent deadline; due: when the clock must look again; sil: [level, since, last
+    # assert]; cad: last gaps (ms) for the learned cadence; cov: covered event time (detectors.coverage); og:
+    # outages heard live [last before, first after]; via: the gateway it was last heard through; off: announced power-off time; offat: off-hours start; hs: [health,
+    # since]; sx: last silent episode [quiet from, resumed at, raised at] so buffered data can retract it
+    return {"v": STATE_VERSION, "fam": family, "lt": None, "dl": None, "due": None, "sil": [0, 0, 0],
+            "cad": [], "cov": [], "via": None, "og": [], "off": None, "offat": None, "hs": [_OK, 0], "sx": None,
             "m": [_EMPTY_I * nm, _EMPTY_F * nm], "c": {}, "k": {}}
 
 
@@ -202,6 +221,20 @@ class DetectorEngine:
         self._shared: dict[tuple[str, str], tuple[DevicePlan, int]] = {}  # (site, family) without device block
         self._rows: list[DevicePlan] = []  # one plan per table row
         self._tab: _Tables | None = None
+        self._calendars: dict[str, Any] = {}
+        lateness = getattr(rules, "lateness", None)
+        self.gap_factor = float(getattr(lateness, "gap_factor", 3.0))
+        self.allowed_lateness_ms = int(1000 * getattr(lateness, "allowed", 72 * 3600))
+        self.max_intervals = int(getattr(lateness, "max_gaps", 3)) + 1  # covered intervals around the gaps
+        # readings set aside as late: evaluated on the late lane, or stale (inside covered time: duplicates)
+        self.stats = {"late": 0, "stale": 0}
+
+    def calendar(self, site: str) -> Any:
+        """The site's working calendar (None: always working)."""
+        if site not in self._calendars:
+            get = getattr(self.rules, "calendar", None)
+            self._calendars[site] = get(site) if get is not None else None
+        return self._calendars[site]
 
     def plan(self, site: str, device: str, family: str) -> DevicePlan:
         return self._plan(site, device, family)[0]
@@ -235,18 +268,21 @@ class DetectorEngine:
         return self._tab
 
     # ============================================================================================ process
-    def process(self, batch: ReadingBatch, states: dict[str, dict]) -> list[Finding]:
+    def process(self, batch: ReadingBatch, states: dict[str, dict], now_ms: int | None = None) -> list[Finding]:
+        """Findings of one batch; ``now_ms`` is when it arrived (late findings report their arrival delay)."""
         # A batch allocates tens of thousands of small containers (none of them cyclic) while a large state table
         # is alive: the cyclic collector would walk that table again and again. Collect after the batch instead.
         enabled = gc.isenabled()
         gc.disable()
         try:
-            return self._process(batch, states)
+            return self._process(batch, states, now_ms)
         finally:
             if enabled:
                 gc.enable()
 
-    def _process(self, batch: ReadingBatch, states: dict[str, dict]) -> list[Finding]:
+    def _process(self, batch: ReadingBatch, states: dict[str, dict], now_ms: int | None = None,
+                 lane: bool = False) -> list[Finding]:
+        """``lane=True``: the late lane's scratch states — no cadence, coverage, deadline or health upkeep."""
         n0 = len(batch)
         if n0 == 0:
             return []
@@ -321,7 +357,11 @@ class DetectorEngine:
         s_fm = f_[slast]
         s_row = off[s_dev] + _FM_SLOT[s_fm]
         fresh = t_ > S_i[s_row, 0][sgrp]
+        late = None
         if not fresh.all():
+            if not lane:
+                nf = ~fresh
+                late = (d_[nf], f_[nf], t_[nf], v_[nf])
             d_, f_, t_, v_ = d_[fresh], f_[fresh], t_[fresh], v_[fresh]
             old_s = sgrp[fresh]
             sfirst, sgrp, sfirst_idx, slast = group_layout(d_ * _NFM + f_)
@@ -340,6 +380,8 @@ class DetectorEngine:
         findings: list[Finding] = []
         if n == 0:
             self._write_back(states, dkeys, new_states)
+            if late is not None:
+                findings += self._late_lane(late, site_l, dev_l, first_row, plans, dkeys, states, now_ms)
             return findings
 
         # ---- sensor faults per series
@@ -386,24 +428,14 @@ class DetectorEngine:
                            if k in KIND_CODE], dtype=np.int64)
         findings += self._emit(results, d_, f_, t_, v_, plans, dev_pid, tab, olds, new_states, stated, n_dev)
 
-        # ---- silent devices come back; state write-back
+        # ---- per device: cadence, covered time, deadline, silence ended, health
         big = np.iinfo(np.int64)
         dmin = np.full(n_dev, big.max, dtype=np.int64)
         dmax = np.full(n_dev, big.min, dtype=np.int64)
         np.minimum.at(dmin, d_, t_)
         np.maximum.at(dmax, d_, t_)
-        dmin_l, dmax_l = dmin.tolist(), dmax.tolist()
-        for d, ns in new_states.items():
-            hi_t = dmax_l[d]
-            if hi_t == big.min:
-                continue
-            p = plans[d]
-            lt = max(hi_t, ns["lt"] or hi_t)
-            ns["lt"] = lt
-            ns["dl"] = lt + p.silent_ms
-            if ns["sil"][0]:
-                findings.append(self._silent_finding(p, Level.CLEAR, dmin_l[d], dmin_l[d] - ns["sil"][1], ns))
-                ns["sil"] = [0, 0, 0]
+        if not lane:
+            findings += self._upkeep(batch, first, d_, t_, dmin, dmax, plans, olds, new_states)
         out = fr.out
         S_i[s_row] = np.column_stack([t_[slast], out.p1_ts, out.sus, out.frun, out.fstart, out.oor_bit, out.oor_good,
                                       out.spk_bit, out.spk_good, out.flat_bit]).astype(np.int64)
@@ -421,8 +453,225 @@ class DetectorEngine:
             else:
                 new_states[d]["c"][CHECKS[ci].id] = cs
         self._write_back(states, dkeys, new_states)
+        if late is not None:
+            findings += self._late_lane(late, site_l, dev_l, first_row, plans, dkeys, states, now_ms)
         findings.sort(key=lambda f: (f.ts, f.site, f.device, f.kind))
         return findings
+
+    # -------------------------------------------------------------------------------------------- upkeep
+    def _upkeep(self, batch: ReadingBatch, first: np.ndarray, d_, t_, dmin, dmax, plans, olds,
+                new_states) -> list[Finding]:
+        """Per device with fresh readings: learned cadence, covered event time, the next silent deadline, a
+        silence that ended, and device health. Python per device, numpy for the per-row part."""
+        out: list[Finding] = []
+        o = np.lexsort((t_, d_))
+        dd, tt = d_[o], t_[o]
+        if dd.size:
+            u = np.r_[True, (dd[1:] != dd[:-1]) | (tt[1:] != tt[:-1])]
+            dd, tt = dd[u], tt[u]
+        bnd = np.searchsorted(dd, np.arange(len(plans) + 1)).tolist()
+        tt_l = tt.tolist()
+        dmin_l, dmax_l = dmin.tolist(), dmax.tolist()
+        gw_l = batch.gateway[first].tolist() if batch.gateway is not None else None
+        for d, ns in new_states.items():
+            a, b = bnd[d], bnd[d + 1]
+            if a == b:
+                continue
+            p = plans[d]
+            ts_d = tt_l[a:b]
+            lt_old = ns.get("lt")
+            cad_old = ns.get("cad") or []
+            gaps = [y - x for x, y in zip(ts_d, ts_d[1:])]
+            if lt_old is not None:
+                gaps.insert(0, ts_d[0] - lt_old)
+            thr = deadman.gap_threshold_ms(p, cad_old, self.gap_factor)
+            cad = ns["cad"] = deadman.learn(cad_old, gaps)
+            hi_t, lo_t = dmax_l[d], dmin_l[d]
+            if gaps and max(gaps) > thr:  # outages as heard live: late findings inside one name it
+                prev = [lt_old] + ts_d[:-1] if lt_old is not None else ts_d[:-1]
+                nxt = ts_d if lt_old is not None else ts_d[1:]
+                # with the rate samples from before the outage: the live history moves on past them, the late
+                # lane will need them to judge a rate inside the outage
+                old = olds[d]
+                pre = {cid: cs["hist"] for cid, cs in old["c"].items() if cs and cs.get("hist")} if old else {}
+                og = (ns.get("og") or []) + [[x, y, pre] for x, y in zip(prev, nxt) if y - x > thr]
+                ns["og"] = [o for o in og if o[1] >= hi_t - self.allowed_lateness_ms][-self.max_intervals:]
+            ns["cov"] = coverage.prune(coverage.extend(ns.get("cov") or [], ts_d, thr, self.max_intervals),
+                                       hi_t - self.allowed_lateness_ms)
+            via = getattr(p, "gateway", None) or (gw_l[d] if gw_l is not None else None) or ns.get("via")
+            ns["via"] = via
+            lt = max(hi_t, lt_old if lt_old is not None else hi_t)
+            ns["lt"] = lt
+            ns["off"] = None  # a reading says it is on
+            sil = ns.get("sil") or [0, 0, 0]
+            if sil[0]:
+                quiet_from = lt_old if lt_old is not None else lo_t
+                quiet_ms = max(0, lo_t - quiet_from)
+                # measured within its limit after all (the silence was data held up on the way): retract it
+                retracted = quiet_ms <= deadman.limit_ms(p, cad_old)
+                f = self._silent_finding(p, Level.CLEAR, lo_t, quiet_ms, ns)
+                f.evidence.update(cleared_by={"ts": lo_t, "value": quiet_ms / 1000}, retracted=retracted,
+                                  measured_during=[quiet_from, lo_t])
+                if retracted:
+                    f = replace(f, rule="retracted: readings show the device was measuring (data arrived late)")
+                out.append(f)
+                ns["sil"] = [0, 0, 0]
+                ns["sx"] = None if retracted else [quiet_from, lo_t, sil[1]]
+            dl, offat = deadman.deadlines(p, self.calendar(p.site), lt, cad, via)
+            ns["dl"], ns["offat"] = dl, offat
+            ns["due"] = min(dl, offat) if offat is not None else dl
+            faulty = any(k in _FAULT_KIND_NAMES and ks.get("l") for k, ks in ns["k"].items())
+            h = self._health(p, ns, _FAULTY if faulty else _OK, lo_t if not faulty else hi_t,
+                             "sensor fault raised" if faulty else "reporting")
+            if h is not None:
+                out.append(h)
+        return out
+
+    @staticmethod
+    def _health(p: DevicePlan, st: dict, code: int, since: int, reason: str) -> Finding | None:
+        """A ``device.health`` finding when the device's state (ok / off / silent / faulty) changes."""
+        hs = st.get("hs") or [_OK, 0]
+        if hs[0] == code:
+            return None
+        st["hs"] = [code, since]
+        return Finding(p.site, p.device, p.family, "device.health", "health", Level.CLEAR, since, "*", float(code),
+                       0.0, reason, "", False, {"state": HEALTH[code], "previous": HEALTH[hs[0]], "since": since,
+                                                "reason": reason, "gateway": st.get("via")})
+
+    # -------------------------------------------------------------------------------------------- late lane
+    def _late_lane(self, late, site_l, dev_l, first_row, plans, dkeys, states, now_ms) -> list[Finding]:
+        """Readings older than their series' newest: duplicates inside covered time are counted and dropped;
+        the rest are evaluated in event time from the state the device had before the gap (baselines, rate
+        history), and their findings are back-dated and marked late."""
+        ld, lf, lts, lv = late
+        o = np.lexsort((lts, ld))
+        ld, lf, lts, lv = ld[o], lf[o], lts[o], lv[o]
+        keep = np.zeros(ld.shape[0], dtype=bool)
+        devs, starts = np.unique(ld, return_index=True)
+        ends = np.r_[starts[1:], ld.shape[0]]
+        lane_states: dict[str, dict] = {}
+        spans: dict[str, list] = {}
+        for d, a, b in zip(devs.tolist(), starts.tolist(), ends.tolist()):
+            p = plans[d]
+            st = states.get(dkeys[d])
+            if p is None or not isinstance(st, dict):
+                continue
+            covered, gfrom, _ = coverage.classify(st.get("cov") or [], lts[a:b])
+            keep[a:b] = ~covered
+            if not covered.all():
+                t_new = lts[a:b][~covered]
+                lane_states[dkeys[d]] = self._lane_seed(p, st, int(t_new.min()), int(t_new.max()))
+                spans[dkeys[d]] = [(int(t_new[gfrom[~covered] == g].min()), int(t_new[gfrom[~covered] == g].max()))
+                                   for g in np.unique(gfrom[~covered]).tolist()]
+        n_late = int(keep.sum())
+        self.stats["stale"] += int(keep.shape[0] - n_late)
+        self.stats["late"] += n_late
+        if not n_late:
+            return []
+        rows = np.flatnonzero(keep)
+        fr = np.asarray(first_row, dtype=np.int64)[ld[rows]]
+        fam = np.array([p.family if p else "" for p in plans], dtype=object)[ld[rows]]
+        metric = np.array([m for _, m in FM_LIST], dtype=object)[lf[rows]]
+        lb = ReadingBatch.from_columns(np.asarray(site_l, dtype=object)[fr], np.asarray(dev_l, dtype=object)[fr],
+                                       fam, metric, lts[rows], lv[rows])
+        found = self._process(lb, lane_states, now_ms, lane=True)
+        arrival = now_ms if now_ms is not None else int(lts.max())
+        out: list[Finding] = []
+        last_metric: dict[tuple[str, str], str] = {}
+        for f in found:
+            st = states[f.key]
+            ev = f.evidence
+            if ev.get("reassert"):
+                continue
+            live = st["k"].get(f.kind)
+            if f.level == Level.CLEAR and live and live.get("l"):
+                continue  # newer readings hold this alarm: a late reading never clears it
+            out.append(self._mark_late(f, st, arrival))
+            last_metric[(f.key, f.kind)] = f.metric
+        # an episode still raised where the buffered data ends, and the live readings after the gap are clear
+        for key, ls in lane_states.items():
+            st = states[key]
+            cov = st.get("cov") or []
+            for kind, ks in ls["k"].items():
+                live = st["k"].get(kind)
+                if not ks.get("l") or (live and live.get("l")):
+                    continue
+                lane_end = max(b for _, b in spans[key])
+                _, _, gto = coverage.classify(cov, np.array([lane_end], dtype=np.int64))
+                gap_end = int(gto[0])
+                if gap_end < 0:
+                    continue
+                out.append(self._late_clear(key, kind, ks, st, gap_end, last_metric.get((key, kind)), arrival))
+        # covered now; and a silence the buffered readings contradict is retracted
+        for key, sp in spans.items():
+            st = states[key]
+            p = self.plan(key.partition("/")[0], key.partition("/")[2], st["fam"])
+            thr = deadman.gap_threshold_ms(p, st.get("cad") or [], self.gap_factor)
+            for a, b in sp:
+                st["cov"] = coverage.add_span(st.get("cov") or [], a, b, thr, self.max_intervals)
+            sx = st.get("sx")
+            if sx and any(a < sx[1] and b > sx[0] for a, b in sp):
+                lo = min(a for a, _ in sp)
+                hi = max(b for _, b in sp)
+                f = self._silent_finding(p, Level.CLEAR, hi, 0, st)
+                f.evidence.update(retracted=True, measured_during=[max(lo, sx[0]), min(hi, sx[1])],
+                                  cleared_by={"ts": hi, "value": 0.0})
+                out.append(replace(f, rule="retracted: buffered readings show the device was measuring"))
+                st["sx"] = None
+        return out
+
+    @staticmethod
+    def _mark_late(f: Finding, st: dict, arrival: int) -> Finding:
+        """Late, with its arrival delay and the outage it fell in: as heard live (``og``) where one contains it,
+        else the gap between the covered stretches around it."""
+        outage = next(([o[0], o[1]] for o in st.get("og") or [] if o[0] <= f.ts <= o[1]), None)
+        if outage is None:
+            _, gfrom, gto = coverage.classify(st.get("cov") or [], np.array([f.ts], dtype=np.int64))
+            outage = [int(gfrom[0]) if gfrom[0] >= 0 else None, int(gto[0]) if gto[0] >= 0 else None]
+        if st.get("via"):
+            f.evidence["gateway"] = st["via"]
+        f.evidence.update(late=True, arrival_delay_s=max(0.0, (arrival - f.ts) / 1000), outage=outage)
+        return f
+
+    def _late_clear(self, key: str, kind: str, ks: dict, st: dict, gap_end: int, metric: str | None,
+                    arrival: int) -> Finding:
+        """The buffered episode is still raised at the end of the buffer, and the live readings after the outage
+        are not: it ended at the gap's end. The value is the live reading of that metric."""
+        site, _, device = key.partition("/")
+        p = self.plan(site, device, st["fam"])
+        names = list(FAMILIES[p.family])
+        value = _NAN
+        if metric in names:
+            value = _f(st["m"][1][names.index(metric) * _NF])
+        ep = dict(ks.get("ep") or {})
+        ev = {"level": "clear", "previous": _LNAMES[ks["l"]], "reassert": False, "episode": ep,
+              "cleared_by": {"ts": gap_end, "value": _j(value), "by": "the live readings after the outage"},
+              "gateway": st.get("via")}
+        f = Finding(p.site, p.device, p.family, kind, "fault" if kind in FAULT_KINDS else "hazard", Level.CLEAR,
+                    gap_end, metric or "", 0.0 if math.isnan(value) else value, 0.0,
+                    "cleared: the readings after the outage are below the line", "", False, ev)
+        return self._mark_late(f, st, arrival)
+
+    @staticmethod
+    def _lane_seed(p: DevicePlan, st: dict, t0: int, t1: int) -> dict:
+        """The late lane starts from what the device had before the gap: series baselines, and each rate
+        check's samples older than the first late reading (newer samples belong to readings after the gap) —
+        from the live history, or from the copy kept with the outage when the live history has moved on."""
+        ns = _new_state(p.family)
+        flts = list(ns["m"][1])
+        live_f = st["m"][1]
+        for i in range(_FAM_NM[p.family]):
+            flts[i * _NF + 2] = live_f[i * _NF + 2]
+        ns["m"] = [ns["m"][0], flts]
+        pre = next((o[2] for o in st.get("og") or [] if len(o) > 2 and o[0] <= t1 and t0 <= o[1]), {})
+        for cid in set(pre) | set(st.get("c") or {}):
+            cs = (st.get("c") or {}).get(cid)
+            samples = sorted(set(zip(*(pre.get(cid) or [[], []]))) | set(zip(*(cs.get("hist") if cs and cs.get(
+                "hist") else [[], []]))))
+            k = bisect_left(samples, (t0,))
+            if k:
+                ns["c"][cid] = {"hist": [[t for t, _ in samples[:k]], [v for _, v in samples[:k]]]}
+        return ns
 
     # -------------------------------------------------------------------------------------------- checks
     def _run_check(self, ci: int, rows: np.ndarray, d_, sgrp, t_, v_, dev_pid, tab: _Tables, cdicts, s_base,
@@ -586,6 +835,35 @@ class DetectorEngine:
         R = tab.reassert[dev_pid[g_dev]][grp]
         reassert = ~change & (agg > 0) & ((e_ts - te) // R > (prev_ts - te) // R)
         emit = np.flatnonzero(change | reassert)
+        # episodes: the row where the current raised stretch began (before first_idx: it began in an earlier batch)
+        ep_start = np.maximum.accumulate(np.where((agg > 0) & (prev == 0), idx, -1))
+        ep_x = np.where(np.isnan(x_e), -np.inf, x_e)
+        v_e = v_[e_row]
+
+        def episode(g: int, e: int) -> dict | None:
+            """The episode that row ``e`` is in (or, for a clear, the one it ends), up to and including ``e``."""
+            lo = int(ep_start[e]) if ep_start[e] >= first_idx[e] else int(first_idx[e])
+            hi = e + 1 if agg[e] > 0 else e
+            ks = kstates[g]
+            carried = lo == first_idx[e] and carry_l[g] > 0 and ks is not None
+            ep = dict(ks["ep"]) if carried and ks.get("ep") else None
+            if hi > lo:
+                m = agg[lo:hi] > 0
+                if m.any():
+                    j = lo + int(np.argmax(np.where(m, ep_x[lo:hi], -np.inf)))
+                    on = np.flatnonzero(m)
+                    cand = {"start": int(e_ts[lo + on[0]]), "peak": float(v_e[j]), "peak_ts": int(e_ts[j]),
+                            "peak_x": _j(x_e[j]), "first_breach": int(e_ts[lo + on[0]]),
+                            "last_breach": int(e_ts[lo + on[-1]]), "worst": int(agg[lo:hi].max())}
+                    if ep is None:
+                        ep = cand
+                    else:
+                        if (cand["peak_x"] if cand["peak_x"] is not None else -math.inf) > (
+                                ep.get("peak_x") if ep.get("peak_x") is not None else -math.inf):
+                            ep.update(peak=cand["peak"], peak_ts=cand["peak_ts"], peak_x=cand["peak_x"])
+                        ep["last_breach"] = cand["last_breach"]
+                        ep["worst"] = max(ep.get("worst", 0), cand["worst"])
+            return ep
 
         # the slot that explains each emitted level: the entry's own if it carries the level, else the worst one
         findings = []
@@ -602,9 +880,18 @@ class DetectorEngine:
                     k.tolist(), e_res[kc].tolist(), e_loc[kc].tolist(), x_e[kc].tolist(), v_[krow].tolist(),
                     t_[krow].tolist(), f_[krow].tolist(), change[emit].tolist())
             g_dev_l, g_kind_l = g_dev.tolist(), g_kind.tolist()
-            for g, level, before, ts, c, kk, ri, loc, x, raw, rts, fm, changed in zip(*cols):
-                findings.append(self._finding(results, plans[g_dev_l[g]], KINDS[g_kind_l[g]], level, before, ts, c,
-                                              kk, ri, loc, x, raw, rts, fm, kstates[g], changed))
+            for e, g, level, before, ts, c, kk, ri, loc, x, raw, rts, fm, changed in zip(emit.tolist(), *cols):
+                f = self._finding(results, plans[g_dev_l[g]], KINDS[g_kind_l[g]], level, before, ts, c,
+                                  kk, ri, loc, x, raw, rts, fm, kstates[g], changed)
+                ep = episode(g, e)
+                if ep is not None:
+                    f.evidence["episode"] = ep
+                if not level:
+                    f.evidence["cleared_by"] = {"ts": rts, "value": _j(raw)}
+                via = new_states[g_dev_l[g]].get("via")
+                if via:
+                    f.evidence["gateway"] = via
+                findings.append(f)
         # write kind states
         lj = li[last]
         has = lj >= 0
@@ -626,7 +913,12 @@ class DetectorEngine:
             for c in range(nsl):
                 if hg[c]:
                     xs[c] = None if xg[c] != xg[c] else xg[c]
-            ns_k[kind] = {"l": agg_l[g], "te": te_l[g], "lt": lt_l[g], "s": slots, "x": xs}
+            ks_new = {"l": agg_l[g], "te": te_l[g], "lt": lt_l[g], "s": slots, "x": xs}
+            if agg_l[g]:
+                ep = episode(g, int(last[g]))
+                if ep is not None:
+                    ks_new["ep"] = ep
+            ns_k[kind] = ks_new
         return findings
 
     def _finding(self, results, p: DevicePlan, kind: str, level: int, before: int, ts: int, col: int, k: int,
@@ -697,27 +989,50 @@ class DetectorEngine:
                        float(threshold), rule, p.fault_source, False, ev)
 
     # ============================================================================================ clock
-    def tick(self, now_ms: int, states: dict[str, dict]) -> list[Finding]:
-        """Silent devices (deadman), judged against the wall clock; re-asserts while they stay silent."""
-        out = []
-        for key, st in list(states.items()):
-            if not isinstance(st, dict) or st.get("v") not in _READABLE or "dl" not in st or st.get("dl") is None:
+    def tick(self, now_ms: int, states: dict[str, dict], keys: Any = None) -> list[Finding]:
+        """Silent devices (deadman), judged against the wall clock; re-asserts while they stay silent.
+
+        ``keys``: only these devices (the ones a ``deadman.DeadlineIndex`` says are due); all when None. A device
+        whose state changes gets a new dict (callers tell what to save by identity) with ``due`` set to when
+        the clock must look at it again."""
+        out: list[Finding] = []
+        for key in (list(states) if keys is None else keys):
+            st = states.get(key)
+            if not isinstance(st, dict) or st.get("v") not in _READABLE or st.get("dl") is None:
                 continue
-            if now_ms <= st["dl"]:
-                continue
+            if st.get("off") is not None:
+                continue  # announced power-off: no deadman until it reports again
             site, _, device = key.partition("/")
             p = self.plan(site, device, st["fam"])
+            dl, offat = st["dl"], st.get("offat")
+            if now_ms <= dl:
+                if offat is not None and now_ms > offat:  # quiet outside working time: off, not a fault
+                    ns = dict(st)
+                    cal = self.calendar(site)
+                    why = cal.state_at(now_ms).replace("_", " ") if cal is not None else "outside working time"
+                    h = self._health(p, ns, _OFF, offat, f"off: {why} (site calendar)")
+                    ns["offat"], ns["due"] = None, dl
+                    states[key] = ns
+                    if h is not None:
+                        out.append(h)
+                continue
             sil = st["sil"]
             silent_for = now_ms - st["lt"]
+            reassert_ms = p.reassert_ms
             if not sil[0]:
                 lvl = p.fault_levels["fault.silent"]
                 ns = dict(st)
                 ns["sil"] = [lvl, now_ms, now_ms]
+                ns["due"] = now_ms + reassert_ms
                 states[key] = ns
                 out.append(self._silent_finding(p, Level(lvl), now_ms, silent_for, ns))
-            elif now_ms - sil[2] >= p.reassert_ms:
+                h = self._health(p, ns, _SILENT, now_ms, "silent: no reading within its limit")
+                if h is not None:
+                    out.append(h)
+            elif now_ms - sil[2] >= reassert_ms:
                 ns = dict(st)
                 ns["sil"] = [sil[0], sil[1], now_ms]
+                ns["due"] = now_ms + reassert_ms
                 states[key] = ns
                 f = self._silent_finding(p, Level(sil[0]), now_ms, silent_for, ns)
                 f.evidence["reassert"] = True
@@ -725,13 +1040,60 @@ class DetectorEngine:
         return out
 
     @staticmethod
-    def _silent_finding(p: DevicePlan, level: Level, ts: int, silent_ms: int, st: dict) -> Finding:
-        limit = p.silent_ms / 1000
-        rule = (f"no reading for >= {limit:g} s ({p.rules.faults.silent_after_intervals:g} x expected interval "
-                f"{p.rules.rules.expected_interval:g} s)")
+    def next_due(st: Any) -> int | None:
+        """When the clock must next look at this device (for a ``deadman.DeadlineIndex``)."""
+        if not isinstance(st, dict) or st.get("off") is not None:
+            return None
+        return st.get("due", st.get("dl"))
+
+    def _silent_finding(self, p: DevicePlan, level: Level, ts: int, silent_ms: int, st: dict) -> Finding:
+        cad = st.get("cad") or []
+        limit = deadman.limit_ms(p, cad) / 1000
+        interval = deadman.interval_ms(p, cad) / 1000
+        learned = len(cad) >= p.min_gaps
+        rule = (f"no reading for >= {limit:g} s ({p.silent_after:g} x {'learned' if learned else 'default'} "
+                f"interval {interval:g} s, bounded to {p.silent_floor_ms / 1000:g}-{p.silent_ceiling_ms / 1000:g} s)")
+        if p.follows_calendar:
+            rule += ", counted in working time"
+        ev = {"last_reading_ts": st.get("lt"), "silent_s": silent_ms / 1000, "reassert": False,
+              "interval_s": interval, "interval_learned": learned, "limit_s": limit}
+        if st.get("via"):
+            ev["gateway"] = st["via"]
         return Finding(p.site, p.device, p.family, "fault.silent", "fault", level, ts, "*", silent_ms / 1000, limit,
-                       rule if level else "cleared: readings resumed", p.fault_source, False,
-                       {"last_reading_ts": st.get("lt"), "silent_s": silent_ms / 1000, "reassert": False})
+                       rule if level else "cleared: readings resumed", p.fault_source, False, ev)
+
+    def on_device_status(self, ds: DeviceStatus, states: dict[str, dict]) -> list[Finding]:
+        """A device announcing power off (status message or last will) is *off* until it reports or says it is
+        on again: no deadman, and a standing silent fault is cleared (off is not broken)."""
+        if ds.family not in FAMILIES:
+            return []
+        key = f"{ds.site}/{ds.device}"
+        st = _upgrade(states.get(key))
+        if st is None:
+            st = _new_state(ds.family)
+        if st.get("lt") is not None and ds.ts < st["lt"]:
+            return []  # older than its readings: stale
+        p = self.plan(ds.site, ds.device, st["fam"])
+        ns = dict(st)
+        out: list[Finding] = []
+        if not ds.online:
+            ns["off"], ns["due"], ns["offat"] = ds.ts, None, None
+            if ns["sil"][0]:
+                f = self._silent_finding(p, Level.CLEAR, ds.ts, ds.ts - (ns["lt"] or ds.ts), ns)
+                out.append(replace(f, rule="cleared: the device announced it is powered off"))
+                ns["sil"] = [0, 0, 0]
+            h = self._health(p, ns, _OFF, ds.ts, f"off: announced ({ds.reason or 'power off'})")
+        else:
+            ns["off"] = None
+            dl, offat = deadman.deadlines(p, self.calendar(ds.site), ds.ts, ns.get("cad") or [], ns.get("via"))
+            ns["lt"] = max(ns["lt"] or ds.ts, ds.ts)
+            ns["dl"], ns["offat"] = dl, offat
+            ns["due"] = min(dl, offat) if offat is not None else dl
+            h = self._health(p, ns, _OK, ds.ts, "announced on")
+        if h is not None:
+            out.append(h)
+        states[key] = ns
+        return out
 
     def on_status(self, status: GatewayStatus, states: dict[str, dict]) -> list[Finding]:
         """Gateway offline (MQTT last will) raises a fault; back online clears it. Older statuses are ignored."""

@@ -36,6 +36,7 @@ class ReadingBatch:
     metric: np.ndarray  # object (str)
     ts: np.ndarray  # int64 epoch ms
     value: np.ndarray  # float64, canonical unit (see sitewatch.contracts.FAMILIES)
+    gateway: np.ndarray | None = None  # object (str or None): the gateway whose frame carried the reading
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
@@ -54,10 +55,11 @@ class ReadingBatch:
             metric=np.array([r.metric for r in rs], dtype=object),
             ts=np.array([r.ts for r in rs], dtype=np.int64),
             value=np.array([r.value for r in rs], dtype=np.float64),
+            gateway=np.array([r.gateway for r in rs], dtype=object) if any(r.gateway for r in rs) else None,
         )
 
     @classmethod
-    def from_columns(cls, site, device, family, metric, ts, value) -> "ReadingBatch":
+    def from_columns(cls, site, device, family, metric, ts, value, gateway=None) -> "ReadingBatch":
         return cls(
             site=np.asarray(site, dtype=object),
             device=np.asarray(device, dtype=object),
@@ -65,7 +67,12 @@ class ReadingBatch:
             metric=np.asarray(metric, dtype=object),
             ts=np.asarray(ts, dtype=np.int64),
             value=np.asarray(value, dtype=np.float64),
+            gateway=None if gateway is None else np.asarray(gateway, dtype=object),
         )
+
+    def take(self, rows: np.ndarray) -> "ReadingBatch":
+        return ReadingBatch(self.site[rows], self.device[rows], self.family[rows], self.metric[rows], self.ts[rows],
+                            self.value[rows], None if self.gateway is None else self.gateway[rows])
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@ MQTT (sensor side)
     ``sw/{site}/gateway/{gateway}/readings``       gateway frame ``{"readings": [{"family","device","metric",
                                                    "ts","value","unit"}, ...]}``
     ``sw/{site}/gateway/{gateway}/status``         gateway status / last-will ``{"ts", "online": bool, ...}``
+    ``sw/{site}/{family}/{device}/status``         device power announcement / last-will ``{"ts", "online": bool,
+                                                   "reason": "power_off"}``: a device that says it is off is
+                                                   "off", not silent, until its next reading
 
 Kafka (inside)
     ``sw.raw``          bridge envelopes: MQTT messages packed per key, original bytes kept
@@ -49,6 +52,9 @@ GATEWAY = "gateway"  # reserved word in the family position of a topic
 MAX_PAYLOAD_BYTES = 64 * 1024       # one MQTT message; a gateway frame of ~500 readings fits
 MAX_FUTURE_SKEW_MS = 5 * 60 * 1000  # a reading stamped further ahead than this is a clock fault
 MIN_TS_MS = 946_684_800_000         # 2000-01-01: anything older is an unset RTC, not history
+# Allowed lateness: a gateway that buffered through a weekend 4G outage flushes readings up to ~3 days old;
+# they are evaluated in event time. Anything older goes to the DLQ as ``too_late`` (rules: lateness.allowed).
+DEFAULT_ALLOWED_LATENESS_MS = 72 * 3600 * 1000
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 # ---------------------------------------------------------------------------------------------- families
@@ -106,6 +112,7 @@ class Reading:
     metric: str
     ts: int  # epoch milliseconds, UTC
     value: float  # in the canonical unit of FAMILIES[family][metric]
+    gateway: str | None = None  # the gateway whose frame carried it: topology is learned from this
 
     @property
     def key(self) -> str:
@@ -119,6 +126,18 @@ class GatewayStatus:
     ts: int
     online: bool
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """A device announcing power off/on (status message or MQTT last will): off is not a fault."""
+
+    site: str
+    family: str
+    device: str
+    ts: int
+    online: bool
+    reason: str = ""
 
 
 def device_key(site: str, device: str) -> str:
@@ -229,7 +248,8 @@ def _check_family_metric(family: Any, metric: Any) -> None:
         raise InvalidReading("unknown_metric", f"{family} has no metric {metric!r}; known: {sorted(FAMILIES[family])}")
 
 
-def _reading(site: str, family: Any, device: Any, metric: Any, body: dict, now: int) -> Reading:
+def _reading(site: str, family: Any, device: Any, metric: Any, body: dict, now: int,
+             gateway: str | None = None, max_age_ms: int = DEFAULT_ALLOWED_LATENESS_MS) -> Reading:
     _check_family_metric(family, metric)
     _check_id("device", device)
     if "ts" not in body:
@@ -241,8 +261,11 @@ def _reading(site: str, family: Any, device: Any, metric: Any, body: dict, now: 
         raise InvalidReading("future_timestamp", f"ts {ts} is {(ts - now) / 1000:.0f} s ahead of the clock")
     if ts < MIN_TS_MS:
         raise InvalidReading("bad_timestamp", f"ts {ts} is before 2000-01-01 (unset clock?)")
+    if ts < now - max_age_ms:
+        raise InvalidReading("too_late", f"ts {ts} is {(now - ts) / 3_600_000:.1f} h old, beyond the allowed "
+                                         f"lateness of {max_age_ms / 3_600_000:g} h")
     value = _canonical_value(family, metric, body["value"], body.get("unit"))
-    return Reading(site, family, device, metric, ts, value)
+    return Reading(site, family, device, metric, ts, value, gateway)
 
 
 @dataclass
@@ -276,9 +299,11 @@ class Validated:
     readings: list[Reading] = field(default_factory=list)
     statuses: list[GatewayStatus] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    device_statuses: list[DeviceStatus] = field(default_factory=list)
 
 
-def validate_message(topic: str, payload: bytes, now: int | None = None, out: Validated | None = None) -> Validated:
+def validate_message(topic: str, payload: bytes, now: int | None = None, out: Validated | None = None,
+                     max_age_ms: int = DEFAULT_ALLOWED_LATENESS_MS) -> Validated:
     """Turn one MQTT message into readings, or rejections with a reason. Never raises on bad input.
 
     A gateway frame with one bad item keeps its good items: only the bad one goes to the DLQ.
@@ -307,10 +332,7 @@ def validate_message(topic: str, payload: bytes, now: int | None = None, out: Va
         if family == GATEWAY:
             _check_id("gateway", device)
             if metric == "status":
-                online = body.get("online", True)
-                if not isinstance(online, bool):
-                    raise InvalidReading("bad_schema", "status 'online' must be true/false")
-                ts = parse_ts(body["ts"]) if "ts" in body else now
+                online, ts = _status_fields(body, now)
                 detail = {k: v for k, v in body.items() if k not in ("ts", "online")}
                 out.statuses.append(GatewayStatus(site, device, ts, online, detail))
                 return out
@@ -323,16 +345,35 @@ def validate_message(topic: str, payload: bytes, now: int | None = None, out: Va
                 try:
                     if not isinstance(item, dict):
                         raise InvalidReading("bad_schema", f"readings[{i}] is not an object")
-                    out.readings.append(
-                        _reading(site, item.get("family"), item.get("device"), item.get("metric"), item, now)
-                    )
+                    out.readings.append(_reading(site, item.get("family"), item.get("device"), item.get("metric"),
+                                                 item, now, device, max_age_ms))
                 except InvalidReading as e:
                     reject(e, i)
             return out
-        out.readings.append(_reading(site, family, device, metric, body, now))
+        if metric == "status":
+            if family not in FAMILIES:
+                raise InvalidReading("unknown_family", f"{family!r} is not one of {sorted(FAMILIES)}")
+            _check_id("device", device)
+            online, ts = _status_fields(body, now)
+            reason = body.get("reason", "")
+            if not isinstance(reason, str) or len(reason) > 64:
+                raise InvalidReading("bad_schema", "status 'reason' must be a short string")
+            out.device_statuses.append(DeviceStatus(site, family, device, ts, online, reason))
+            return out
+        out.readings.append(_reading(site, family, device, metric, body, now, None, max_age_ms))
         return out
     except InvalidReading as e:
         return reject(e)
+
+
+def _status_fields(body: dict, now: int) -> tuple[bool, int]:
+    online = body.get("online", True)
+    if not isinstance(online, bool):
+        raise InvalidReading("bad_schema", "status 'online' must be true/false")
+    ts = parse_ts(body["ts"]) if "ts" in body else now
+    if ts > now + MAX_FUTURE_SKEW_MS:
+        raise InvalidReading("future_timestamp", f"ts {ts} is {(ts - now) / 1000:.0f} s ahead of the clock")
+    return online, ts
 
 
 # ---------------------------------------------------------------------------------------------- sw.readings
@@ -343,8 +384,9 @@ def pack_readings(readings: list[Reading], received_ms: int) -> bytes:
     once and ``d`` points every row at its device. Per-record overhead in Kafka and Faust is what limits a
     worker (DESIGN §4), so the validate stage sends one record per partition per batch, not one per device.
     """
-    devs: dict[tuple[str, str, str], int] = {}
-    d = [devs.setdefault((r.site, r.device, r.family), len(devs)) for r in readings]
+    devs: dict[tuple, int] = {}
+    d = [devs.setdefault((r.site, r.device, r.family, r.gateway) if r.gateway else (r.site, r.device, r.family),
+                         len(devs)) for r in readings]
     return json.dumps(
         {
             "v": SCHEMA_VERSION,
@@ -375,6 +417,12 @@ def pack_status(status: GatewayStatus) -> bytes:
     ).encode()
 
 
+def pack_device_status(st: DeviceStatus) -> bytes:
+    return json.dumps({"v": SCHEMA_VERSION, "type": "dstatus", "site": st.site, "family": st.family,
+                       "device": st.device, "ts": st.ts, "online": st.online, "reason": st.reason},
+                      separators=(",", ":")).encode()
+
+
 def unpack_readings(record: dict) -> list[Reading]:
     """Readings of a ``sw.readings`` record (v2 multi-device; v1 single-device records are still read)."""
     if "devs" not in record:  # v1
@@ -382,6 +430,6 @@ def unpack_readings(record: dict) -> list[Reading]:
         return [Reading(site, family, device, m, t, v) for m, t, v in zip(record["m"], record["ts"], record["val"])]
     devs = record["devs"]
     return [
-        Reading(devs[i][0], devs[i][2], devs[i][1], m, t, v)
+        Reading(devs[i][0], devs[i][2], devs[i][1], m, t, v, devs[i][3] if len(devs[i]) > 3 else None)
         for i, m, t, v in zip(record["d"], record["m"], record["ts"], record["val"])
     ]

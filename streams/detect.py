@@ -13,7 +13,10 @@ roll a quiet device's state (last values, rate samples) back by a few seconds. R
 the restored state are dropped by the engine; alarm levels are re-derived from the next readings, and the
 backlog treats a re-raised level on an open ticket as an update, not a new ticket.
 
-A clock tick (each worker, over the partitions it owns) runs the silence (deadman) checks, which no reading can trigger by definition.
+A clock tick (each worker, over the partitions it owns) runs the silence (deadman) checks, which no reading can
+trigger by definition. It asks a ``DeadlineIndex`` which devices are due instead of walking the state table, so
+its cost follows the number of devices falling silent, not the size of the fleet; the index is rebuilt from the
+table (one walk) when partitions are assigned.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ import time
 import numpy as np
 
 from detectors import DetectorEngine, RuleSet, load_rules
+from detectors.deadman import DeadlineIndex
 from detectors.model import Finding, ReadingBatch
-from sitewatch.contracts import SCHEMA_VERSION, TOPIC_READINGS, GatewayStatus, now_ms, partition_of
+from sitewatch.contracts import SCHEMA_VERSION, TOPIC_READINGS, DeviceStatus, GatewayStatus, now_ms, partition_of
 from streams.app import Pipeline
 
 log = logging.getLogger("sitewatch.detect")
@@ -43,34 +47,41 @@ def load_rule_set(pipe: Pipeline) -> RuleSet:
     return rules
 
 
-def decode_batch(records: list[bytes]) -> tuple[ReadingBatch, list[GatewayStatus]]:
-    """Many ``sw.readings`` records → one columnar batch (plus the gateway status records)."""
+def decode_batch(records: list[bytes]) -> tuple[ReadingBatch, list[GatewayStatus], list[DeviceStatus]]:
+    """Many ``sw.readings`` records → one columnar batch (plus the gateway and device status records)."""
     devs: list[list[str]] = []
     d_idx: list[np.ndarray] = []
     metric: list[str] = []
     ts: list[int] = []
     value: list[float] = []
     statuses: list[GatewayStatus] = []
+    dstatuses: list[DeviceStatus] = []
     for data in records:
         rec = json.loads(data)
-        if rec.get("type") == "status":
+        kind = rec.get("type")
+        if kind == "status":
             statuses.append(GatewayStatus(rec["site"], rec["gateway"], rec["ts"], rec["online"], rec.get("detail", {})))
             continue
+        if kind == "dstatus":
+            dstatuses.append(DeviceStatus(rec["site"], rec["family"], rec["device"], rec["ts"], rec["online"],
+                                          rec.get("reason", "")))
+            continue
         if "devs" in rec:
-            rec_devs, rec_d = rec["devs"], rec["d"]
+            rec_devs, rec_d = [(dv + [None])[:4] for dv in rec["devs"]], rec["d"]
         else:  # v1: one device per record
-            rec_devs, rec_d = [[rec["site"], rec["device"], rec["family"]]], [0] * len(rec["ts"])
+            rec_devs, rec_d = [[rec["site"], rec["device"], rec["family"], None]], [0] * len(rec["ts"])
         d_idx.append(np.asarray(rec_d, dtype=np.int64) + len(devs))
         devs.extend(rec_devs)
         metric.extend(rec["m"])
         ts.extend(rec["ts"])
         value.extend(rec["val"])
     if not devs:
-        return ReadingBatch.from_columns([], [], [], [], [], []), statuses
-    table = np.array(devs, dtype=object).reshape(-1, 3)
+        return ReadingBatch.from_columns([], [], [], [], [], []), statuses, dstatuses
+    table = np.array(devs, dtype=object).reshape(-1, 4)
     rows = np.concatenate(d_idx)
-    batch = ReadingBatch.from_columns(table[rows, 0], table[rows, 1], table[rows, 2], metric, ts, value)
-    return batch, statuses
+    gw = table[rows, 3] if any(dv[3] for dv in devs) else None
+    batch = ReadingBatch.from_columns(table[rows, 0], table[rows, 1], table[rows, 2], metric, ts, value, gw)
+    return batch, statuses, dstatuses
 
 
 def encode_finding(f: Finding) -> bytes:
@@ -87,6 +98,8 @@ class Detection:
         self.cache: dict[str, dict] = {}  # device key -> latest state (authoritative while we own the partition)
         self.saved_at: dict[str, float] = {}  # device key -> monotonic time of its last table checkpoint
         self.dirty: set[str] = set()
+        self.due = DeadlineIndex()  # device key -> when the deadman must look at it next
+        self.indexed: frozenset[int] = frozenset()  # partitions whose devices are in ``due``
 
     # ------------------------------------------------------------------------------------ state
     def _load(self, keys) -> dict[str, dict]:
@@ -105,6 +118,7 @@ class Detection:
         now = time.monotonic()
         for k, v in states.items():
             self.cache[k] = v
+            self.due.update(k, DetectorEngine.next_due(v))
             if k in urgent or now - self.saved_at.get(k, 0.0) >= self.checkpoint_s:
                 self._checkpoint(k, v, now)
             else:
@@ -128,16 +142,26 @@ class Detection:
         self.cache.clear()
         self.saved_at.clear()
         self.dirty.clear()
+        self.due.clear()
+        self.indexed = frozenset()
 
     # ------------------------------------------------------------------------------------ stages
     def run_batch(self, records: list[bytes]) -> list[Finding]:
-        batch, statuses = decode_batch(records)
+        batch, statuses, dstatuses = decode_batch(records)
         findings: list[Finding] = []
         self.pipe.count("readings_detected", len(batch))
         if len(batch):
             states = self._load(set(batch.key.tolist()))
-            found = self.engine.process(batch, states)
+            before = dict(self.engine.stats)
+            found = self.engine.process(batch, states, now_ms())
             self._keep(states, {f.key for f in found})
+            findings += found
+            for k in ("late", "stale"):
+                self.pipe.count(f"readings_{k}", self.engine.stats[k] - before[k])
+        for ds in dstatuses:
+            states = self._load([f"{ds.site}/{ds.device}"])
+            found = self.engine.on_device_status(ds, states)
+            self._keep(states, set(states))
             findings += found
         for st in statuses:
             states = self._load([f"{st.site}/gateway:{st.gateway}"])
@@ -151,11 +175,19 @@ class Detection:
         if not assigned:
             return []
         parts = self.pipe.settings.kafka_partitions
-        states = {k.decode(): v for k, v in self.pipe.device_state.items() if v is not None}
-        states.update(self.cache)
-        states = {k: v for k, v in states.items() if partition_of(k.encode(), parts) in assigned}
+        if assigned != self.indexed:  # new assignment: index what the table holds for it (one walk)
+            for k, v in self.pipe.device_state.items():
+                key = k.decode()
+                if v is not None and key not in self.cache and partition_of(k, parts) in assigned:
+                    self.due.update(key, DetectorEngine.next_due(v))
+            self.indexed = frozenset(assigned)
+        keys = [k for k in self.due.pop_due(now) if partition_of(k.encode(), parts) in assigned]
+        states = self._load(keys)
         before = dict(states)
-        findings = self.engine.tick(now, states)
+        findings = self.engine.tick(now, states, keys=list(states))
+        for k, v in states.items():  # still watched: back into the index at its next due time
+            if v is before.get(k):
+                self.due.update(k, DetectorEngine.next_due(v))
         # The engine replaces the dict of a device whose state it changed: identity tells what to save.
         self._keep({k: v for k, v in states.items() if v is not before.get(k)}, {f.key for f in findings})
         self.flush_dirty()

@@ -260,7 +260,12 @@ def explain_cmd(ctx, directory, site, device, family, as_json):
 
 def _explain_block(c: dict) -> list[str]:
     if c["kind"] == "fault.silent":
-        return [f"  silent: no reading for {c['after_s']:g} s"]
+        out = [f"  silent: no reading for {c['after_s']:g} s until its cadence is learned"]
+        if c.get("rule"):
+            out.append(f"    {c['rule']}")
+        if c.get("gateway"):
+            out.append(f"    behind gateway {c['gateway']} (its offline fault inhibits this device's silence)")
+        return out
     if c["kind"] == "sensor":
         rng = f"range [{c['range'][0]:g}, {c['range'][1]:g}]" if c["range"] else "no range"
         return [f"  {c['metric']}: {rng}, spike step {_g(c['spike_step'])}, "

@@ -79,7 +79,8 @@ def test_explain_shows_the_device_override_and_its_source():
     moment = out.split("crane.moment")[1].split("crane.wind")[0]
     assert "device override" not in moment and "default (" in moment
     assert "major hazard from: red" in load
-    assert "silent: no reading for 10 s" in out
+    assert "silent: no reading for 60 s" in out  # 10 x 1 s, raised to the crane floor of 60 s
+    assert "clamp(10 x cadence, 60 s, 600 s)" in out and "counted in working time only" in out
 
 
 def test_explain_json_names_the_layer_of_each_value():

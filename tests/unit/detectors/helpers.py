@@ -27,8 +27,9 @@ def engine(yaml_text: str | None = None) -> DetectorEngine:
 
 
 def run(eng: DetectorEngine, rs: list[tuple], states: dict | None = None, chunks: list[int] | None = None,
-        shuffle_seed: int | None = None, via_json: bool = True) -> list[Finding]:
-    """Feed ``rs`` in chunks (sizes cycle through ``chunks``); rows inside a chunk optionally shuffled."""
+        shuffle_seed: int | None = None, via_json: bool = True, health: bool = False) -> list[Finding]:
+    """Feed ``rs`` in chunks (sizes cycle through ``chunks``); rows inside a chunk optionally shuffled.
+    ``device.health`` findings (the device's state at each batch end) are left out unless ``health``."""
     states = {} if states is None else states
     out: list[Finding] = []
     i, k = 0, 0
@@ -38,7 +39,7 @@ def run(eng: DetectorEngine, rs: list[tuple], states: dict | None = None, chunks
         part = list(rs[i:i + size])
         if shuffle_seed is not None:
             rng.shuffle(part)
-        out += eng.process(batch(part), states)
+        out += [f for f in eng.process(batch(part), states) if health or f.category != "health"]
         if via_json:  # the stream processor keeps state in a changelogged table: it must survive JSON
             states.update(json.loads(json.dumps(states, allow_nan=False)))
         i += size
