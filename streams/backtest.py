@@ -23,6 +23,7 @@ i.e. a raise -> clear -> raise cycle inside the window — the thing hysteresis 
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import math
 import time
@@ -30,6 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Iterator
 
 import click
@@ -42,11 +44,24 @@ from sitewatch.contracts import (FAMILIES, GATEWAY, MAX_FUTURE_SKEW_MS, MIN_TS_M
                                  validate_message)
 from sitewatch.rules import RuleSet, RulesError, load_rules
 
+try:  # the contract's own type once it has one (device power announcements)
+    from sitewatch.contracts import DeviceStatus
+except ImportError:  # pragma: no cover - older contract module
+    @dataclass(frozen=True)
+    class DeviceStatus:
+        site: str
+        family: str
+        device: str
+        ts: int
+        online: bool
+        reason: str = ""
+
 LEVELS = ("yellow", "orange", "red")
 CSV_COLUMNS = ("site", "device", "family", "metric", "ts", "value")
 DEFAULT_BATCH = 50_000
 DEFAULT_TICK_S = 60.0
 DEFAULT_FLAP_S = 600.0
+DEFAULT_LATE_AFTER_MS = 60_000  # a reading that reaches the pipeline later than this after its ts is "late"
 KAFKA_SLACK_MS = 10 * 60 * 1000  # records reach sw.readings after their readings were taken: read this much around
 
 
@@ -70,9 +85,20 @@ class Recording:
     rejected: Counter = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)  # reason -> first example, for the report
     statuses: list[GatewayStatus] = field(default_factory=list)
+    device_statuses: list = field(default_factory=list)  # DeviceStatus (power off/on announcements)
+    # Arrival information, when the source has it (capture, generated scenario, Kafka, CSV with arrival_ms):
+    rx: np.ndarray | None = None  # per row: when it reached the broker / the pipeline (epoch ms)
+    msg: np.ndarray | None = None  # per row: the message (MQTT message / Kafka record) that carried it
+    pos: np.ndarray | None = None  # per row: its position in the input (order inside a message)
+    status_arrivals: list = field(default_factory=list)  # (rx, msg, GatewayStatus | DeviceStatus)
+    messages: int = 0
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
+
+    @property
+    def has_arrivals(self) -> bool:
+        return self.rx is not None
 
     def batch(self, lo: int, hi: int) -> ReadingBatch:
         return ReadingBatch(self.site[lo:hi], self.device[lo:hi], self.family[lo:hi], self.metric[lo:hi],
@@ -84,6 +110,7 @@ class Recording:
             "source": self.source, "rows_read": self.rows_read, "rows_valid": len(self),
             "rejected": dict(sorted(self.rejected.items())), "rejected_examples": self.examples,
             "devices": len(devices), "gateway_statuses": len(self.statuses),
+            "device_statuses": len(self.device_statuses), "messages": self.messages or None,
             "from_ms": int(self.ts[0]) if len(self) else None, "to_ms": int(self.ts[-1]) if len(self) else None,
         }
 
@@ -98,6 +125,11 @@ class _Columns:
         self.rejected: Counter = Counter()
         self.examples: dict[str, str] = {}
         self.statuses: list[GatewayStatus] = []
+        self.device_statuses: list = []
+        self.status_arrivals: list = []
+        self.rx: list[int] = []
+        self.msg: list[int] = []
+        self.messages = 0
         self._combo: dict[tuple, tuple[float, str | None, str]] = {}
         self._intern: dict[str, str] = {}
         self._now = now_ms()
@@ -134,7 +166,7 @@ class _Columns:
         return self._intern.setdefault(x, x)
 
     def add(self, where: str, site: str, device: str, family: str, metric: str, ts: Any, value: Any,
-            unit: str | None) -> None:
+            unit: str | None, rx: int | None = None, msg: int | None = None) -> None:
         """One row through the contract's rules; a bad row is counted with its reason, never fatal."""
         self.rows_read += 1
         factor, reason, detail = self.factor(site, device, family, metric, unit)
@@ -160,6 +192,27 @@ class _Columns:
         c["metric"].append(self.s(metric))
         c["ts"].append(t)
         c["value"].append(v * factor)
+        if rx is not None:
+            self.rx.append(rx)
+            self.msg.append(msg if msg is not None else self.messages)
+
+    def add_valid(self, r, rx: int, msg: int) -> None:
+        """A reading the contract already accepted (``validate_message`` on the original MQTT bytes)."""
+        self.rows_read += 1
+        c = self.cols
+        c["site"].append(self.s(r.site))
+        c["device"].append(self.s(r.device))
+        c["family"].append(self.s(r.family))
+        c["metric"].append(self.s(r.metric))
+        c["ts"].append(r.ts)
+        c["value"].append(r.value)
+        self.rx.append(rx)
+        self.msg.append(msg)
+
+    def add_status(self, st, rx: int | None = None, msg: int | None = None) -> None:
+        (self.statuses if isinstance(st, GatewayStatus) else self.device_statuses).append(st)
+        if rx is not None:
+            self.status_arrivals.append((int(rx), int(msg if msg is not None else self.messages), st))
 
     def recording(self, t_from: int | None = None, t_to: int | None = None) -> Recording:
         c = self.cols
@@ -172,11 +225,20 @@ class _Columns:
         idx = np.flatnonzero(keep)
         order = idx[np.argsort(ts[idx], kind="stable")]
         obj = {k: np.asarray(c[k], dtype=object)[order] for k in ("site", "device", "family", "metric")}
-        statuses = sorted((s for s in self.statuses if (t_from is None or s.ts >= t_from)
-                           and (t_to is None or s.ts < t_to)), key=lambda s: s.ts)
-        return Recording(obj["site"], obj["device"], obj["family"], obj["metric"], ts[order],
-                         np.asarray(c["value"], dtype=np.float64)[order], self.source, self.rows_read,
-                         self.rejected, self.examples, statuses)
+        inside = lambda s: (t_from is None or s.ts >= t_from) and (t_to is None or s.ts < t_to)  # noqa: E731
+        statuses = sorted((s for s in self.statuses if inside(s)), key=lambda s: s.ts)
+        dev_statuses = sorted((s for s in self.device_statuses if inside(s)), key=lambda s: s.ts)
+        arrived = len(self.rx) == ts.shape[0] and (ts.shape[0] > 0 or bool(self.status_arrivals))
+        rec = Recording(obj["site"], obj["device"], obj["family"], obj["metric"], ts[order],
+                        np.asarray(c["value"], dtype=np.float64)[order], self.source, self.rows_read,
+                        self.rejected, self.examples, statuses, dev_statuses)
+        if arrived:
+            rec.rx = np.asarray(self.rx, dtype=np.int64)[order] if self.rx else np.empty(0, np.int64)
+            rec.msg = np.asarray(self.msg, dtype=np.int64)[order] if self.msg else np.empty(0, np.int64)
+            rec.pos = order.astype(np.int64)
+            rec.status_arrivals = sorted((a for a in self.status_arrivals if inside(a[2])), key=lambda a: a[:2])
+            rec.messages = self.messages
+        return rec
 
 
 def _ts(raw: Any) -> int:
@@ -216,10 +278,78 @@ def load_csv(path: str | Path, t_from: int | None = None, t_to: int | None = Non
         missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise click.UsageError(f"{path}: CSV needs columns {','.join(CSV_COLUMNS)}[,unit]; missing {missing}")
+        arrival = "arrival_ms" in (reader.fieldnames or [])
+        has_msg = "msg" in (reader.fieldnames or [])
         for line, row in enumerate(reader, start=2):
+            rx = msg = None
+            if arrival:
+                try:
+                    rx = _ts(row["arrival_ms"])
+                except InvalidReading as e:
+                    cols.rows_read += 1
+                    cols.reject("bad_arrival", f"{path}:{line}", e.detail)
+                    continue
+                msg = int(row["msg"]) if has_msg and row.get("msg") not in (None, "") else rx
             cols.add(f"{path}:{line}", row["site"], row["device"], row["family"], row["metric"], row["ts"],
-                     row["value"], row.get("unit") or None)
+                     row["value"], row.get("unit") or None, rx, msg)
+        if arrival:
+            cols.messages = len(set(cols.msg))
     return cols.recording(t_from, t_to)
+
+
+def _device_status(topic: str, payload: bytes):
+    """A device power announcement ``sw/{site}/{family}/{device}/status``, or None when the topic is not one.
+
+    Parsed here only while the contract module has no ``device_statuses`` of its own; then its validation wins.
+    """
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[4] != "status" or parts[2] not in FAMILIES:
+        return None
+    try:
+        body = json.loads(payload)
+        online = body.get("online", True)
+        if not isinstance(online, bool):
+            return None
+        return DeviceStatus(parts[1], parts[2], parts[3], parse_ts(body["ts"]), online, str(body.get("reason", "")))
+    except (ValueError, KeyError, TypeError, AttributeError, InvalidReading):
+        return None
+
+
+def load_events(events: Iterable, source: str, t_from: int | None = None, t_to: int | None = None) -> Recording:
+    """Arrival events ``(arrival_ms, topic, payload)`` — a capture or a generated field stream — through the live
+    pipeline's validation (``validate_message`` with the clock at each message's arrival), keeping the arrival
+    time and message of every reading so the replay can follow arrival order."""
+    cols = _Columns(source)
+    for seq, (rx, topic, payload) in enumerate(events):
+        rx = int(rx)
+        cols.messages += 1
+        v = validate_message(topic, payload, rx)
+        native = getattr(v, "device_statuses", None)
+        for st in native or ():
+            cols.add_status(st, rx, seq)
+        if native is None and v.rejected and topic.endswith("/status"):
+            st = _device_status(topic, payload)
+            if st is not None:
+                cols.add_status(st, rx, seq)
+                continue
+        for r in v.readings:
+            cols.add_valid(r, rx, seq)
+        for st in v.statuses:
+            cols.add_status(st, rx, seq)
+        for rej in v.rejected:
+            cols.rows_read += 1
+            cols.reject(rej.reason, f"{source} message {seq} ({topic})", rej.detail)
+    return cols.recording(t_from, t_to)
+
+
+def load_capture(path: str | Path, t_from: int | None = None, t_to: int | None = None) -> Recording:
+    """JSON lines ``{"rx", "topic", "payload"}``: MQTT messages as they arrived (``sitewatch simulate --out``)."""
+    from ingest.fieldstreams import read_capture
+
+    try:
+        return load_events(read_capture(path), str(path), t_from, t_to)
+    except (ValueError, KeyError) as e:
+        raise click.UsageError(f"{path}: not a capture (JSON lines with rx, topic, payload): {e}") from None
 
 
 def load_parquet(path: str | Path, t_from: int | None = None, t_to: int | None = None) -> Recording:
@@ -296,18 +426,28 @@ def _drain(consumer, live: set, cols: _Columns, stop_after_ms: int, idle_s: floa
                     live.discard(tp)
                     consumer.pause(tp)
                     break
-                _add_record(cols, f"{tp.topic}[{tp.partition}]@{r.offset}", r.value)
+                _add_record(cols, f"{tp.topic}[{tp.partition}]@{r.offset}", r.value, r.timestamp)
 
 
-def _add_record(cols: _Columns, where: str, raw: bytes) -> None:
-    """One packed ``sw.readings`` record: a device's readings (re-checked against the contract) or a status."""
+def _add_record(cols: _Columns, where: str, raw: bytes, record_ms: int | None = None) -> None:
+    """One packed ``sw.readings`` record: a device's readings (re-checked against the contract) or a status.
+
+    Each record is one arrival batch: its ``rx`` (when the bridge received the messages; else the record's
+    timestamp) is the arrival time ``--arrival-order`` replays by."""
+    msg = cols.messages
+    cols.messages += 1
     try:
         rec = json.loads(raw)
         if rec.get("v") != SCHEMA_VERSION:
             raise ValueError(f"schema version {rec.get('v')!r}, expected {SCHEMA_VERSION}")
+        rx = int(rec.get("rx") or record_ms or 0)
         if rec.get("type") == "status":
-            cols.statuses.append(GatewayStatus(rec["site"], rec["gateway"], int(rec["ts"]), bool(rec["online"]),
-                                               rec.get("detail") or {}))
+            cols.add_status(GatewayStatus(rec["site"], rec["gateway"], int(rec["ts"]), bool(rec["online"]),
+                                          rec.get("detail") or {}), rx, msg)
+            return
+        if rec.get("type") == "device_status":  # once the validate stage forwards device announcements
+            cols.add_status(DeviceStatus(rec["site"], rec["family"], rec["device"], int(rec["ts"]),
+                                         bool(rec["online"]), str(rec.get("reason") or "")), rx, msg)
             return
         readings = unpack_readings(rec)
     except (ValueError, KeyError, TypeError) as e:
@@ -315,7 +455,7 @@ def _add_record(cols: _Columns, where: str, raw: bytes) -> None:
         cols.reject("bad_record", where, str(e))
         return
     for r in readings:
-        cols.add(where, r.site, r.device, r.family, r.metric, r.ts, r.value, None)
+        cols.add(where, r.site, r.device, r.family, r.metric, r.ts, r.value, None, rx, msg)
 
 
 # ================================================================================================ tickets
@@ -338,6 +478,7 @@ class Ticket:
     cleared_ms: int | None = None
     changes: list[tuple[int, int]] = field(default_factory=list)  # (ts, level) each time the level moved
     flap: bool = False  # opened < flap_window after the previous ticket of this key opened
+    late: bool = False  # opened by a finding the engine marked late (evidence.late): raised back-dated
 
     @property
     def key(self) -> str:
@@ -348,7 +489,7 @@ class Ticket:
                 "category": self.category, "opened_ms": self.opened_ms, "cleared_ms": self.cleared_ms,
                 "level": LEVELS[self.level - 1], "peak_level": LEVELS[self.peak_level - 1], "major": self.major,
                 "peak_value": _num(self.peak_value), "threshold": _num(self.threshold), "rule": self.rule,
-                "level_changes": len(self.changes), "flap": self.flap}
+                "level_changes": len(self.changes), "flap": self.flap, "late": self.late}
 
 
 def _num(x: float) -> float | None:
@@ -364,10 +505,13 @@ class TicketBook:
         self.open: dict[str, Ticket] = {}
         self.last_open_ms: dict[str, int] = {}
         self.findings = 0
+        self.late_findings = 0
 
     def add(self, findings: Iterable[Finding]) -> None:
         for f in findings:
             self.findings += 1
+            if f.evidence and f.evidence.get("late"):
+                self.late_findings += 1
             t = self.open.get(f.dedup_key)
             if t is None:
                 if f.level > 0:
@@ -388,7 +532,8 @@ class TicketBook:
         prev = self.last_open_ms.get(key)
         t = Ticket(f.site, f.device, f.family, f.kind, f.category, f.ts, int(f.level), int(f.level), f.major,
                    f.value, f.threshold, f.rule,
-                   flap=prev is not None and f.ts - prev <= self.flap_window_ms)
+                   flap=prev is not None and f.ts - prev <= self.flap_window_ms,
+                   late=bool(f.evidence and f.evidence.get("late")))
         self.last_open_ms[key] = f.ts
         self.open[key] = t
         self.tickets.append(t)
@@ -406,6 +551,7 @@ class Replay:
     end_ms: int
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    delivery: dict[str, Any] = field(default_factory=dict)  # order, messages, engine batches, late / duplicates
 
 
 @dataclass
@@ -429,13 +575,17 @@ class _Devices:
         return cls(code, names.tolist(), first_row, t, d, np.where(last, np.iinfo(np.int64).max, nxt))
 
     def silent_ms(self, rec: Recording, engines: Iterable[DetectorEngine]) -> np.ndarray:
-        """Each device's deadman, the shortest over the configs (a tick only one config needs is harmless)."""
+        """Each device's shortest possible deadman over the configs (a tick only one config needs is harmless).
+
+        An engine that learns each device's cadence bounds its deadman below by the plan's ``silent_floor_ms``:
+        that bound, not the deadman at the default interval, decides which clock steps can matter."""
         out = np.full(len(self.names), np.iinfo(np.int64).max, dtype=np.int64)
         for eng in engines:
             for i, r in enumerate(self.first_row.tolist()):
                 fam = rec.family[r]
                 if fam in FAMILIES:
-                    out[i] = min(out[i], eng.plan(rec.site[r], rec.device[r], fam).silent_ms)
+                    p = eng.plan(rec.site[r], rec.device[r], fam)
+                    out[i] = min(out[i], p.silent_ms, getattr(p, "silent_floor_ms", None) or p.silent_ms)
         return out
 
 
@@ -485,40 +635,56 @@ def _steps(ts: np.ndarray, ticks: np.ndarray, batch: int) -> Iterator[tuple[int,
 
 def replay(rec: Recording, rules: dict[str, RuleSet], batch_size: int = DEFAULT_BATCH,
            tick_step_s: float = DEFAULT_TICK_S, flap_window_s: float = DEFAULT_FLAP_S,
-           progress: Callable[[int, int, float], None] | None = None, every_step: bool = False) -> Replay:
+           progress: Callable[[int, int, float], None] | None = None, every_step: bool = False,
+           until_ms: int | None = None, arrival_order: bool = False,
+           late_after_ms: int = DEFAULT_LATE_AFTER_MS) -> Replay:
     """Run every rule set over the same batches with its own engine and state, collecting tickets.
 
     ``every_step`` ticks the whole clock grid instead of only the steps where a deadman can pass: slower,
-    same findings (the tests hold the fast path to that).
+    same findings (the tests hold the fast path to that). ``until_ms`` runs the clock on to that time (``--to``),
+    so a device that stops before the end of the range is still judged silent. ``arrival_order`` replays the
+    readings batch by batch as they arrived (needs ``rec.rx``), with the clock running in arrival time — what the
+    live worker sees; otherwise rows are replayed sorted by measurement time.
     """
     engines = {name: DetectorEngine(r) for name, r in rules.items()}
     states: dict[str, dict] = {name: {} for name in rules}
     books = {name: TicketBook(int(flap_window_s * 1000)) for name in rules}
     n = len(rec)
     t0 = time.perf_counter()
+    step_ms = int(tick_step_s * 1000)
+    if arrival_order:
+        if not rec.has_arrivals:
+            raise ValueError("arrival order needs arrival times: a capture, a generated scenario, Kafka, or a CSV "
+                             "with an arrival_ms column")
+        return _replay_arrivals(rec, rules, engines, states, books, batch_size, step_ms, until_ms, every_step,
+                                late_after_ms, progress, t0)
     if n == 0:
         return Replay(rec, rules, books, 0, 0, 0.0, ["no valid readings to replay"])
     start, end = int(rec.ts[0]), int(rec.ts[-1])
-    step_ms = int(tick_step_s * 1000)
+    if until_ms is not None:
+        end = max(end, int(until_ms))
     devs = _Devices.of(rec)
     silent = devs.silent_ms(rec, engines.values())
     if every_step and step_ms > 0:
         ticks = start + step_ms * np.arange(1, (end - start) // step_ms + 1, dtype=np.int64)
     else:
         ticks = tick_times(devs, silent, start, end, step_ms)
+    statuses = sorted([*rec.statuses, *rec.device_statuses], key=lambda s: s.ts)
     status_i = 0
     last_report = t0
+    batches = 0
     for lo, hi, tick_at in _steps(rec.ts, ticks, batch_size):
         batch = rec.batch(lo, hi) if hi > lo else None
         upto = tick_at if tick_at is not None else int(rec.ts[hi - 1])
         st_hi = status_i
-        while st_hi < len(rec.statuses) and rec.statuses[st_hi].ts <= upto:
+        while st_hi < len(statuses) and statuses[st_hi].ts <= upto:
             st_hi += 1
+        batches += batch is not None
         for name, eng in engines.items():
             if batch is not None:
                 books[name].add(eng.process(batch, states[name]))
-            for s in rec.statuses[status_i:st_hi]:
-                books[name].add(eng.on_status(s, states[name]))
+            for st in statuses[status_i:st_hi]:
+                books[name].add(_on_status(eng, st, states[name]))
             if tick_at is not None:
                 books[name].add(eng.tick(tick_at, states[name]))
         status_i = st_hi
@@ -526,10 +692,209 @@ def replay(rec: Recording, rules: dict[str, RuleSet], batch_size: int = DEFAULT_
             last_report = time.perf_counter()
             progress(hi, n, last_report - t0)
     for name, eng in engines.items():  # statuses after the last reading
-        for s in rec.statuses[status_i:]:
-            books[name].add(eng.on_status(s, states[name]))
+        for st in statuses[status_i:]:
+            books[name].add(_on_status(eng, st, states[name]))
     out = Replay(rec, rules, books, start, end, time.perf_counter() - t0)
     out.warnings += _coarse_warning(devs, silent, step_ms)
+    out.delivery = {"order": "measurement time", "engine_batches": batches, **_delivery_stats(rec, late_after_ms),
+                    "device_statuses_replayed": _device_statuses_supported(engines.values(), rec)}
+    return out
+
+
+def _on_status(eng: DetectorEngine, st, states: dict) -> list[Finding]:
+    """A gateway status, or a device power announcement when the engine knows them (else nothing)."""
+    if isinstance(st, GatewayStatus):
+        return eng.on_status(st, states)
+    fn = getattr(eng, "on_device_status", None)
+    if fn is None:
+        return []
+    if len(inspect.signature(fn).parameters) <= 2:  # on_device_status(DeviceStatus, states)
+        return fn(st, states) or []
+    return fn(st.site, st.device, st.family, st.ts, st.online, st.reason, states) or []
+
+
+def _device_statuses_supported(engines: Iterable[DetectorEngine], rec: Recording) -> bool | None:
+    if not rec.device_statuses:
+        return None
+    return all(hasattr(e, "on_device_status") for e in engines)
+
+
+def _group_codes(*cols: np.ndarray) -> np.ndarray:
+    key = cols[0]
+    for c in cols[1:]:
+        key = key + "/" + c
+    return np.unique(key, return_inverse=True)[1].astype(np.int64) if key.shape[0] else np.empty(0, np.int64)
+
+
+def _prev_max_in_group(code: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Per row (rows in processing order): the largest ``x`` of earlier rows of the same group (int64 min if none)."""
+    n = x.shape[0]
+    out = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    if not n:
+        return out
+    order = np.lexsort((np.arange(n), code))
+    c, v = code[order], x[order]
+    base = int(v.min())
+    span = int(v.max()) - base + 1
+    run = np.maximum.accumulate((v - base) + c * span)  # monotone across groups: codes dominate
+    first = np.r_[True, c[1:] != c[:-1]]
+    prev = np.r_[0, run[:-1]]
+    res = np.where(first, np.iinfo(np.int64).min, prev - c * span + base)
+    out[order] = res
+    return out
+
+
+@dataclass
+class _ArrivalView:
+    """The recording's rows in arrival order, per-message slices and what arrived late or twice."""
+
+    perm: np.ndarray
+    rx: np.ndarray
+    late: np.ndarray  # per row (arrival order)
+    out_of_order: np.ndarray
+    duplicate: np.ndarray
+    msg_lo: np.ndarray
+    msg_hi: np.ndarray
+    msg_rx: np.ndarray
+    msg_seq: np.ndarray
+    msg_late: np.ndarray
+
+    @classmethod
+    def of(cls, rec: Recording, late_after_ms: int) -> "_ArrivalView":
+        perm = np.lexsort((rec.pos, rec.msg, rec.rx))
+        rx, ts, msg = rec.rx[perm], rec.ts[perm], rec.msg[perm]
+        series = _group_codes(rec.site[perm], rec.device[perm], rec.metric[perm])
+        newest_before = _prev_max_in_group(series, ts)
+        out_of_order = ts < newest_before  # a newer reading of this sensor had already arrived
+        late = ((rx - ts) > late_after_ms) | out_of_order
+        n = ts.shape[0]
+        dup = np.zeros(n, dtype=bool)
+        if n:
+            o = np.lexsort((np.arange(n), rec.value[perm], ts, series))
+            same = np.r_[False, (series[o][1:] == series[o][:-1]) & (ts[o][1:] == ts[o][:-1])
+                         & (rec.value[perm][o][1:] == rec.value[perm][o][:-1])]
+            dup[o] = same
+        cuts = np.flatnonzero(np.r_[True, msg[1:] != msg[:-1]]) if n else np.empty(0, np.int64)
+        hi = np.r_[cuts[1:], n] if n else np.empty(0, np.int64)
+        msg_late = np.logical_or.reduceat(late | dup, cuts) if n else np.empty(0, bool)
+        return cls(perm, rx, late, out_of_order, dup, cuts, hi, rx[cuts] if n else rx, msg[cuts] if n else msg,
+                   msg_late)
+
+    def ticks(self, rec: Recording, silent_by_dev: np.ndarray, dev_code: np.ndarray, start: int, end: int,
+              step_ms: int) -> np.ndarray:
+        """Clock steps (arrival time) at which some device can be past its deadman: after an arrival, a device
+        is silent from ``max(arrival, newest ts so far + deadman)`` until its next arrival."""
+        code = dev_code[self.perm]
+        ts = rec.ts[self.perm]
+        n = ts.shape[0]
+        if not n or step_ms <= 0:
+            return np.empty(0, dtype=np.int64)
+        newest = np.maximum(_prev_max_in_group(code, ts), ts)
+        order = np.lexsort((np.arange(n), code))
+        c = code[order]
+        last = np.r_[c[1:] != c[:-1], True]
+        nxt = np.r_[self.rx[order][1:], 0]
+        sil = silent_by_dev[c]
+        gap_from = np.maximum(newest[order], self.rx[order] - sil)
+        gaps = SimpleNamespace(gap_from=gap_from, gap_dev=c, gap_to=np.where(last, np.iinfo(np.int64).max, nxt))
+        return tick_times(gaps, silent_by_dev, start, end, step_ms)
+
+
+def _delivery_stats(rec: Recording, late_after_ms: int, view: _ArrivalView | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"messages": rec.messages or None, "gateway_statuses": len(rec.statuses),
+                           "device_statuses": len(rec.device_statuses), "late_after_s": late_after_ms / 1000}
+    if not rec.has_arrivals:
+        out.update({"late_readings": None, "out_of_order_readings": None, "duplicate_readings": None})
+        return out
+    view = view or _ArrivalView.of(rec, late_after_ms)
+    out.update({"late_readings": int(view.late.sum()), "out_of_order_readings": int(view.out_of_order.sum()),
+                "duplicate_readings": int(view.duplicate.sum())})
+    return out
+
+
+def _replay_arrivals(rec: Recording, rules, engines, states, books, batch_size: int, step_ms: int,
+                     until_ms: int | None, every_step: bool, late_after_ms: int, progress, t0: float) -> Replay:
+    """Messages in arrival order; consecutive on-time messages share an engine batch (as the live stages batch
+    them), a message with a late or repeated reading is a batch of its own, statuses go in between, and the
+    deadman clock runs in arrival time."""
+    view = _ArrivalView.of(rec, late_after_ms)
+    n = len(rec)
+    st_arr = rec.status_arrivals
+    firsts = [int(view.rx[0])] if n else []
+    lasts = [int(view.rx[-1])] if n else []
+    if st_arr:
+        firsts.append(st_arr[0][0])
+        lasts.append(st_arr[-1][0])
+    if not firsts:
+        return Replay(rec, rules, books, 0, 0, 0.0, ["no valid readings to replay"])
+    start, end = min(firsts), max(lasts)
+    if until_ms is not None:
+        end = max(end, int(until_ms))
+    cols = {k: getattr(rec, k)[view.perm] for k in ("site", "device", "family", "metric", "ts", "value")}
+    if n:
+        devs = _Devices.of(rec)
+        silent = devs.silent_ms(rec, engines.values())
+        if every_step and step_ms > 0:
+            ticks = start + step_ms * np.arange(1, (end - start) // step_ms + 1, dtype=np.int64)
+        else:
+            ticks = view.ticks(rec, silent, devs.code, start, end, step_ms)
+    else:
+        devs, silent, ticks = None, None, np.empty(0, np.int64)
+    # one timeline: (rx, seq, kind, payload); kind 0 = a message's rows, 1 = a status
+    timeline = [(int(r), int(q), 0, (int(lo), int(hi), bool(lt))) for r, q, lo, hi, lt in
+                zip(view.msg_rx.tolist(), view.msg_seq.tolist(), view.msg_lo.tolist(), view.msg_hi.tolist(),
+                    view.msg_late.tolist())]
+    timeline += [(rx, q, 1, st) for rx, q, st in st_arr]
+    timeline.sort(key=lambda e: (e[0], e[1], e[2]))
+    tick_list = ticks.tolist()
+    ti = 0
+    stats = {"batches": 0}
+    cur = [None, None, False]  # lo, hi, late
+    last_report = t0
+
+    def flush():
+        lo, hi, _ = cur
+        if lo is None or hi <= lo:
+            cur[:] = [None, None, False]
+            return
+        batch = ReadingBatch(*(cols[k][lo:hi] for k in ("site", "device", "family", "metric", "ts", "value")))
+        stats["batches"] += 1
+        for name, eng in engines.items():
+            books[name].add(eng.process(batch, states[name]))
+        cur[:] = [None, None, False]
+
+    def tick(at: int):
+        for name, eng in engines.items():
+            books[name].add(eng.tick(at, states[name]))
+
+    for rx, _, kind, x in timeline:
+        while ti < len(tick_list) and tick_list[ti] < rx:
+            flush()
+            tick(tick_list[ti])
+            ti += 1
+        if kind == 1:
+            flush()
+            for name, eng in engines.items():
+                books[name].add(_on_status(eng, x, states[name]))
+            continue
+        lo, hi, late = x
+        if cur[0] is not None and (late or cur[2] or cur[1] != lo or hi - cur[0] > batch_size):
+            flush()
+        if cur[0] is None:
+            cur[:] = [lo, hi, late]
+        else:
+            cur[1] = hi
+        if progress and time.perf_counter() - last_report >= 2.0:
+            last_report = time.perf_counter()
+            progress(hi, n, last_report - t0)
+    flush()
+    for at in tick_list[ti:]:
+        tick(at)
+    out = Replay(rec, rules, books, start, end, time.perf_counter() - t0)
+    if devs is not None:
+        out.warnings += _coarse_warning(devs, silent, step_ms)
+    out.delivery = {"order": "arrival", "engine_batches": stats["batches"], **_delivery_stats(rec, late_after_ms, view),
+                    "device_statuses_replayed": _device_statuses_supported(engines.values(), rec)}
     return out
 
 
@@ -575,8 +940,14 @@ def book_summary(book: TicketBook, start_ms: int) -> dict[str, Any]:
             first[t.key] = t
         if t.flap:
             flaps[t.key] += 1
+    by_category: dict[str, Counter] = {}
+    for t in book.tickets:
+        by_category.setdefault(t.category, Counter())[t.kind] += 1
     return {
         "findings": book.findings,
+        "late_findings": book.late_findings,
+        "late_tickets": sum(t.late for t in book.tickets),
+        "by_category": {c: dict(sorted(k.items())) for c, k in sorted(by_category.items())},
         "tickets": {"total": len(book.tickets), "by_level": _levels_dict(by_level),
                     "hazard": sum(t.category == "hazard" for t in book.tickets),
                     "fault": sum(t.category == "fault" for t in book.tickets),
@@ -664,7 +1035,7 @@ def build_report(r: Replay, settings: dict[str, Any]) -> dict[str, Any]:
         "v": 1, "input": r.recording.summary(), "settings": settings,
         "replay": {"seconds": round(r.seconds, 3), "rows_per_s": round(len(r.recording) / r.seconds) if r.seconds
                    else None, "start_ms": r.start_ms, "end_ms": r.end_ms},
-        "warnings": r.warnings, "configs": configs,
+        "warnings": r.warnings, "configs": configs, "delivery": r.delivery,
     }
     if "baseline" in r.books and "candidate" in r.books:
         out["diff"] = diff_books(r.books["baseline"], r.books["candidate"])
@@ -705,6 +1076,18 @@ def render_text(rep: dict[str, Any], limit: int = 20) -> str:
     if inp["rejected"]:
         lines.append("rejected  " + ", ".join(f"{k} {v}" for k, v in inp["rejected"].items()))
         lines += [f"          e.g. {k}: {v}" for k, v in inp["rejected_examples"].items()]
+    dl = rep.get("delivery") or {}
+    if dl:
+        parts = [f"order {dl['order']}", f"{dl['engine_batches']} engine batches"]
+        if dl.get("messages"):
+            parts.append(f"{dl['messages']} messages")
+        if dl.get("late_readings") is not None:
+            parts.append(f"{dl['late_readings']} readings delivered late (> {dl['late_after_s']:g} s or out of order: "
+                         f"{dl['out_of_order_readings']}), {dl['duplicate_readings']} duplicates")
+        parts.append(f"statuses {dl['gateway_statuses']} gateway, {dl['device_statuses']} device"
+                     + (" (not replayed: the engine has no on_device_status)"
+                        if dl.get("device_statuses_replayed") is False else ""))
+        lines.append("delivery  " + "; ".join(parts))
     for w in rep["warnings"]:
         lines.append(f"warning   {w}")
     for name, c in rep["configs"].items():
@@ -712,7 +1095,10 @@ def render_text(rep: dict[str, Any], limit: int = 20) -> str:
         t = c["tickets"]
         lines.append(f"tickets   {t['total']} ({t['hazard']} hazard, {t['fault']} fault, {t['major']} major, "
                      f"{t['open_at_end']} still open at the end); flaps {c['flapping']['total']}; "
-                     f"findings {c['findings']}")
+                     f"findings {c['findings']}; late findings {c['late_findings']} "
+                     f"({c['late_tickets']} tickets opened late)")
+        for cat, kinds in c["by_category"].items():
+            lines.append(f"{cat:9} " + ", ".join(f"{k} {v}" for k, v in kinds.items()))
         if c["by_kind"]:
             lines += table(["kind", "yellow", "orange", "red", "total"],
                            [[k, v["yellow"], v["orange"], v["red"], v["total"]] for k, v in c["by_kind"].items()])
@@ -852,6 +1238,52 @@ def _parse_time(value: str | None, name: str) -> int | None:
                                  param_hint=name) from None
 
 
+def parse_span(text: str | None) -> int | None:
+    """``90s``, ``15m``/``15min``, ``6h``, ``3d`` or plain seconds → milliseconds."""
+    if text is None:
+        return None
+    t = text.strip().lower()
+    for suffix, ms in (("min", 60_000), ("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)):
+        if t.endswith(suffix):
+            try:
+                return int(float(t[: -len(suffix)]) * ms)
+            except ValueError:
+                break
+    try:
+        return int(float(t) * 1000)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use e.g. 90s, 15m, 6h, 3d", param_hint="--span") from None
+
+
+def parse_params(items) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values read as JSON when they parse (numbers, true/false, lists), else text."""
+    out: dict[str, Any] = {}
+    for it in items or ():
+        k, sep, v = it.partition("=")
+        if not sep or not k:
+            raise click.BadParameter(f"{it!r}: use KEY=VALUE", param_hint="--param")
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def generate_scenario(name: str, seed: int, start: str | int, span: str | None, params) -> Any:
+    """A field scenario (``ingest.fieldstreams``) from command-line style arguments."""
+    from ingest.fieldstreams import generate, scenario_names
+
+    if name not in scenario_names():
+        raise click.BadParameter(f"{name!r} is not a field scenario; choose from {', '.join(scenario_names())} "
+                                 "(live simulator scenarios go with --generate-day)", param_hint="--scenario")
+    start_ms = start if isinstance(start, int) else _parse_time(start, "--start")
+    try:
+        return generate(name, start_ms=start_ms, duration_ms=parse_span(span), seed=seed,
+                        **(params if isinstance(params, dict) else parse_params(params)))
+    except TypeError as e:
+        raise click.BadParameter(str(e), param_hint="--param") from None
+
+
 def _progress(done: int, total: int, seconds: float) -> None:
     rate = done / seconds if seconds else 0
     click.echo(f"backtest: {done:,}/{total:,} rows ({100 * done / max(total, 1):.0f} %), {rate:,.0f} rows/s", err=True)
@@ -863,8 +1295,11 @@ def _progress(done: int, total: int, seconds: float) -> None:
 @click.option("--parquet", "parquet_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="same columns as Parquet (needs pyarrow)")
 @click.option("--kafka-topic", help=f"replay a time range of packed readings from this topic (e.g. {TOPIC_READINGS})")
+@click.option("--capture", "capture_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="MQTT messages as they arrived, JSON lines {rx, topic, payload} (sitewatch simulate --out)")
 @click.option("--from", "t_from", help="start of the range (RFC 3339 or epoch ms); required with --kafka-topic")
-@click.option("--to", "t_to", help="end of the range, exclusive; required with --kafka-topic")
+@click.option("--to", "t_to", help="end of the range, exclusive; required with --kafka-topic. The deadman clock runs "
+              "on to it, so a sensor that stops before --to is reported silent")
 @click.option("--bootstrap", help="Kafka bootstrap servers (default: the settings' kafka_bootstrap)")
 @click.option("--rules", "rules_dir", type=click.Path(exists=True, path_type=Path),
               help="candidate rules directory (required)")
@@ -879,12 +1314,29 @@ def _progress(done: int, total: int, seconds: float) -> None:
 @click.option("--limit", default=20, show_default=True, help="rows per table in the text report")
 @click.option("--generate-day", "generate_out", type=click.Path(dir_okay=False, path_type=Path),
               help="instead of a backtest: write a simulated recorded day to this CSV and exit")
-@click.option("--scenario", default="pit-creep", show_default=True, help="hazard episode for --generate-day")
+@click.option("--scenario", default=None,
+              help="a field scenario to generate and backtest (pit-cadence, crane-nightly, gateway-outage, "
+                   "buffered-flush, field-mix); with --generate-day: the hazard episode [pit-creep]")
+@click.option("--seed", default=7, show_default=True, help="field scenario seed")
+@click.option("--start", "scenario_start", default="2024-05-06T00:00:00Z", show_default=True,
+              help="field scenario start (event time, RFC 3339 or epoch ms)")
+@click.option("--span", help="field scenario length, e.g. 6h, 3d (default: the scenario's own)")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="field scenario parameter, e.g. --param crane_interval_s=10 (repeatable)")
+@click.option("--arrival-order/--ts-order", "arrival_order", default=None,
+              help="replay in ARRIVAL order (batches as they arrived, late flushes included, clock in arrival "
+                   "time) — what the live worker sees; default for --scenario/--capture. --ts-order sorts by "
+                   "measurement time (default for CSV/Parquet/Kafka)")
+@click.option("--late-after", default=DEFAULT_LATE_AFTER_MS / 1000, show_default=True,
+              help="seconds after its ts from which a reading counts as delivered late")
+@click.option("--every-step", is_flag=True, help="tick the deadman clock at every --tick-step, not only where a "
+              "configured deadman can pass (slower; use when the engine learns per-device cadences)")
 @click.option("--interval", default=60.0, show_default=True, help="seconds between readings for --generate-day")
 @click.option("--day", default="2024-05-06", show_default=True, help="UTC date for --generate-day")
 @click.pass_context
-def backtest(ctx, csv_path, parquet_path, kafka_topic, t_from, t_to, bootstrap, rules_dir, baseline_dir, as_json,
-             batch_size, tick_step, flap_window, limit, generate_out, scenario, interval, day):
+def backtest(ctx, csv_path, parquet_path, kafka_topic, capture_path, t_from, t_to, bootstrap, rules_dir, baseline_dir,
+             as_json, batch_size, tick_step, flap_window, limit, generate_out, scenario, seed, scenario_start, span,
+             params, arrival_order, late_after, every_step, interval, day):
     """Replay recorded readings through candidate rules and report what would have fired, vs the current rules.
 
     \b
@@ -893,15 +1345,19 @@ def backtest(ctx, csv_path, parquet_path, kafka_topic, t_from, t_to, bootstrap, 
       sitewatch backtest --csv day.csv --rules /tmp/candidate
       sitewatch backtest --kafka-topic sw.readings --from 2024-05-06T00:00:00Z --to 2024-05-07T00:00:00Z \\
                          --rules /tmp/candidate --json
+      sitewatch backtest --scenario buffered-flush --rules /tmp/candidate          # arrival order
+      sitewatch backtest --capture site.jsonl --rules /tmp/candidate --to 2024-05-09T00:00:00Z
     """
     if generate_out is not None:
+        scenario = scenario or "pit-creep"
         n = generate_day(generate_out, day=day, interval_s=interval, scenario=scenario)
         click.echo(f"wrote {n} readings ({scenario}, every {interval:g} s on {day}) to {generate_out}")
         return
     settings = _settings(ctx)
-    sources = [x for x in (csv_path, parquet_path, kafka_topic) if x]
+    sources = [x for x in (csv_path, parquet_path, kafka_topic, capture_path, scenario) if x]
     if len(sources) != 1:
-        raise click.UsageError("give exactly one of --csv, --parquet, --kafka-topic (or --generate-day)")
+        raise click.UsageError("give exactly one of --csv, --parquet, --kafka-topic, --capture, --scenario "
+                               "(or --generate-day)")
     if rules_dir is None:
         raise click.UsageError("--rules DIR (the candidate config) is required")
     if batch_size < 1:
@@ -915,21 +1371,44 @@ def backtest(ctx, csv_path, parquet_path, kafka_topic, t_from, t_to, bootstrap, 
     base_dir = baseline_dir or current_rules_dir(settings)
     baseline = _load(base_dir, "baseline")
     t0 = time.perf_counter()
+    until = hi
+    manifest = None
     if csv_path:
         rec = load_csv(csv_path, lo, hi)
     elif parquet_path:
         rec = load_parquet(parquet_path, lo, hi)
+    elif capture_path:
+        rec = load_capture(capture_path, lo, hi)
+    elif scenario:
+        fs = generate_scenario(scenario, seed, scenario_start, span, params)
+        manifest = fs.manifest
+        rec = load_events(fs.events, f"scenario {scenario} (seed {seed})", lo, hi)
+        until = until if until is not None else max(manifest.end_ms, fs.last_arrival_ms or 0)
     else:
         rec = load_kafka(bootstrap or settings.kafka_bootstrap, kafka_topic, lo, hi,
                          kafka_options=settings.kafka_options())
+    if arrival_order is None:
+        arrival_order = bool(capture_path or scenario)
+    if arrival_order and not rec.has_arrivals:
+        raise click.UsageError(f"{rec.source} has no arrival times: --arrival-order needs --capture, --scenario, "
+                               "--kafka-topic or a CSV with an arrival_ms column")
     click.echo(f"backtest: loaded {len(rec):,} readings from {rec.source} in {time.perf_counter() - t0:.1f} s",
                err=True)
-    r = replay(rec, {"baseline": baseline, "candidate": candidate}, batch_size, tick_step, flap_window, _progress)
+    r = replay(rec, {"baseline": baseline, "candidate": candidate}, batch_size, tick_step, flap_window, _progress,
+               every_step=every_step, until_ms=until, arrival_order=arrival_order,
+               late_after_ms=int(late_after * 1000))
     click.echo(f"backtest: replayed {len(rec):,} readings x 2 configs in {r.seconds:.1f} s "
                f"({len(rec) / r.seconds if r.seconds else 0:,.0f} rows/s)", err=True)
     rep = build_report(r, {"batch_size": batch_size, "tick_step_s": tick_step, "flap_window_s": flap_window,
                            "baseline": str(base_dir) if base_dir else "built-in defaults",
-                           "candidate": str(rules_dir)})
+                           "candidate": str(rules_dir), "arrival_order": bool(arrival_order),
+                           "clock_until_ms": until})
+    if manifest is not None:
+        rep["scenario"] = {"name": manifest.scenario, "seed": manifest.seed, "start_ms": manifest.start_ms,
+                           "end_ms": manifest.end_ms, "hazards": [h.__dict__ for h in manifest.hazards],
+                           "silences": [x.__dict__ for x in manifest.silences],
+                           "outages": [{k: v for k, v in o.__dict__.items() if k != "devices"} | {"devices": len(o.devices)}
+                                       for o in manifest.outages]}
     if as_json:
         click.echo(json.dumps(rep, indent=1, ensure_ascii=False))
     else:

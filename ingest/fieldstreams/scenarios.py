@@ -594,13 +594,15 @@ def buffered_flush(b: _Build, *, gateway: str = "gw-01", crane: str = "tc-01", p
         red = PIT_RATE["lines"][2]  # rate r from `accel`: the 2nd window reaches the red line at accel + 24 h + 24 h * red / r
         accel = target - int(24 * H + 24 * H * red / pit_rate_mm_d)
         accel = max(b.start, accel)
-        pv = pv + np.clip(pts - accel, 0, None) / D * pit_rate_mm_d
+        # the wall is propped when the crew gets there (the end of the outage): the creep stops, the cumulative
+        # displacement stays below its 70 % line (21 mm) so the rate breach is the only pit hazard
+        pv = pv + (np.clip(np.minimum(pts, o_end) - accel, 0, None) / D * pit_rate_mm_d)
         rate = pit_rate_series(pts, pv)
         hit = np.flatnonzero(rate >= PIT_RATE["lines"][0])
         if hit.size:
             peak_i = int(np.nanargmax(np.where(np.isnan(rate), -np.inf, rate)))
             b.m.hazards.append(HazardTruth(
-                b.site, pit, "pit", "wall_top_horizontal", "pit.rate", int(pts[hit[0]]), int(pts[-1]),
+                b.site, pit, "pit", "wall_top_horizontal", "pit.rate", int(pts[hit[0]]), int(pts[hit[-1]]),
                 round(float(rate[peak_i]), 3), int(pts[peak_i]),
                 _crossings(pts, np.nan_to_num(rate, nan=-1.0), PIT_RATE["lines"]), gateway,
                 bool(o_start <= int(pts[hit[0]]) < o_end),
