@@ -387,8 +387,10 @@ def router(backlog: Backlog, sites_file: Path | None = None, poll_s: float = 1.0
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("application/json"):
             token = str((await request.json() or {}).get("token", ""))
-        else:
-            token = str((await request.form()).get("token", ""))
+        else:  # an HTML form (urlencoded); parsed here so the API needs no multipart library
+            from urllib.parse import parse_qs
+
+            token = (parse_qs((await request.body()).decode("utf-8", "replace")).get("token") or [""])[0]
         token = token.strip()
         actor = await run_in_threadpool(orgs.authenticate, backlog, token) if token else None
         if actor is None:
