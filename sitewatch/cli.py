@@ -168,32 +168,121 @@ def worker(ctx, rules, webhook_url):
 @click.option("--sites", default=2, show_default=True, help="number of sites")
 @click.option("--devices", default=2, show_default=True, help="devices per family per site")
 @click.option("--interval", default=1.0, show_default=True, help="seconds between readings of one sensor")
-@click.option("--scenario", default="crane-overload", show_default=True, help="hazard/fault to inject (--list)")
+@click.option("--scenario", default="crane-overload", show_default=True,
+              help="hazard/fault to inject, or a field scenario (pit-cadence, crane-nightly, gateway-outage, "
+                   "buffered-flush, field-mix); --list shows them")
 @click.option("--at", "at_s", default=30.0, show_default=True, help="seconds into the run when the scenario starts")
-@click.option("--duration", type=float, help="stop after this many seconds (default: run until Ctrl-C)")
+@click.option("--duration", type=float, help="stop after this many seconds (default: run until Ctrl-C / the end)")
 @click.option("--mode", type=click.Choice(["gateway", "single"]), default="gateway", show_default=True,
               help="gateway: one frame per site per tick; single: one MQTT message per reading")
+@click.option("--speed", type=float, default=None,
+              help="field scenario: arrival times compressed by this factor (60: an hour in a minute); "
+                   "live scenarios: ramps and holds compressed [default 1]")
+@click.option("--fast", is_flag=True, help="field scenario: publish as fast as the broker takes it")
+@click.option("--seed", default=7, show_default=True, help="random seed (field scenarios are byte-identical per seed)")
+@click.option("--span", help="field scenario length in event time, e.g. 6h, 3d (default: the scenario's own)")
+@click.option("--start", "start", help="field scenario start, RFC 3339 or epoch ms (default: so that every "
+              "timestamp is already past when it is sent)")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="field scenario parameter, e.g. --param crane_interval_s=10 (repeatable)")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="field scenario: write the arrival events as a capture (JSON lines, for backtest --capture) and "
+                   "the manifest next to it, instead of publishing")
 @click.option("--list", "list_scenarios", is_flag=True, help="list scenarios and exit")
 @click.pass_context
-def simulate(ctx, sites, devices, interval, scenario, at_s, duration, mode, list_scenarios):
-    """Publish simulated site sensor readings over MQTT, with a scenario injected on cue."""
+def simulate(ctx, sites, devices, interval, scenario, at_s, duration, mode, speed, fast, seed, span, start, params,
+             out_path, list_scenarios):
+    """Publish simulated site sensor readings over MQTT, with a scenario injected on cue.
+
+    \b
+    Live scenarios run on the wall clock (readings stamped now). Field scenarios replay a realistic site in
+    fast-forwarded event time with real arrival behaviour (cadence changes, nights off, gateway outages, late
+    out-of-order flushes):
+      sitewatch simulate --scenario buffered-flush --speed 600     # 10 h outage + flush in about 5 minutes
+      sitewatch simulate --scenario field-mix --fast
+      sitewatch simulate --scenario crane-nightly --param interval_s=10 --out crane.jsonl
+    """
+    from ingest.fieldstreams import describe as field_describe
+    from ingest.fieldstreams import scenario_names as field_names
     from ingest.simulator import SimConfig, Simulator, describe_scenario, scenario_names
 
     if list_scenarios:
+        click.echo("live (wall clock):")
         for name in scenario_names():
-            click.echo(f"{name:16} {describe_scenario(name, at_s)}")
+            click.echo(f"  {name:16} {describe_scenario(name, at_s)}")
+        click.echo("field (event time fast-forwarded; --speed K | --fast, --span, --seed, --param):")
+        for name in field_names():
+            click.echo(f"  {name:16} {field_describe(name)}")
         return
     s = _settings(ctx)
-    try:
-        sim = Simulator(SimConfig(sites, devices, interval, scenario, at_s, mode))
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--scenario") from None
-    click.echo(f"simulating {sites} sites × {devices} devices/family, {len(sim.rows) / interval:.0f} readings/s; "
-               f"scenario: {describe_scenario(scenario, at_s)}")
     stop = threading.Event()
     _stop_on_signals(stop)
+    if scenario in field_names():
+        _simulate_field(s, scenario, speed, fast, seed, span, start, params, out_path, duration, stop)
+        return
+    if fast or out_path or span or start or params:
+        raise click.UsageError("--fast, --out, --span, --start and --param go with field scenarios (see --list)")
+    try:
+        sim = Simulator(SimConfig(sites, devices, interval, scenario, at_s, mode, seed=seed, speed=speed or 1.0))
+    except ValueError as e:
+        raise click.BadParameter(f"{e} (or a field scenario: {', '.join(field_names())})",
+                                 param_hint="--scenario") from None
+    click.echo(f"simulating {sites} sites × {devices} devices/family, {len(sim.rows) / interval:.0f} readings/s; "
+               f"scenario: {describe_scenario(scenario, at_s)}")
     sim.run(s.mqtt_host, s.mqtt_port, duration, stop, s.mqtt_username, s.mqtt_password)
     click.echo(f"sent {sim.sent_readings} readings in {sim.sent_messages} messages")
+
+
+def _simulate_field(s: Settings, scenario, speed, fast, seed, span, start, params, out_path, duration, stop) -> None:
+    """Generate a field scenario, then publish it (paced by arrival time, or --fast) or write it as a capture."""
+    from ingest.fieldstreams import anchored_start, generate, publish_scenario
+    from ingest.fieldstreams.scenarios import SCENARIOS
+    from streams.backtest import _parse_time, parse_params, parse_span
+
+    if fast and speed:
+        raise click.UsageError("--fast or --speed, not both")
+    pace = None if (fast or out_path) else (speed or 1.0)
+    span_ms = parse_span(span) or SCENARIOS[scenario].default_duration_ms
+    start_ms = _parse_time(start, "--start") if start else anchored_start(span_ms, pace)
+    try:
+        fs = generate(scenario, start_ms=start_ms, duration_ms=span_ms, seed=seed, **parse_params(params))
+    except TypeError as e:
+        raise click.BadParameter(str(e), param_hint="--param") from None
+    m = fs.manifest
+    click.echo(f"{scenario}: {m.readings:,} readings → {len(fs):,} messages, event time "
+               f"{_fmt_iso(m.start_ms)} .. {_fmt_iso(m.end_ms)} (seed {seed}); {len(m.hazards)} hazard(s), "
+               f"{len(m.outages)} gateway outage(s), {len(m.silences)} genuine silence(s), "
+               f"{m.late_readings:,} late readings, {m.duplicate_readings:,} duplicates")
+    for h in m.hazards:
+        click.echo(f"  truth: {h.kind} at {h.site}/{h.device} {_fmt_iso(h.start_ms)}, peak {h.peak_value:g} at "
+                   f"{_fmt_iso(h.peak_ts)}" + (" — buffered, arrives late" if h.buffered else ""))
+    if out_path:
+        fs.write_capture(out_path)
+        click.echo(f"wrote {len(fs):,} messages to {out_path} and the manifest to {out_path}.manifest.json")
+        return
+    wall = (fs.last_arrival_ms - fs.first_arrival_ms) / 1000 / pace if pace and len(fs) else None
+    click.echo(f"publishing to mqtt://{s.mqtt_host}:{s.mqtt_port} "
+               + (f"at speed {pace:g} (~{wall:,.0f} s)" if wall is not None else "as fast as possible"))
+    events = fs.events
+    if duration is not None and pace and len(fs):
+        cut = fs.first_arrival_ms + duration * 1000 * pace
+        events = [e for e in events if e.arrival_ms <= cut]
+    t0 = time.monotonic()
+
+    def progress(sent, total, arrival):
+        click.echo(f"  [{time.monotonic() - t0:6.0f} s] {sent:,}/{total:,} messages ({100 * sent / max(total, 1):.0f} %),"
+                   f" arrival clock {_fmt_iso(arrival)}")
+
+    n = publish_scenario(s.mqtt_host, s.mqtt_port, events, pace, stop=stop, cues=m.cues,
+                         on_cue=lambda text: click.echo(f"  ▶ {text}"), progress=progress,
+                         username=s.mqtt_username, password=s.mqtt_password)
+    click.echo(f"sent {n:,} of {len(events):,} messages in {time.monotonic() - t0:.1f} s")
+
+
+def _fmt_iso(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ms / 1000))
 
 
 @main.command()

@@ -3,6 +3,12 @@
 Starts the brokers (in-process children), the bridge and the worker (as ``sitewatch`` child processes, the
 way they run in production), a local webhook receiver and the simulator; then prints the readings rate and
 every ticket as it opens or escalates, and every webhook alert with its MQTT-publish → webhook latency.
+
+Next to the clean simulated sites it runs a *field* site (``ingest.fieldstreams.demo_stream``: the ``field-mix``
+shape compressed into minutes, on the wall clock): at ~40 s gateway gw-02 drops off 4G with a crane overload
+inside its outage, and flushes its buffer at ~90 s — reverse order, one frame twice — so a back-dated alarm
+shows up late; at ~160 s gateway gw-01 with 30 devices goes offline for a minute — one gateway fault, not thirty
+silent sensors. A line is printed as each is injected so a watcher knows what to look for.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ class Demo:
     interval: float = 1.0
     webhook_url: str | None = None
     influx_port: int | None = 8086  # None: no time-series database / sink in this demo
+    with_field_site: bool = True  # also run the field site (late flush + gateway outage, see the module docstring)
+    field_site: str = "fd-0001"
     echo: Callable[[str], None] = print
     ticket_line: Callable = str
     latencies_ms: list[int] = field(default_factory=list)
@@ -64,6 +72,32 @@ class Demo:
         t = rec.body["ticket"]
         self.echo(f"  ➜ WEBHOOK alert {rec.body['alert_id']}: {t['level_label'].upper()} {t['kind']} at "
                   f"{t['site']}/{t['device']} ({t['metric']}={t['value']:.2f}) — {lat} ms after the MQTT publish")
+
+    def _start_field(self, s: Settings, stop: threading.Event) -> threading.Thread:
+        """The field site, published on the wall clock (speed 1) with its cues echoed as they happen."""
+        from ingest.fieldstreams import demo_stream, publish_scenario
+        from sitewatch.contracts import now_ms
+
+        fs = demo_stream(now_ms(), site=self.field_site)
+        m = fs.manifest
+        gws = ", ".join(f"{k.split('/')[1]} ({len(v)} devices)" for k, v in m.topology.items())
+        self.echo(f"▶ field site {self.field_site}: gateways {gws}; within ~4 minutes: a buffered 4G outage with a "
+                  "crane overload inside (→ a late, back-dated alarm) and a gateway outage (→ one gateway fault)")
+
+        def cue(text: str) -> None:
+            self.echo(f"  ▶ injected [{self.field_site}]: {text}")
+
+        def run() -> None:
+            try:
+                publish_scenario(s.mqtt_host, s.mqtt_port, fs.events, speed=1.0, stop=stop, cues=m.cues, on_cue=cue,
+                                 client_id=f"sitewatch-demo-field-{self.field_site}", username=s.mqtt_username,
+                                 password=s.mqtt_password)
+            except Exception as e:  # the demo goes on without its field site; say why
+                self.echo(f"  ! field site stopped: {e}")
+
+        t = threading.Thread(target=run, daemon=True, name="field-site")
+        t.start()
+        return t
 
     def run(self, stop: threading.Event, duration: float | None = None) -> None:
         from backlog.store import Backlog
@@ -99,6 +133,8 @@ class Demo:
             self.echo(f"▶ alerts go to {url}\n")
             sim_thread = threading.Thread(target=sim.run, args=(s.mqtt_host, s.mqtt_port, None, sim_stop), daemon=True)
             sim_thread.start()
+            if self.with_field_site:
+                self._start_field(s, sim_stop)
             backlog = Backlog(s.backlog_url)
             seen: dict[int, int] = {}
             t0 = last = time.monotonic()
