@@ -414,7 +414,7 @@ class DetectorEngine:
                 continue
             rows_fm = hv[hv_fm == fm]
             for ci in checks:
-                res = self._run_check(ci, rows_fm, d_, sgrp, t_, v_, dev_pid, tab, cdicts, s_base, check_carry)
+                res = self._run_check(ci, rows_fm, d_, sgrp, t_, v_, dev_pid, tab, cdicts, s_base, check_carry, dkeys)
                 if res is not None:
                     results.append(res)
         ph = hv[np.isin(hv_fm, _PHASE_FM)]
@@ -675,7 +675,7 @@ class DetectorEngine:
 
     # -------------------------------------------------------------------------------------------- checks
     def _run_check(self, ci: int, rows: np.ndarray, d_, sgrp, t_, v_, dev_pid, tab: _Tables, cdicts, s_base,
-                   check_carry) -> _Res | None:
+                   check_carry, dkeys: list[str]) -> _Res | None:
         c = CHECKS[ci]
         first, grp, first_idx, last = group_layout(sgrp[rows])
         gdev = d_[rows[last]]
@@ -711,6 +711,8 @@ class DetectorEngine:
                 v, ts, first, grp, hist, tab.window_ms[gp, ci], tab.bucket_ms[gp, ci], tab.consecutive[gp, ci],
                 tab.per_ms[gp, ci], tab.direction[gp, ci])
             extra["refs"] = refs
+        elif c.mode == "charging":
+            x, extra["charging"] = self._charging(ts, v, grp, gdev, tab.min_load[gp, ci][grp], dkeys)
         else:  # pragma: no cover - registry guarantees the modes above
             raise ValueError(c.mode)
         level, out = self._hyst(x, ts, first, first_idx, grp, last, gp, ci, tab, cstates)
@@ -720,6 +722,26 @@ class DetectorEngine:
         else:
             _store_hyst(out, gdev, ci, cstates, check_carry)
         return _Res(ci, rows, level, x, None, extra)
+
+    def _charging(self, ts, v, grp, gdev, min_current, dkeys) -> tuple[np.ndarray, dict]:
+        """1.0 where charging happens outside the site's charging hours or at an unregistered point, else 0.0."""
+        keys = [dkeys[d] for d in gdev.tolist()]
+        in_hours = np.ones(ts.shape[0], dtype=bool)
+        approved_g = np.ones(len(keys), dtype=bool)
+        sites = [k.partition("/")[0] for k in keys]
+        points = getattr(self.rules, "charging_points", None)
+        for site in set(sites):
+            cal = self.calendar(site)
+            g_site = np.array([s == site for s in sites])
+            rows = g_site[grp]
+            if cal is not None:
+                in_hours[rows] = cal.in_charging_window(ts[rows])
+            allowed = points(site) if points is not None else frozenset()
+            if allowed:
+                approved_g &= ~g_site | np.array([k.partition("/")[2] in allowed for k in keys])
+        approved = approved_g[grp]
+        x = ((v > min_current) & (~in_hours | ~approved)).astype(np.float64)
+        return x, {"outside_hours": ~in_hours, "unapproved": ~approved}
 
     def _run_imbalance(self, rows, d_, f_, t_, v_, dev_pid, tab: _Tables, cdicts, check_carry) -> _Res | None:
         ci = _IMBALANCE
@@ -963,6 +985,9 @@ class DetectorEngine:
                 refs = r.extra["refs"]
                 ev["window_ref"] = [[int(refs["ts"][i]), float(refs["value"][i])]
                                     for i in refs["index"][loc].tolist() if i >= 0]
+            if "charging" in r.extra:
+                ev["outside_charging_hours"] = bool(r.extra["charging"]["outside_hours"][loc])
+                ev["unapproved_point"] = bool(r.extra["charging"]["unapproved"][loc])
             if "phases" in r.extra:
                 ev["phases_a"] = [_j(r.extra["phases"][i, loc]) for i in range(3)]
         if p.rules.overridden_by:
