@@ -165,15 +165,29 @@ def _write(ctx, period, kind: str, out: Path) -> None:
 @click.option("--month", required=True, help="the month, e.g. 2026-10")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"), show_default=True,
               help="output directory")
+@click.option("--format", "fmt", type=click.Choice(["html", "pdf"]), default="html", show_default=True,
+              help="html: HTML + CSV; pdf: one PDF with charts (Chinese font embedded)")
 @click.pass_context
-def monthly(ctx, month, out):
+def monthly(ctx, month, out, fmt):
     """The month-end report per district, company and project."""
     from backlog.reports import Period
 
     try:
-        _write(ctx, Period.month(month), "monthly", out)
+        period = Period.month(month)
     except BacklogError as e:
         raise click.BadParameter(str(e), param_hint="--month") from None
+    if fmt == "pdf":
+        from backlog import report_pdf
+
+        try:
+            path, r = report_pdf.write(_open(ctx), period, out)
+        except BacklogError as e:
+            raise _fail(e) from None
+        t = r.totals
+        click.echo(str(path))
+        click.echo(f"found {t.found}, rectified {t.rectified}, overdue {t.overdue}, major {t.major}")
+        return
+    _write(ctx, period, "monthly", out)
 
 
 @report.command()
