@@ -7,7 +7,14 @@ Kept in Python (not .j2 files) so they ship inside the package without package-d
 
 Context: ``kind`` (alert | escalation | reminder | resolved | test | group), ``items`` (list of dicts, worst
 first), ``lead`` (= items[0]), ``n``, ``site``, ``sites``, ``link``; each item has ``site device family kind
-metric metric_name value threshold unit level level_name major status link ack_link action note``.
+metric metric_name value threshold unit level level_name major status link ack_link action note`` and
+``last_value at pct late outage clear_value clear_at``.
+
+``value`` is the episode's PEAK (the worst reading of the ticket), ``at`` the site-local time it was measured,
+``pct`` its percentage of the device's rating (crane rated load, breaker, RCD) when known. For late data (readings
+a gateway buffered during an outage) ``note`` starts with the 补报 / late sentence: outage window, peak, the
+clearing reading, how late the data arrived; the tag gets ·补报 / LATE. A resolution notice for a cleared
+condition names the clearing reading's value and time when the ticket carries them.
 """
 
 TEMPLATES: dict[str, str] = {
@@ -22,7 +29,7 @@ TEMPLATES: dict[str, str] = {
     "text.zh": """{{ headline }}
 {% for it in items %}
 - {{ it.site }} {{ it.device }}（{{ it.family_name }}）{{ it.metric_name }} {{ it.value }}{{ it.unit }}\
-{% if it.threshold %}，阈值 {{ it.threshold }}{{ it.unit }}{% endif %}，{{ it.level_name }}\
+{% if it.pct %}（{{ it.pct }}%）{% endif %}{% if it.at %}，{{ it.at }}{% endif %}{% if it.threshold %}，阈值 {{ it.threshold }}{{ it.unit }}{% endif %}，{{ it.level_name }}\
 {% if it.major %}，重大事故隐患（停工整改）{% endif %}{% if it.note %}。{{ it.note }}{% endif %}
   工单：{{ it.link }}{% if it.ack_link %}
   确认收到：{{ it.ack_link }}{% endif %}
@@ -30,7 +37,7 @@ TEMPLATES: dict[str, str] = {
 —— SiteWatch 工地安全监测""",
     "markdown.zh": """### {{ headline }}
 {% for it in items[:20] %}> **{{ it.site }} {{ it.device }}** {{ it.metric_name }} <font color="{{ it.color }}">\
-{{ it.value }}{{ it.unit }}</font>{% if it.threshold %}（阈值 {{ it.threshold }}）{% endif %} {{ it.level_name }}\
+{{ it.value }}{{ it.unit }}</font>{% if it.at %}（{{ it.at }}）{% endif %}{% if it.threshold %}（阈值 {{ it.threshold }}）{% endif %} {{ it.level_name }}\
 {% if it.major %} **重大隐患**{% endif %}{% if it.note %}，{{ it.note }}{% endif %}
 > [查看工单]({{ it.link }}){% if it.ack_link %} · [确认收到]({{ it.ack_link }}){% endif %}
 
@@ -47,7 +54,7 @@ TEMPLATES: dict[str, str] = {
     "text.en": """{{ headline }}
 {% for it in items %}
 - {{ it.site }} {{ it.device }} ({{ it.family }}) {{ it.metric_name }} {{ it.value }}{{ it.unit }}\
-{% if it.threshold %}, threshold {{ it.threshold }}{{ it.unit }}{% endif %}, {{ it.level_name }}\
+{% if it.pct %} ({{ it.pct }} %){% endif %}{% if it.at %} at {{ it.at }}{% endif %}{% if it.threshold %}, threshold {{ it.threshold }}{{ it.unit }}{% endif %}, {{ it.level_name }}\
 {% if it.major %}, MAJOR HAZARD (stop work){% endif %}{% if it.note %}. {{ it.note }}{% endif %}
   Ticket: {{ it.link }}{% if it.ack_link %}
   Acknowledge: {{ it.ack_link }}{% endif %}
@@ -55,7 +62,7 @@ TEMPLATES: dict[str, str] = {
 -- SiteWatch construction-site safety monitoring""",
     "markdown.en": """### {{ headline }}
 {% for it in items[:20] %}> **{{ it.site }} {{ it.device }}** {{ it.metric_name }} <font color="{{ it.color }}">\
-{{ it.value }}{{ it.unit }}</font>{% if it.threshold %} (threshold {{ it.threshold }}){% endif %} {{ it.level_name }}\
+{{ it.value }}{{ it.unit }}</font>{% if it.at %} at {{ it.at }}{% endif %}{% if it.threshold %} (threshold {{ it.threshold }}){% endif %} {{ it.level_name }}\
 {% if it.major %} **MAJOR**{% endif %}{% if it.note %}, {{ it.note }}{% endif %}
 > [Ticket]({{ it.link }}){% if it.ack_link %} · [Acknowledge]({{ it.ack_link }}){% endif %}
 
@@ -82,6 +89,16 @@ WORDS = {
         "test": "这是一条测试消息，请忽略",
         "headline": "【{tag}】{what}",
         "alarms": "{n}处告警",
+        "units_time": {"s": "{n}秒", "min": "{n}分钟", "h": "{n}小时"},
+        "cleared_at": "（{at} 读数 {value}）",
+        "pct": "（{pct}%）",
+        "late_what": "{family} {device} {metric}峰值 {value}{pct}",
+        "late_in_outage": "补报：断网期间 {outage}，{what}",
+        "late_at": "补报：{at} {what}",
+        "late_cleared": "，{at} 已回落至 {value}",
+        "late_delay": "，数据迟到 {delay}",
+        "late_tag": "·补报",
+        "sep": "。",
     },
     "en": {
         "level": {0: "clear", 1: "yellow", 2: "orange", 3: "RED"},
@@ -95,6 +112,16 @@ WORDS = {
         "test": "this is a test message, please ignore",
         "headline": "[{tag}] {what}",
         "alarms": "{n} alarms",
+        "units_time": {"s": "{n} s", "min": "{n} min", "h": "{n} h"},
+        "cleared_at": " ({value} at {at})",
+        "pct": " ({pct} %)",
+        "late_what": "{family} {device} {metric} peaked at {value}{pct}",
+        "late_in_outage": "late: during the outage {outage} {what}",
+        "late_at": "late: at {at} {what}",
+        "late_cleared": ", back to {value} at {at}",
+        "late_delay": "; data arrived {delay} late",
+        "late_tag": " LATE",
+        "sep": ". ",
     },
 }
 
