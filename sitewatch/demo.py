@@ -100,6 +100,7 @@ class Demo:
         return t
 
     def run(self, stop: threading.Event, duration: float | None = None) -> None:
+        from backlog.api import wall
         from backlog.store import Backlog
         from ingest.simulator import SimConfig, Simulator, describe_scenario
 
@@ -136,6 +137,7 @@ class Demo:
             if self.with_field_site:
                 self._start_field(s, sim_stop)
             backlog = Backlog(s.backlog_url)
+            procs.append(wall.start_for_demo(backlog, env, s.log_dir, self.echo))  # the wall page, its URL printed
             seen: dict[int, int] = {}
             t0 = last = time.monotonic()
             last_count = 0

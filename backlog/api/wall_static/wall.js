@@ -237,7 +237,8 @@ function renderSite(d) {
   renderDevices("site-devices", d.devices);
   const c = d.charts;
   document.getElementById("site-note").textContent = c.error ? t("no_tsdb") + c.error : `InfluxDB ${c.influx}`;
-  document.getElementById("site-current").innerHTML = c.current.map((x) => {
+  document.getElementById("site-current").innerHTML = (c.current.length || c.gateways.length ? "" :
+    `<div class="muted">${esc(t("nodata"))}</div>`) + c.current.map((x) => {
     const lvl = x.bands ? (x.value >= x.bands[2] ? 3 : x.value >= x.bands[1] ? 2 : x.value >= x.bands[0] ? 1 : 0) : 0;
     return `<div class="tile L${lvl}"><div class="n">${esc(x.device)} ${esc(x.metric)}</div><div class="x">${fmt(x.value)}</div></div>`;
   }).join("") + c.gateways.map((g) => `<div class="tile ${g.online ? "" : "L3"}"><div class="n">${t("gateway")} ${esc(g.gateway)}</div>
@@ -252,6 +253,7 @@ function renderSite(d) {
     document.getElementById(id + "-title").textContent = lang === "zh" ? tr.title_zh : tr.title;
     const bands = tr.bands ? [[tr.bands[0], LEVEL_COLOUR[1]], [tr.bands[1], LEVEL_COLOUR[2]], [tr.bands[2], LEVEL_COLOUR[3]]] : [];
     const now = Date.now();
+    const empty = !tr.series.some((sr) => sr.points.length);
     const series = tr.series.map((sr, i) => ({
       name: sr.alarm ? `${t("alarm")} ${sr.name.replace(/^alarm /, "")}` : sr.name, type: "line", showSymbol: false,
       data: sr.points, lineStyle: sr.alarm ? {type: "dashed", width: 2, color: LEVEL_COLOUR[3]} : {width: 2},
@@ -267,7 +269,8 @@ function renderSite(d) {
       tooltip: {trigger: "axis"}, legend: {bottom: 0, textStyle: {color: "#e8eef9"}, type: "scroll"},
       xAxis: {type: "time", min: now - tr.span_ms, max: now, axisLabel: {color: "#8fa1c0"}},
       yAxis: {type: "value", scale: true, name: UNIT[tr.unit] || tr.unit, axisLabel: {color: "#8fa1c0"},
-              max: bands.length ? (v) => Math.max(v.max, bands[2][0] * 1.05) : null,
+              min: empty ? 0 : null,
+              max: bands.length ? (v) => Math.max(empty ? 0 : v.max, bands[2][0] * 1.05) : (empty ? 1 : null),
               splitLine: {lineStyle: {color: "#24324d"}}},
       series,
     }, true);
