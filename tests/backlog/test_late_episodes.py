@@ -185,3 +185,39 @@ def test_health_findings_are_never_tickets_nor_alerts(backlog):
     assert backlog.apply_findings([health("tc-01", "silent", OUT_FROM), health("tc-02", "faulty", OUT_FROM)]) == 0
     assert backlog.tickets() == [] and _alerts(backlog) == []
     assert Level.CLEAR == 0
+
+
+def test_concurrent_workers_apply_one_late_episode_once(pg_url):
+    """Four workers (own engines) race on the same buffered episode on PostgreSQL: one ticket, one alert."""
+    import threading
+
+    from backlog.store import Backlog
+
+    Backlog(pg_url).engine.dispose()
+    barrier, errors = threading.Barrier(4), []
+
+    def run():
+        b = Backlog(pg_url, create=False)
+        try:
+            barrier.wait()
+            for _ in range(3):
+                b.apply_findings(late_overload_episode())
+        except BaseException as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+        finally:
+            b.engine.dispose()
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    b = Backlog(pg_url, create=False)
+    try:
+        (t,) = b.tickets()
+        assert (t.peak_value, t.peak_level, t.cleared_ms, t.major) == (11.5, 3, OUT_FROM + 210_000, True)
+        assert [a["alert_id"] for a in _alerts(b)] == [f"t{t.id}-opened-L3"]
+        assert len(b.credit_deductions()) == 1
+    finally:
+        b.engine.dispose()
