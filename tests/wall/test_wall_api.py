@@ -95,7 +95,7 @@ def test_supervisor_sees_the_city(server, org):
     c = _login(server, orgs.create_token(org, "sun.supervisor"))
     o = c.get("/wall/api/overview").json()
     by_site = {s["site"]: s for s in o["sites"]}
-    assert set(by_site) == {"cz-0001", "cz-0002", "cz-0003", "cz-0412"}
+    assert set(by_site) == {"cz-0001", "cz-0002", "cz-0003", "cz-0412", "fd-0001"}  # org file + config/sites.yaml
     assert by_site["cz-0412"]["lat"] == pytest.approx(31.6493) and by_site["cz-0412"]["stop_work"] == 1
     assert by_site["cz-0412"]["worst"] == 3 and by_site["cz-0001"]["worst"] == 2
     assert o["by_family"]["crane"] == 1 and o["by_family"]["pit"] == 1
