@@ -345,7 +345,7 @@ def site_detail(backlog: Backlog, actor: Actor, site: str, sites_cfg: dict[str, 
     names = {site: info["name"]}
     return {"site": info, "tickets": [_ticket(t, now, names) for t in rows],
             "devices": [d for d in ov["devices"] if d["site"] == site], "devices_source": ov["devices_source"],
-            "charts": charts(site, now)}
+            "charts": charts(site, int(time.time() * 1000))}  # readings live on the wall clock, not the ledger's
 
 
 # ------------------------------------------------------------------------------------------------ the router
