@@ -22,10 +22,6 @@ from statistics import median_low
 from typing import Any
 
 K_GAPS = 8
-# A device behind a gateway waits this long past its own deadline: when the gateway itself dropped, its MQTT last
-# will (broker keep-alive x 1.5, ~90 s) should arrive first, so the silences are inhibited by the gateway fault
-# instead of racing it.
-GATEWAY_GRACE_MS = 120_000
 
 
 def learn(gaps: list[int], new_gaps: list[int], k: int = K_GAPS) -> list[int]:
@@ -67,8 +63,8 @@ def deadlines(plan: Any, calendar: Any, last_ts: int, gaps: list[int], gateway: 
     if plan.follows_calendar and calendar is not None:
         dl = int(calendar.silent_deadline(last_ts, lim, plan.calendar_grace_ms))
     off_at = plain if dl > plain else None
-    if gateway:
-        dl += GATEWAY_GRACE_MS
+    if gateway:  # the gateway's last will should arrive first, so its fault inhibits this silence
+        dl += plan.gateway_grace_ms
     return dl, off_at
 
 

@@ -88,6 +88,7 @@ class DevicePlan:
     silent_floor_ms: int = 0
     silent_ceiling_ms: int = 2**62
     min_gaps: int = 5  # faults.min_gaps_to_learn
+    gateway_grace_ms: int = 120_000  # faults.gateway_grace
     follows_calendar: bool = False  # silence outside the site's working time is "off", not a fault
     calendar_grace_ms: int = 0
     gateway: str | None = None  # the device's gateway from its site file (topology override), else None
@@ -140,7 +141,7 @@ def build_plan(rules: RuleSet, site: str, device: str, family: str) -> DevicePla
                       "fault.gateway_offline": LEVEL_NUM[f.gateway_offline_level]},
         clear_after_good=f.clear_after_good, fault_source=src, by_metric=by_metric,
         default_interval_ms=interval_ms, silent_after=float(f.silent_after_intervals), silent_floor_ms=floor_ms,
-        silent_ceiling_ms=ceiling_ms, min_gaps=f.min_gaps_to_learn, follows_calendar=r.follows_calendar,
+        silent_ceiling_ms=ceiling_ms, min_gaps=f.min_gaps_to_learn, gateway_grace_ms=int(round(1000 * f.gateway_grace)), follows_calendar=r.follows_calendar,
         calendar_grace_ms=int(round(1000 * r.calendar_grace)), gateway=dr.gateway)
 
 

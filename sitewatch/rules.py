@@ -384,6 +384,9 @@ class FaultRules(_Model):
 
     silent_after_intervals: Annotated[float, Field(ge=1)] = 10.0
     min_gaps_to_learn: Annotated[int, Field(ge=1)] = 5  # the family's expected_interval applies until this many gaps
+    # a device behind a gateway waits this much longer before its silence is a fault, so that the gateway's own
+    # offline fault (MQTT last will: ~1.5 x the broker keep-alive) arrives first and inhibits it
+    gateway_grace: Duration = 120.0
     silent_level: LevelName = "orange"
     flatline_level: LevelName = "yellow"
     spike_level: LevelName = "yellow"

@@ -42,6 +42,7 @@ class Pipeline:
     db_url: str
     procs: dict[str, ManagedProcess] = field(default_factory=dict)
     worker_starts: int = 0
+    rules_path: Path | None = None  # SW_RULES_PATH for the bridge and worker (``@pytest.mark.rules(yaml)``)
 
     @property
     def env(self) -> dict[str, str]:
@@ -53,6 +54,7 @@ class Pipeline:
             "SW_WEBHOOK_URL": self.receiver.url,
             "SW_WEBHOOK_SECRET": "test-secret",
             "SW_KAFKA_PARTITIONS": "4",
+            **({"SW_RULES_PATH": str(self.rules_path)} if self.rules_path else {}),
         }
 
     def start_bridge(self) -> None:
@@ -81,6 +83,10 @@ class Pipeline:
 def pipeline(stack: LocalStack, tmp_path: Path, request):
     receiver = WebhookReceiver(secret="test-secret").start()
     pipe = Pipeline(stack, tmp_path / "data", receiver, f"sqlite:///{tmp_path / 'backlog.db'}")
+    marker = request.node.get_closest_marker("rules")
+    if marker is not None:  # a rules directory for this test: one YAML stream (defaults and/or site documents)
+        pipe.rules_path = tmp_path / "rules.yaml"
+        pipe.rules_path.write_text(marker.args[0])
     try:
         pipe.start_bridge()
         pipe.start_worker()
