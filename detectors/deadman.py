@@ -9,7 +9,9 @@ and ceiling, so a point that relaxes from 10 min back to 1 h stays inside the fl
 once a day is still caught within the ceiling.
 
 Why a calendar: a crane switched off after the shift is *off*, not broken. For devices that follow the site
-calendar, silence is counted in working time only (plus a grace after each working period starts).
+calendar, silence is counted in working time only, with a grace after each working period starts (the crane is
+powered on some minutes into the shift) and before it ends (a silence beginning within the grace of the end of a
+period is the end of the shift: it counts from the next period).
 
 Why an index: the tick must not walk every device of a city each few seconds; ``DeadlineIndex`` is a heap of
 each device's next due time, so a tick costs O(due devices x log n).
@@ -61,7 +63,12 @@ def deadlines(plan: Any, calendar: Any, last_ts: int, gaps: list[int], gateway: 
     plain = last_ts + lim
     dl = plain
     if plan.follows_calendar and calendar is not None:
-        dl = int(calendar.silent_deadline(last_ts, lim, plan.calendar_grace_ms))
+        grace, start = plan.calendar_grace_ms, last_ts
+        if grace and calendar.working_ms_between(last_ts, last_ts + grace) < grace:
+            # its working period ends within the grace: switched off at the end of the shift (or before the
+            # lunch break), not broken — the silence counts from the next period, like a crane not yet started
+            start = last_ts + grace
+        dl = int(calendar.silent_deadline(start, lim, grace))
     off_at = plain if dl > plain else None
     if gateway:  # the gateway's last will should arrive first, so its fault inhibits this silence
         dl += plan.gateway_grace_ms

@@ -78,6 +78,7 @@ for _c in CHECKS:
 _PHASE_FM = [FM_CODE[f"electrical/{p}"] for p in PHASES]
 _IMBALANCE = next(c.index for c in CHECKS if c.mode == "imbalance")
 _NAN = float("nan")
+_PHASE_SKEW_MS = 120_000  # phase currents measured further apart than this (one before an outage, one after) are not compared
 _NO_CHECKS: dict = {}  # read-only
 _FAULT_BITS = ("fault.out_of_range", "fault.spike", "fault.flatline")
 # device health, as shown on the API, the ledger and the dashboards: off (announced, or outside working time
@@ -226,6 +227,7 @@ class DetectorEngine:
         self.gap_factor = float(getattr(lateness, "gap_factor", 3.0))
         self.allowed_lateness_ms = int(1000 * getattr(lateness, "allowed", 72 * 3600))
         self.max_intervals = int(getattr(lateness, "max_gaps", 3)) + 1  # covered intervals around the gaps
+        self.late_after_ms = int(1000 * getattr(lateness, "late_after", 60))
         # readings set aside as late: evaluated on the late lane, or stale (inside covered time: duplicates)
         self.stats = {"late": 0, "stale": 0}
 
@@ -435,6 +437,17 @@ class DetectorEngine:
         np.minimum.at(dmin, d_, t_)
         np.maximum.at(dmax, d_, t_)
         if not lane:
+            late_found = [f for f in findings if now_ms is not None and now_ms - f.ts > self.late_after_ms]
+            if late_found:  # buffered readings that arrived in order (the flush came first): late all the same
+                on_time = t_ >= now_ms - self.late_after_ms  # the outage ended at the device's first on-time reading
+                first_on = np.full(n_dev, big.max, dtype=np.int64)
+                np.minimum.at(first_on, d_[on_time], t_[on_time])
+                where = {k: d for d, k in enumerate(dkeys)}
+                for f in late_found:
+                    d = where[f.key]
+                    end = int(first_on[d]) if first_on[d] != big.max else int(dmax[d])
+                    f.evidence.update(late=True, arrival_delay_s=(now_ms - f.ts) / 1000,
+                                      outage=[olds[d].get("lt") if olds[d] else None, end])
             findings += self._upkeep(batch, first, d_, t_, dmin, dmax, plans, olds, new_states)
         out = fr.out
         S_i[s_row] = np.column_stack([t_[slast], out.p1_ts, out.sus, out.frun, out.fstart, out.oor_bit, out.oor_good,
@@ -755,22 +768,30 @@ class DetectorEngine:
         gp = dev_pid[gdev]
         cstates = [cdicts[d].get(c.id) for d in gdev.tolist()]
         ts, v, f = t_[rows], v_[rows], f_[rows]
-        phase_vals = []
+        phase_vals, phase_ts = [], []
         carry_ph = np.array([(cs.get("ph") if cs else None) or _EMPTY_F for cs in cstates],
                             dtype=np.float64).reshape(-1, 3)
+        carry_pt = np.array([(cs.get("pt") if cs else None) or [_NO_TS] * 3 for cs in cstates],
+                            dtype=np.int64).reshape(-1, 3)
         for k, code in enumerate(_PHASE_FM):
             li = ffill_index(f == code, first_idx)
             phase_vals.append(np.where(li >= 0, v[np.maximum(li, 0)], carry_ph[grp, k]))
+            phase_ts.append(np.where(li >= 0, ts[np.maximum(li, 0)], carry_pt[grp, k]))
         pv = np.vstack(phase_vals)
+        pt = np.vstack(phase_ts)
         imax, imin = pv.max(axis=0), pv.min(axis=0)
         min_load = tab.min_load[gp, ci][grp]
+        # the three phases must be measured together: a phase current from before an outage (or a stale sensor)
+        # compared with fresh ones is not an imbalance
+        together = (pt.max(axis=0) - pt.min(axis=0)) <= _PHASE_SKEW_MS
         with np.errstate(invalid="ignore", divide="ignore"):
-            x = np.where(np.isfinite(imax) & np.isfinite(imin) & (imax >= min_load) & (imax > 0),
+            x = np.where(together & np.isfinite(imax) & np.isfinite(imin) & (imax >= min_load) & (imax > 0),
                          (imax - imin) / imax * 100.0, np.nan)
         level, out = self._hyst(x, ts, first, first_idx, grp, last, gp, ci, tab, cstates)
         phases = _nullable(pv[:, last].T.ravel())
+        phase_t = pt[:, last].T.ravel().tolist()
         for g, h in enumerate(_hyst_rows(out)):  # one per electrical device: the last phase currents are kept
-            check_carry[(int(gdev[g]), ci)] = {"h": h, "ph": phases[3 * g:3 * g + 3]}
+            check_carry[(int(gdev[g]), ci)] = {"h": h, "ph": phases[3 * g:3 * g + 3], "pt": phase_t[3 * g:3 * g + 3]}
         return _Res(ci, rows, level, x, None, {"phases": pv})
 
     @staticmethod
@@ -874,15 +895,17 @@ class DetectorEngine:
                 if m.any():
                     j = lo + int(np.argmax(np.where(m, ep_x[lo:hi], -np.inf)))
                     on = np.flatnonzero(m)
-                    cand = {"start": int(e_ts[lo + on[0]]), "peak": float(v_e[j]), "peak_ts": int(e_ts[j]),
-                            "peak_x": _j(x_e[j]), "first_breach": int(e_ts[lo + on[0]]),
+                    # peak: the checked quantity (the finding's value and threshold unit: t, mm/d, % ...);
+                    # peak_reading: the raw reading behind it
+                    cand = {"start": int(e_ts[lo + on[0]]), "peak": _j(x_e[j]), "peak_ts": int(e_ts[j]),
+                            "peak_reading": float(v_e[j]), "first_breach": int(e_ts[lo + on[0]]),
                             "last_breach": int(e_ts[lo + on[-1]]), "worst": int(agg[lo:hi].max())}
                     if ep is None:
                         ep = cand
                     else:
-                        if (cand["peak_x"] if cand["peak_x"] is not None else -math.inf) > (
-                                ep.get("peak_x") if ep.get("peak_x") is not None else -math.inf):
-                            ep.update(peak=cand["peak"], peak_ts=cand["peak_ts"], peak_x=cand["peak_x"])
+                        if (cand["peak"] if cand["peak"] is not None else -math.inf) > (
+                                ep.get("peak") if ep.get("peak") is not None else -math.inf):
+                            ep.update(peak=cand["peak"], peak_ts=cand["peak_ts"], peak_reading=cand["peak_reading"])
                         ep["last_breach"] = cand["last_breach"]
                         ep["worst"] = max(ep.get("worst", 0), cand["worst"])
             return ep

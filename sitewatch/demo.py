@@ -45,7 +45,9 @@ class ReadingsCounter(threading.Thread):
             while not self.stop.is_set():
                 for records in consumer.poll(timeout_ms=500).values():
                     for r in records:
-                        self.count += len(json.loads(r.value).get("ts", ()))  # status records have none
+                        rec = json.loads(r.value)
+                        if rec.get("type", "readings") == "readings":  # not a gateway / device status record
+                            self.count += len(rec["ts"])
         finally:
             consumer.close()
 

@@ -409,6 +409,9 @@ class LatenessRules(_Model):
     allowed: PositiveDuration = 259200.0  # older than this behind the device's newest reading: DLQ, too_late
     gap_factor: Annotated[float, Field(gt=1)] = 3.0  # in-order jump > gap_factor x cadence: a gap late data may fill
     max_gaps: Annotated[int, Field(ge=0, le=100)] = 3  # gaps remembered per device
+    # a finding decided by readings that arrived this long after they were measured is reported as late (back-dated,
+    # with its arrival delay), even when they came in order
+    late_after: PositiveDuration = 60.0
 
 
 INHIBIT_LABELS = ("site", "device", "family", "kind", "category", "level", "gateway", "metric")

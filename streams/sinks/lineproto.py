@@ -132,8 +132,8 @@ class LineBuilder:
                 out.skipped.append(f"readings record of {len(devs)} device(s): m/ts/val/d lengths differ")
                 continue
             base = len(pre)
-            for site, device, family in devs:
-                p, sfx = self._reading_prefix(site, device, family)
+            for dv in devs:  # [site, device, family] or [site, device, family, gateway]
+                p, sfx = self._reading_prefix(dv[0], dv[1], dv[2])
                 pre.append(p)
                 suf.append(sfx)
             rows.append(np.asarray(d, dtype=np.int64) + base)
@@ -177,6 +177,12 @@ class LineBuilder:
         return (f"{DEVICE_HEALTH},{self._company(r['site'])}gateway={tag(r['gateway'])},site={tag(r['site'])} "
                 f"{','.join(fields)} {int(r['ts'])}")
 
+    def device_status(self, r: dict) -> str:
+        """A device's power announcement (``dstatus``) → one ``device_health`` line (online 0/1, the reason)."""
+        return (f"{DEVICE_HEALTH},{self._company(r['site'])}device={tag(r['device'])},family={tag(r['family'])},"
+                f"site={tag(r['site'])} online={1 if r.get('online', True) else 0}i,"
+                f"reason={field_str(str(r.get('reason', ''))[:64])} {int(r['ts'])}")
+
     def hazard(self, r: dict) -> str:
         """A detector finding → one ``hazard`` line. ``opened_ms`` is when the current episode began
         (level went above clear), so a wall screen can show how long a hazard has been open."""
@@ -210,9 +216,9 @@ class LineBuilder:
             t = r.get("type", "readings")
             if t == "readings":
                 packed.append(r)
-            elif t == "status":
+            elif t in ("status", "dstatus"):
                 try:
-                    batch.events.append(self.status(r))
+                    batch.events.append(self.status(r) if t == "status" else self.device_status(r))
                     batch.n_health += 1
                 except (KeyError, TypeError, ValueError) as e:
                     batch.skipped.append(f"bad status record ({e!r})")

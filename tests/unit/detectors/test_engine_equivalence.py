@@ -17,6 +17,7 @@ import pytest
 
 from detectors import DetectorEngine, ReadingBatch, RuleSet
 from detectors.engine import STATE_VERSION
+from detectors.families.electrical import PHASES
 from sitewatch.contracts import FAMILIES
 
 from .helpers import key
@@ -72,6 +73,14 @@ def stream(seed: int, n: int, n_dev: int = 14, junk: bool = True) -> list[tuple]
             v = round(v)  # repeated values: flatlines
         if junk and out and rng.random() < 0.08:
             out.append(out[-1])  # redelivery
+            continue
+        if f == "electrical" and m in PHASES and v == v:
+            # a power monitor measures its three phases together (1 ms apart here: no two readings share a ts);
+            # phase c sags now and then: three-phase imbalance
+            sag = 1 - 0.7 * max(0.0, np.sin(i / 120))
+            for k, (ph, factor) in enumerate(zip(PHASES, (1.0, 0.95, sag))):
+                out.append((s, d, f, ph, t + k, float(v * factor)))
+            t += 2
             continue
         out.append((s, d, f, m, t, float(v)))
     return out

@@ -121,13 +121,24 @@ def test_crane_switched_off_after_the_shift_is_off_not_silent_and_faults_if_sile
     assert kinds(found) == []
     health = [f.evidence["state"] for f in found if f.category == "health"]
     assert health == ["off"]
-    # 10 x the learned 10 s of *working* time: 10 s before 19:00 on Monday, then 90 s after Tuesday's 07:00 +
-    # 30 min grace: silent in working time from 07:31:30
+    # it went quiet within the grace (30 min) of the shift's end: switched off, so the silence counts from Tuesday
+    # 07:00 + 30 min grace; 10 x the learned 10 s of working time later it is silent: 07:31:40
     tue = MON_0700 + 24 * H
-    assert kinds(eng.tick(tue + 30 * MIN + 90_000 - 1, states)) == []
-    late = eng.tick(tue + 30 * MIN + 90_000 + 1, states)
+    assert kinds(eng.tick(tue + 30 * MIN + 100_000 - 1, states)) == []
+    late = eng.tick(tue + 30 * MIN + 100_000 + 1, states)
     assert kinds(late) == [("fault.silent", "ORANGE")]
     assert [f.evidence["state"] for f in late if f.category == "health"] == ["silent"]
+
+
+def test_crane_that_dies_mid_shift_faults_within_its_learned_limit():
+    eng, states = engine(SITE_CAL), {}
+    t = MON_0700 + 2 * H  # 09:00 .. 10:00, then nothing
+    while t < MON_0700 + 3 * H:
+        feed_at(eng, states, [reading(t, 3.0 + (t // 10_000) % 5 * 0.1)])
+        t += 10_000
+    last = t - 10_000
+    assert kinds(eng.tick(last + 100_000, states)) == []
+    assert kinds(eng.tick(last + 100_001, states)) == [("fault.silent", "ORANGE")]
 
 
 def test_rest_day_is_off():
