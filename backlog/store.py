@@ -143,6 +143,16 @@ def _outage(f: Finding) -> tuple[int | None, int | None]:
     return None, None
 
 
+def _same_outage(t: Ticket, f: Finding) -> bool:
+    """The late ticket's outage and the finding's overlap: one outage, seen from two flush frames (the engine
+    names it from the frames it has, so its ends can differ by a frame)."""
+    a1, b1 = t.outage_from_ms, t.outage_to_ms
+    a2, b2 = _outage(f)
+    lo1, hi1 = a1 if a1 is not None else -2**62, b1 if b1 is not None else 2**62
+    lo2, hi2 = a2 if a2 is not None else -2**62, b2 if b2 is not None else 2**62
+    return lo1 <= hi2 and lo2 <= hi1
+
+
 def _late_detail(f: Finding) -> dict[str, Any]:
     frm, to = _outage(f)
     return {"late": True, "outage": [frm, to], "arrival_delay_s": _ev(f).get("arrival_delay_s")}
@@ -379,7 +389,10 @@ class Backlog:
             t = self._open_ticket(s, f.dedup_key, lock=True)
         mark.ticket_id = t.id
         newer = f.ts > t.last_seen_ms
-        own_episode = bool(t.late) and (t.outage_from_ms, t.outage_to_ms) == _outage(f)
+        own_episode = bool(t.late) and _same_outage(t, f)
+        if own_episode and f.level != Level.CLEAR and f.ts < t.opened_ms:
+            # a flush delivered newest-first: the ticket opened from its later part, this is where it began
+            self._change(s, t, PIPELINE, "back_dated", f, opened_ms=int(f.ts))
         if f.level != Level.CLEAR and not own_episode and (t.id, _outage(f)) not in ctx.late_events:
             ctx.late_events.add((t.id, _outage(f)))
             self._event(s, t, "late_episode", t.level, t.level, f, **_late_detail(f),

@@ -5,7 +5,7 @@ device the engine keeps a short list of *covered intervals* ``[[a, b], ...]`` (s
 event time for which readings were evaluated, with neighbouring readings no further apart than the gap
 threshold (``gap_factor`` x the learned cadence). A reading older than the device's newest one is then either
 
-* inside a covered interval — a duplicate or a redelivery; it changes nothing and is counted as stale; or
+* strictly inside a covered interval — a duplicate or a redelivery; it changes nothing and is counted as stale; or
 * in a *gap* between intervals — data the device measured while nobody heard it; it is evaluated in event time
   on the late lane (see ``detectors.engine``) and the gap shrinks by what it covered.
 
@@ -59,7 +59,9 @@ def classify(cov: list[list[int]], ts: np.ndarray) -> tuple[np.ndarray, np.ndarr
     b = np.array([iv[1] for iv in cov], dtype=np.int64)
     i = np.searchsorted(a, ts, side="right") - 1  # interval starting at or before ts
     ic = np.maximum(i, 0)
-    covered = (i >= 0) & (ts <= b[ic])
+    # strictly inside: a frame boundary can cut one measurement time's metrics in two, so the readings *at* an
+    # interval's ends may be new for some metrics; they go to the late lane, whose findings the backlog dedups
+    covered = (i >= 0) & (ts > a[ic]) & (ts < b[ic])
     gap_from = np.where(i >= 0, b[ic], -1)
     nxt = i + 1
     gap_to = np.where(nxt < a.shape[0], a[np.minimum(nxt, a.shape[0] - 1)], -1)

@@ -361,9 +361,10 @@ class DetectorEngine:
         fresh = t_ > S_i[s_row, 0][sgrp]
         late = None
         if not fresh.all():
-            if not lane:
-                nf = ~fresh
-                late = (d_[nf], f_[nf], t_[nf], v_[nf])
+            if not lane:  # a repeat of the series' newest reading is a plain redelivery; older ones may be late
+                nf = ~fresh & (t_ != S_i[s_row, 0][sgrp])
+                self.stats["stale"] += int((~fresh).sum() - nf.sum())
+                late = (d_[nf], f_[nf], t_[nf], v_[nf]) if nf.any() else None
             d_, f_, t_, v_ = d_[fresh], f_[fresh], t_[fresh], v_[fresh]
             old_s = sgrp[fresh]
             sfirst, sgrp, sfirst_idx, slast = group_layout(d_ * _NFM + f_)
@@ -601,7 +602,8 @@ class DetectorEngine:
                 continue  # newer readings hold this alarm: a late reading never clears it
             out.append(self._mark_late(f, st, arrival))
             last_metric[(f.key, f.kind)] = f.metric
-        # an episode still raised where the buffered data ends, and the live readings after the gap are clear
+        # an episode still raised where the buffered data ends, right before the live readings that resumed after
+        # the outage, which are clear: it ended there
         for key, ls in lane_states.items():
             st = states[key]
             cov = st.get("cov") or []
@@ -612,8 +614,9 @@ class DetectorEngine:
                 lane_end = max(b for _, b in spans[key])
                 _, _, gto = coverage.classify(cov, np.array([lane_end], dtype=np.int64))
                 gap_end = int(gto[0])
-                if gap_end < 0:
-                    continue
+                live_back = next((o[1] for o in st.get("og") or [] if o[0] <= lane_end <= o[1]), None)
+                if gap_end < 0 or gap_end != live_back:
+                    continue  # what follows is more buffered data (a flush sent newest-first), not the live readings
                 out.append(self._late_clear(key, kind, ks, st, gap_end, last_metric.get((key, kind)), arrival))
         # covered now; and a silence the buffered readings contradict is retracted
         for key, sp in spans.items():

@@ -665,7 +665,8 @@ def _field_mix(b: _Build, *, components: tuple[str, ...] = ("pit-cadence", "cran
                        crane_interval_s=crane_interval_s, frame_s=kw.pop("bf_frame_s", 5.0),
                        fast_interval_s=kw.pop("bf_fast_interval_s", 5.0),
                        outage_at_s=kw.pop("bf_outage_at_s", None), outage_s=kw.pop("bf_outage_s", None),
-                       overload_after_s=kw.pop("overload_after_s", None), pit_rate=kw.pop("pit_rate", True),
+                       overload_after_s=kw.pop("overload_after_s", None), overload_s=kw.pop("overload_s", 30.0),
+                       pit_rate=kw.pop("pit_rate", True),
                        will_delay_s=kw.pop("bf_will_delay_s", 90.0), max_items=kw.pop("bf_max_items", 500))
     if kw:
         raise TypeError(f"field-mix: unknown parameters {sorted(kw)}")

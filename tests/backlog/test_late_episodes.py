@@ -219,3 +219,15 @@ def test_concurrent_workers_apply_one_late_episode_once(pg_url):
         assert len(b.credit_deductions()) == 1
     finally:
         b.engine.dispose()
+
+
+def test_a_flush_delivered_newest_first_back_dates_the_ticket_to_where_the_episode_began(backlog):
+    red, orange = OUT_FROM + 2 * MIN, OUT_FROM + 30_000
+    # the later part of the episode arrives first (reverse-order flush), then the frame where it began
+    backlog.apply_findings([crane(3, red, 11.4, late=True)])
+    (t,) = backlog.tickets()
+    assert t.opened_ms == red
+    backlog.apply_findings([crane(2, orange, 10.1, late=True)])
+    (t,) = backlog.tickets()
+    assert (t.opened_ms, t.first_breach_ms, t.peak_level) == (orange, orange, 3)
+    assert [e.action for e in backlog.events(t.id)].count("back_dated") == 1

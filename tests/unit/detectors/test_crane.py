@@ -158,18 +158,18 @@ def test_out_of_order_rows_inside_a_batch_are_sorted():
 
 def test_late_reading_never_clears_a_live_alarm_and_a_buffered_overload_is_raised_back_dated():
     eng, states = engine(), {}
-    run(eng, rows(CRANE, "load", [11.0, 11.0], start=T0 + 10_000), states)
+    run(eng, rows(CRANE, "load", [11.0, 11.0, 11.0], start=T0 + 10_000), states)
     # a reading older than what was processed, much lower: must not clear the live alarm
     assert run(eng, rows(CRANE, "load", [0.0], start=T0 + 5_000), states) == []
     # a redelivered reading inside covered time changes nothing
-    assert run(eng, rows(CRANE, "load", [50.0], start=T0 + 10_000), states) == []
+    assert run(eng, rows(CRANE, "load", [50.0], start=T0 + 11_000), states) == []
     # an older reading above the line in a gap of covered time is a late finding, back-dated and marked late
     (late,) = [f for f in run(eng, rows(CRANE, "load", [50.0], start=T0), states) if f.category == "hazard"]
     assert (late.kind, late.level, late.ts, late.evidence["late"]) == ("crane.overload", Level.RED, T0, True)
     assert late.evidence["outage"][1] == T0 + 5_000  # the covered time that follows it
     # the live alarm is untouched by all of that: the next live reading still decides
-    f = run(eng, rows(CRANE, "load", [0.0], start=T0 + 12_000), states)
-    assert levels(f) == [(12, "CLEAR")]
+    f = run(eng, rows(CRANE, "load", [0.0], start=T0 + 13_000), states)
+    assert levels(f) == [(13, "CLEAR")]
     assert not f[0].evidence.get("late")
 
 

@@ -272,7 +272,9 @@ def test_duplicates_at_the_same_measurement_time_change_nothing():
     a = hazards(feed_at(eng, states, rs))
     assert hazards(feed_at(eng, states, rs)) == []
     assert hazards(feed_at(eng, states, rs[40:80])) == []
-    assert len(a) == 2 and eng.stats["stale"] == 240
+    # all of them set aside; only readings on the edge of covered time (a frame may cut one measurement time in
+    # two) are looked at again, and they change nothing either
+    assert len(a) == 2 and eng.stats["stale"] + eng.stats["late"] == 240 and eng.stats["late"] <= 2
 
 
 def test_silent_fault_during_an_outage_is_retracted_when_the_buffer_shows_the_device_was_measuring():
