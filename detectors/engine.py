@@ -592,6 +592,7 @@ class DetectorEngine:
         arrival = now_ms if now_ms is not None else int(lts.max())
         out: list[Finding] = []
         last_metric: dict[tuple[str, str], str] = {}
+        last_raised: dict[tuple[str, str], Finding] = {}
         for f in found:
             st = states[f.key]
             ev = f.evidence
@@ -602,6 +603,13 @@ class DetectorEngine:
                 continue  # newer readings hold this alarm: a late reading never clears it
             out.append(self._mark_late(f, st, arrival))
             last_metric[(f.key, f.kind)] = f.metric
+            last_raised[(f.key, f.kind)] = f
+        # re-asserts are not sent for late data: the last raised finding of an episode carries the episode as far
+        # as this buffered data goes (its peak may come after that finding)
+        for (key, kind), f in last_raised.items():
+            ep = lane_states[key]["k"].get(kind, {}).get("ep") if f.level else None
+            if ep:
+                f.evidence["episode"] = dict(ep)
         # an episode still raised where the buffered data ends, right before the live readings that resumed after
         # the outage, which are clear: it ended there
         for key, ls in lane_states.items():

@@ -365,3 +365,15 @@ def test_charging_violation_level_is_configurable_and_can_be_switched_off():
     assert f.level == Level.RED
     off = SITE_CHARGING + "family_overrides:\n  battery:\n    charging_violation: {enabled: false}\n"
     assert hazards(run(engine(off), charge("cab-01", night_22, [8.0] * 3))) == []
+
+
+def test_a_buffered_frame_that_ends_mid_episode_reports_the_peak_it_holds():
+    rs = crane_day(400, overload=(120, 200), peak_at=170)
+    eng, states = engine(), {}
+    feed_at(eng, states, rs[:60])
+    feed_at(eng, states, rs[360:])
+    found = hazards(feed_at(eng, states, rs[100:180], now=T0 + 420_000))  # the frame stops before the clear
+    assert [(f.level.name, f.ts) for f in found] == [("ORANGE", T0 + 120_000), ("RED", T0 + 125_000)]
+    red = found[-1]
+    assert red.evidence["late"] and red.evidence["episode"]["first_breach"] == T0 + 120_000
+    assert (red.evidence["episode"]["peak"], red.evidence["episode"]["peak_ts"]) == (11.5, T0 + 170_000)
