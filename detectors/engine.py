@@ -623,8 +623,10 @@ class DetectorEngine:
                 _, _, gto = coverage.classify(cov, np.array([lane_end], dtype=np.int64))
                 gap_end = int(gto[0])
                 live_back = next((o[1] for o in st.get("og") or [] if o[0] <= lane_end <= o[1]), None)
-                if gap_end < 0 or gap_end != live_back:
-                    continue  # what follows is more buffered data (a flush sent newest-first), not the live readings
+                p = self.plan(key.partition("/")[0], key.partition("/")[2], st["fam"])
+                if gap_end < 0 or gap_end != live_back or (
+                        gap_end - lane_end > deadman.gap_threshold_ms(p, st.get("cad") or [], self.gap_factor)):
+                    continue  # more buffered data is to come (or a flush sent newest-first), not the live readings
                 out.append(self._late_clear(key, kind, ks, st, gap_end, last_metric.get((key, kind)), arrival))
         # covered now; and a silence the buffered readings contradict is retracted
         for key, sp in spans.items():

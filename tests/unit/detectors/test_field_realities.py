@@ -373,7 +373,7 @@ def test_a_buffered_frame_that_ends_mid_episode_reports_the_peak_it_holds():
     feed_at(eng, states, rs[:60])
     feed_at(eng, states, rs[360:])
     found = hazards(feed_at(eng, states, rs[100:180], now=T0 + 420_000))  # the frame stops before the clear
-    assert [(f.level.name, f.ts) for f in found] == [("ORANGE", T0 + 120_000), ("RED", T0 + 125_000)]
+    assert [(f.level.name, f.ts) for f in found] == [("ORANGE", T0 + 120_000), ("RED", T0 + 145_000)]
     red = found[-1]
     assert red.evidence["late"] and red.evidence["episode"]["first_breach"] == T0 + 120_000
     assert (red.evidence["episode"]["peak"], red.evidence["episode"]["peak_ts"]) == (11.5, T0 + 170_000)
