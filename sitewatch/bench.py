@@ -119,6 +119,48 @@ def bench_detect(n: int, devices: int, repeat: int, echo=click.echo) -> dict[str
     return {"engine_rps": eng, "per_reading_rps": per_reading, "loop_rps": loop}
 
 
+# ---------------------------------------------------------------------------------------------- deadman
+def bench_deadman(devices: int, silent: int, repeat: int, echo=click.echo) -> dict[str, float]:
+    """Cost of one deadman tick over a fleet: the deadline index (what the worker does) against walking every
+    device's state (what it did before), on the same states, with ``silent`` devices due at the tick."""
+    from detectors import DetectorEngine, RuleSet
+    from detectors.deadman import DeadlineIndex
+
+    engine = DetectorEngine(RuleSet.default())
+    t0 = 1_800_000_000_000
+    n_rows = devices * 2
+    dev = np.repeat(np.arange(devices), 2)
+    batch = type(synthetic_batch(1, 1))(
+        np.full(n_rows, "b-0001", dtype=object), np.array([f"pt-{d:06d}" for d in dev], dtype=object),
+        np.full(n_rows, "pit", dtype=object), np.full(n_rows, "wall_top_horizontal", dtype=object),
+        t0 + np.tile([0, 600_000], devices) - np.where(dev < silent, 30 * 3_600_000, 0), 5.0 + 0.01 * (dev % 7))
+    base: dict[str, dict] = {}
+    engine.process(batch, base)
+    now = t0 + 601_000
+    per_state = len(json.dumps(base, separators=(",", ":"))) / devices
+    walk, indexed, found = [], [], (0, 0)
+    for _ in range(repeat):
+        states = dict(base)
+        t = time.perf_counter()
+        a = engine.tick(now, states)
+        walk.append(time.perf_counter() - t)
+        states = dict(base)
+        idx = DeadlineIndex()
+        for k, v in states.items():
+            idx.update(k, DetectorEngine.next_due(v))
+        t = time.perf_counter()
+        keys = idx.pop_due(now)
+        b = engine.tick(now, states, keys=keys)
+        indexed.append(time.perf_counter() - t)
+        found = (sum(f.kind == "fault.silent" for f in a), sum(f.kind == "fault.silent" for f in b))
+    w, i = statistics.median(walk), statistics.median(indexed)
+    echo(f"deadman tick: {devices:,} devices, {silent:,} of them silent at the tick, median of {repeat}")
+    echo(f"  deadline index (the worker)          {i * 1000:10.2f} ms per tick   ({found[1]} silent faults)")
+    echo(f"  walk over every device (baseline)    {w * 1000:10.2f} ms per tick   ({found[0]} silent faults)")
+    echo(f"  index ×{w / i:.0f} cheaper; device state ≈ {per_state:.0f} bytes of JSON per device")
+    return {"index_ms": i * 1000, "walk_ms": w * 1000, "state_bytes": per_state}
+
+
 # ---------------------------------------------------------------------------------------------- pipeline
 class GroupLag:
     """Unprocessed records of a consumer group: end offsets minus committed offsets, summed."""
@@ -288,6 +330,15 @@ def bench():
 def detect_cmd(readings, devices, repeat):
     """Detector engine (numpy batches) vs a per-reading Python loop, single core."""
     bench_detect(readings, devices, repeat)
+
+
+@bench.command("deadman")
+@click.option("--devices", default=100_000, show_default=True, help="devices in the fleet")
+@click.option("--silent", default=100, show_default=True, help="devices falling silent at the tick")
+@click.option("--repeat", default=5, show_default=True)
+def deadman_cmd(devices, silent, repeat):
+    """Deadman tick cost at fleet size: the deadline index vs a walk over every device."""
+    bench_deadman(devices, silent, repeat)
 
 
 @bench.command("pipeline")
