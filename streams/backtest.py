@@ -23,7 +23,6 @@ i.e. a raise -> clear -> raise cycle inside the window — the thing hysteresis 
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import math
 import time
@@ -44,17 +43,7 @@ from sitewatch.contracts import (FAMILIES, GATEWAY, MAX_FUTURE_SKEW_MS, MIN_TS_M
                                  validate_message)
 from sitewatch.rules import RuleSet, RulesError, load_rules
 
-try:  # the contract's own type once it has one (device power announcements)
-    from sitewatch.contracts import DeviceStatus
-except ImportError:  # pragma: no cover - older contract module
-    @dataclass(frozen=True)
-    class DeviceStatus:
-        site: str
-        family: str
-        device: str
-        ts: int
-        online: bool
-        reason: str = ""
+from sitewatch.contracts import DeviceStatus
 
 LEVELS = ("yellow", "orange", "red")
 CSV_COLUMNS = ("site", "device", "family", "metric", "ts", "value")
@@ -297,24 +286,6 @@ def load_csv(path: str | Path, t_from: int | None = None, t_to: int | None = Non
     return cols.recording(t_from, t_to)
 
 
-def _device_status(topic: str, payload: bytes):
-    """A device power announcement ``sw/{site}/{family}/{device}/status``, or None when the topic is not one.
-
-    Parsed here only while the contract module has no ``device_statuses`` of its own; then its validation wins.
-    """
-    parts = topic.split("/")
-    if len(parts) != 5 or parts[4] != "status" or parts[2] not in FAMILIES:
-        return None
-    try:
-        body = json.loads(payload)
-        online = body.get("online", True)
-        if not isinstance(online, bool):
-            return None
-        return DeviceStatus(parts[1], parts[2], parts[3], parse_ts(body["ts"]), online, str(body.get("reason", "")))
-    except (ValueError, KeyError, TypeError, AttributeError, InvalidReading):
-        return None
-
-
 def load_events(events: Iterable, source: str, t_from: int | None = None, t_to: int | None = None) -> Recording:
     """Arrival events ``(arrival_ms, topic, payload)`` — a capture or a generated field stream — through the live
     pipeline's validation (``validate_message`` with the clock at each message's arrival), keeping the arrival
@@ -324,14 +295,8 @@ def load_events(events: Iterable, source: str, t_from: int | None = None, t_to: 
         rx = int(rx)
         cols.messages += 1
         v = validate_message(topic, payload, rx)
-        native = getattr(v, "device_statuses", None)
-        for st in native or ():
+        for st in v.device_statuses:
             cols.add_status(st, rx, seq)
-        if native is None and v.rejected and topic.endswith("/status"):
-            st = _device_status(topic, payload)
-            if st is not None:
-                cols.add_status(st, rx, seq)
-                continue
         for r in v.readings:
             cols.add_valid(r, rx, seq)
         for st in v.statuses:
@@ -445,7 +410,7 @@ def _add_record(cols: _Columns, where: str, raw: bytes, record_ms: int | None = 
             cols.add_status(GatewayStatus(rec["site"], rec["gateway"], int(rec["ts"]), bool(rec["online"]),
                                           rec.get("detail") or {}), rx, msg)
             return
-        if rec.get("type") == "device_status":  # once the validate stage forwards device announcements
+        if rec.get("type") == "dstatus":  # a device's power announcement (sitewatch.contracts.pack_device_status)
             cols.add_status(DeviceStatus(rec["site"], rec["family"], rec["device"], int(rec["ts"]),
                                          bool(rec["online"]), str(rec.get("reason") or "")), rx, msg)
             return
@@ -705,12 +670,7 @@ def _on_status(eng: DetectorEngine, st, states: dict) -> list[Finding]:
     """A gateway status, or a device power announcement when the engine knows them (else nothing)."""
     if isinstance(st, GatewayStatus):
         return eng.on_status(st, states)
-    fn = getattr(eng, "on_device_status", None)
-    if fn is None:
-        return []
-    if len(inspect.signature(fn).parameters) <= 2:  # on_device_status(DeviceStatus, states)
-        return fn(st, states) or []
-    return fn(st.site, st.device, st.family, st.ts, st.online, st.reason, states) or []
+    return eng.on_device_status(st, states)
 
 
 def _device_statuses_supported(engines: Iterable[DetectorEngine], rec: Recording) -> bool | None:

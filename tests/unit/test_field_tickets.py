@@ -8,7 +8,6 @@ import pytest
 
 from backlog.store import Backlog
 from detectors import RuleSet
-from detectors.deadman import limit_ms
 from detectors.plan import build_plan
 from ingest.fieldstreams import generate
 from tests.field_run import run_like_the_worker
