@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import random
 
-import pytest
 
-from detectors import DetectorEngine, RuleSet
+from detectors import DetectorEngine
 from detectors.deadman import DeadlineIndex
 from detectors.model import Level
 from sitewatch.contracts import DeviceStatus
