@@ -483,8 +483,15 @@ class DetectorEngine:
         if dd.size:
             u = np.r_[True, (dd[1:] != dd[:-1]) | (tt[1:] != tt[:-1])]
             dd, tt = dd[u], tt[u]
-        bnd = np.searchsorted(dd, np.arange(len(plans) + 1)).tolist()
-        tt_l = tt.tolist()
+        n_dev = len(plans)
+        bnd = np.searchsorted(dd, np.arange(n_dev + 1)).tolist()
+        # gaps between a device's distinct measurement times in this batch; the largest one per device
+        g = np.diff(tt)
+        same = dd[1:] == dd[:-1]
+        gmax = np.zeros(n_dev, dtype=np.int64)
+        if g.size:
+            np.maximum.at(gmax, dd[1:][same], g[same])
+        gmax_l, tt_first = gmax.tolist(), tt[np.minimum(bnd[:-1], max(tt.size - 1, 0))].tolist() if tt.size else []
         dmin_l, dmax_l = dmin.tolist(), dmax.tolist()
         gw_l = batch.gateway[first].tolist() if batch.gateway is not None else None
         for d, ns in new_states.items():
@@ -492,26 +499,34 @@ class DetectorEngine:
             if a == b:
                 continue
             p = plans[d]
-            ts_d = tt_l[a:b]
+            ts0 = tt_first[d]
             lt_old = ns.get("lt")
             cad_old = ns.get("cad") or []
-            gaps = [y - x for x, y in zip(ts_d, ts_d[1:])]
-            if lt_old is not None:
-                gaps.insert(0, ts_d[0] - lt_old)
+            gaps = g[max(a, b - 1 - deadman.K_GAPS):b - 1].tolist()  # the last ones are all the cadence keeps
+            if lt_old is not None and b - 1 - a < deadman.K_GAPS:
+                gaps.insert(0, ts0 - lt_old)
             thr = deadman.gap_threshold_ms(p, cad_old, self.gap_factor)
             cad = ns["cad"] = deadman.learn(cad_old, gaps)
             hi_t, lo_t = dmax_l[d], dmin_l[d]
-            if gaps and max(gaps) > thr:  # outages as heard live: late findings inside one name it
-                prev = [lt_old] + ts_d[:-1] if lt_old is not None else ts_d[:-1]
-                nxt = ts_d if lt_old is not None else ts_d[1:]
-                # with the rate samples from before the outage: the live history moves on past them, the late
-                # lane will need them to judge a rate inside the outage
-                old = olds[d]
-                pre = {cid: cs["hist"] for cid, cs in old["c"].items() if cs and cs.get("hist")} if old else {}
-                og = (ns.get("og") or []) + [[x, y, pre] for x, y in zip(prev, nxt) if y - x > thr]
-                ns["og"] = [o for o in og if o[1] >= hi_t - self.allowed_lateness_ms][-self.max_intervals:]
-            ns["cov"] = coverage.prune(coverage.extend(ns.get("cov") or [], ts_d, thr, self.max_intervals),
-                                       hi_t - self.allowed_lateness_ms)
+            first_gap = ts0 - lt_old if lt_old is not None else 0
+            cov = ns.get("cov") or []
+            if gmax_l[d] <= thr and first_gap <= thr and cov and ts0 - cov[-1][1] <= thr:
+                # the usual case: no gap, the last covered stretch grows
+                cov = [list(iv) for iv in cov]
+                cov[-1][1] = max(cov[-1][1], tt_first[d] if b - a == 1 else int(tt[b - 1]))
+            else:
+                ts_d = tt[a:b].tolist()
+                if first_gap > thr or gmax_l[d] > thr:  # outages as heard live: late findings inside one name it
+                    prev = [lt_old] + ts_d[:-1] if lt_old is not None else ts_d[:-1]
+                    nxt = ts_d if lt_old is not None else ts_d[1:]
+                    # with the rate samples from before the outage: the live history moves on past them, the
+                    # late lane will need them to judge a rate inside the outage
+                    old = olds[d]
+                    pre = {cid: cs["hist"] for cid, cs in old["c"].items() if cs and cs.get("hist")} if old else {}
+                    og = (ns.get("og") or []) + [[x, y, pre] for x, y in zip(prev, nxt) if y - x > thr]
+                    ns["og"] = [o for o in og if o[1] >= hi_t - self.allowed_lateness_ms][-self.max_intervals:]
+                cov = coverage.extend(cov, ts_d, thr, self.max_intervals)
+            ns["cov"] = coverage.prune(cov, hi_t - self.allowed_lateness_ms)
             via = getattr(p, "gateway", None) or (gw_l[d] if gw_l is not None else None) or ns.get("via")
             ns["via"] = via
             lt = max(hi_t, lt_old if lt_old is not None else hi_t)
