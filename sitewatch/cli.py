@@ -315,8 +315,9 @@ def _fmt_ms(ms: int) -> str:
 def _ticket_line(t) -> str:
     level = click.style(f"{LEVEL_NAMES.get(t.peak_level, t.peak_level):6}", fg=LEVEL_COLOURS.get(t.peak_level), bold=True)
     major = click.style(" MAJOR/stop-work", fg="red", bold=True) if t.major else ""
-    return (f"#{t.id:<4} {level} {t.category:6} {t.site}/{t.device} {t.kind:24} {t.metric}={t.last_value:.2f} "
-            f"(threshold {t.threshold:.2f}) ×{t.count} {t.status}{major}")
+    late = click.style(" LATE (back-dated)", fg="yellow") if getattr(t, "late", False) else ""
+    return (f"#{t.id:<4} {level} {t.category:6} {t.site}/{t.device} {t.kind:24} peak {t.metric}={t.peak_value:.2f} "
+            f"(threshold {t.threshold:.2f}) ×{t.count} {t.status}{major}{late}")
 
 
 @main.command()
