@@ -33,14 +33,12 @@ def learn(gaps: list[int], new_gaps: list[int], k: int = K_GAPS) -> list[int]:
 
 def interval_ms(plan: Any, gaps: list[int]) -> int:
     """The device's reporting interval: learned once enough gaps are seen, the family default before."""
-    if len(gaps) >= plan.min_gaps:
-        return int(median_low(gaps))
-    return int(plan.default_interval_ms)
+    return int(plan.cadence_ms(median_low(gaps) if gaps else None, len(gaps)))
 
 
 def limit_ms(plan: Any, gaps: list[int]) -> int:
     """How long a silence may last before it is a fault."""
-    return plan.silent_limit_ms(interval_ms(plan, gaps), len(gaps))
+    return plan.silent_limit_ms(median_low(gaps) if gaps else None, len(gaps))
 
 
 def gap_threshold_ms(plan: Any, gaps: list[int], gap_factor: float) -> int:

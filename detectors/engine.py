@@ -447,8 +447,7 @@ class DetectorEngine:
                 for f in late_found:
                     d = where[f.key]
                     end = int(first_on[d]) if first_on[d] != big.max else int(dmax[d])
-                    f.evidence.update(late=True, arrival_delay_s=(now_ms - f.ts) / 1000,
-                                      outage=[olds[d].get("lt") if olds[d] else None, end])
+                    self._mark_late(f, olds[d] or {}, now_ms, [olds[d].get("lt") if olds[d] else None, end])
             findings += self._upkeep(batch, first, d_, t_, dmin, dmax, plans, olds, new_states)
         out = fr.out
         S_i[s_row] = np.column_stack([t_[slast], out.p1_ts, out.sus, out.frun, out.fstart, out.oor_bit, out.oor_good,
@@ -579,6 +578,7 @@ class DetectorEngine:
         devs, starts = np.unique(ld, return_index=True)
         ends = np.r_[starts[1:], ld.shape[0]]
         lane_states: dict[str, dict] = {}
+        lane_plans: dict[str, DevicePlan] = {}
         spans: dict[str, list] = {}
         for d, a, b in zip(devs.tolist(), starts.tolist(), ends.tolist()):
             p = plans[d]
@@ -590,6 +590,7 @@ class DetectorEngine:
             if not covered.all():
                 t_new = lts[a:b][~covered]
                 lane_states[dkeys[d]] = self._lane_seed(p, st, int(t_new.min()), int(t_new.max()))
+                lane_plans[dkeys[d]] = p
                 spans[dkeys[d]] = [(int(t_new[gfrom[~covered] == g].min()), int(t_new[gfrom[~covered] == g].max()))
                                    for g in np.unique(gfrom[~covered]).tolist()]
         n_late = int(keep.sum())
@@ -638,7 +639,7 @@ class DetectorEngine:
                 _, _, gto = coverage.classify(cov, np.array([lane_end], dtype=np.int64))
                 gap_end = int(gto[0])
                 live_back = next((o[1] for o in st.get("og") or [] if o[0] <= lane_end <= o[1]), None)
-                p = self.plan(key.partition("/")[0], key.partition("/")[2], st["fam"])
+                p = lane_plans[key]
                 if gap_end < 0 or gap_end != live_back or (
                         gap_end - lane_end > deadman.gap_threshold_ms(p, st.get("cad") or [], self.gap_factor)):
                     continue  # more buffered data is to come (or a flush sent newest-first), not the live readings
@@ -646,7 +647,7 @@ class DetectorEngine:
         # covered now; and a silence the buffered readings contradict is retracted
         for key, sp in spans.items():
             st = states[key]
-            p = self.plan(key.partition("/")[0], key.partition("/")[2], st["fam"])
+            p = lane_plans[key]
             thr = deadman.gap_threshold_ms(p, st.get("cad") or [], self.gap_factor)
             for a, b in sp:
                 st["cov"] = coverage.add_span(st.get("cov") or [], a, b, thr, self.max_intervals)
@@ -662,10 +663,11 @@ class DetectorEngine:
         return out
 
     @staticmethod
-    def _mark_late(f: Finding, st: dict, arrival: int) -> Finding:
-        """Late, with its arrival delay and the outage it fell in: as heard live (``og``) where one contains it,
-        else the gap between the covered stretches around it."""
-        outage = next(([o[0], o[1]] for o in st.get("og") or [] if o[0] <= f.ts <= o[1]), None)
+    def _mark_late(f: Finding, st: dict, arrival: int, outage: list | None = None) -> Finding:
+        """Late, with its arrival delay and the outage it fell in: ``outage`` if given, else as heard live
+        (``og``) where one contains it, else the gap between the covered stretches around it."""
+        if outage is None:
+            outage = next(([o[0], o[1]] for o in st.get("og") or [] if o[0] <= f.ts <= o[1]), None)
         if outage is None:
             _, gfrom, gto = coverage.classify(st.get("cov") or [], np.array([f.ts], dtype=np.int64))
             outage = [int(gfrom[0]) if gfrom[0] >= 0 else None, int(gto[0]) if gto[0] >= 0 else None]

@@ -93,12 +93,17 @@ class DevicePlan:
     calendar_grace_ms: int = 0
     gateway: str | None = None  # the device's gateway from its site file (topology override), else None
 
+    def cadence_ms(self, learned_ms: float | None = None, gaps_seen: int = 0) -> float:
+        """The reporting interval: the learned one once ``min_gaps`` inter-arrival gaps have been seen, the
+        family default before (or when none was learned)."""
+        if learned_ms is not None and gaps_seen >= self.min_gaps and learned_ms > 0:
+            return learned_ms
+        return self.default_interval_ms
+
     def silent_limit_ms(self, cadence_ms: float | None = None, gaps_seen: int = 0) -> int:
-        """Deadman limit: clamp(silent_after x cadence, floor, ceiling); the default interval is the cadence
-        until ``min_gaps`` inter-arrival gaps have been seen (or when no learned cadence is given)."""
-        c = cadence_ms if cadence_ms is not None and gaps_seen >= self.min_gaps and cadence_ms > 0 \
-            else self.default_interval_ms
-        return _clamp_ms(c * self.silent_after, self.silent_floor_ms, self.silent_ceiling_ms)
+        """Deadman limit: clamp(silent_after x cadence, floor, ceiling), the cadence as ``cadence_ms`` decides."""
+        return _clamp_ms(self.cadence_ms(cadence_ms, gaps_seen) * self.silent_after, self.silent_floor_ms,
+                         self.silent_ceiling_ms)
 
 
 def _clamp_ms(x: float, lo: int, hi: int) -> int:
