@@ -40,6 +40,20 @@ SIGNALS: dict[str, dict[str, tuple[float, float, float, float]]] = {
 }
 
 
+def connect_publisher(host: str, port: int, client_id: str, username: str | None = None,
+                      password: str | None = None) -> mqtt.Client:
+    """A paho-mqtt publisher with its network loop running: unbounded local queue (QoS 1 messages are never
+    dropped client-side), up to 1,000 in flight."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    if username:
+        client.username_pw_set(username, password)
+    client.max_queued_messages_set(0)
+    client.max_inflight_messages_set(1000)
+    client.connect(host, port, keepalive=30)
+    client.loop_start()
+    return client
+
+
 @dataclass(frozen=True)
 class Effect:
     """From ``at_s`` for ``duration_s`` (None: until the end), change one device's metric on one site."""
@@ -203,13 +217,7 @@ class Simulator:
     def run(self, host: str, port: int, duration_s: float | None = None, stop: threading.Event | None = None,
             username: str | None = None, password: str | None = None) -> None:
         stop = stop or threading.Event()
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sitewatch-sim-{self.cfg.seed}")
-        if username:
-            client.username_pw_set(username, password)
-        client.max_queued_messages_set(0)
-        client.max_inflight_messages_set(1000)
-        client.connect(host, port, keepalive=30)
-        client.loop_start()
+        client = connect_publisher(host, port, f"sitewatch-sim-{self.cfg.seed}", username, password)
         try:
             for site in self.site_ids:
                 client.publish(gateway_topic(site, "gw-01", "status"),

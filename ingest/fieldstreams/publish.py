@@ -39,18 +39,12 @@ def publish_scenario(host: str, port: int, events: Sequence[Arrival] | Iterable[
     the arrival clock passes them; ``progress(sent, total, arrival_ms)`` is called every ``progress_every_s``.
     Returns once the broker acknowledged every QoS 1 message (or ``wait_s`` passed).
     """
-    import paho.mqtt.client as mqtt
+    from ingest.simulator import connect_publisher
 
     events = events if isinstance(events, (list, tuple)) else list(events)
     stop = stop or threading.Event()
     cues = sorted(cues, key=lambda c: c.arrival_ms)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"sitewatch-field-{time.time_ns()}")
-    if username:
-        client.username_pw_set(username, password)
-    client.max_queued_messages_set(0)
-    client.max_inflight_messages_set(1000)
-    client.connect(host, port, keepalive=30)
-    client.loop_start()
+    client = connect_publisher(host, port, client_id or f"sitewatch-field-{time.time_ns()}", username, password)
     sent = 0
     ci = 0
     infos = []
