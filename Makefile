@@ -15,6 +15,7 @@ demo: deps
 	$(VENV)/bin/sitewatch demo $(ARGS)
 
 test: deps
+	$(VENV)/bin/lint-imports  # the layering of the house (pyproject.toml, docs/architecture.md)
 	$(PY) -m pytest $(ARGS)
 
 bench: deps

@@ -39,23 +39,12 @@ from alerts.config import AlertsConfig, Receiver
 from alerts.delivery_log import Delivery, DeliveryLog, Notification
 from alerts.render import Renderer
 from alerts.routing import TierRef, due_now, facts, silence_matches, tiers_for
+from sitewatch.tickets import TicketState
 
 log = logging.getLogger("sitewatch.alerts")
 
 UNROUTED = "(unrouted)"
 WORKING = ("open", "acknowledged", "rectifying")
-
-
-@dataclass(frozen=True)
-class TicketState:
-    """What the notifier needs to know about a ticket now (read from the backlog by the caller)."""
-
-    status: str
-    level: int
-    peak_level: int
-    major: bool
-    active: bool
-    acknowledged_ms: int | None = None
 
 
 @dataclass

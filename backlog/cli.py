@@ -1,4 +1,4 @@
-"""``sitewatch backlog …``, ``sitewatch api …`` and ``sitewatch report …`` (loaded lazily by sitewatch.cli).
+"""``sitewatch backlog …``, ``sitewatch api …`` and ``sitewatch report …`` (loaded lazily by app.cli).
 
 Every command opens the backlog at ``ctx.obj["settings"].backlog_url`` (``--db`` / ``$SW_DB_URL``).
 """

@@ -40,7 +40,8 @@ from backlog.inhibit import Inhibitor, finding_labels, source_kinds, ticket_labe
 from backlog.models import (HEALTH_STATES, STATUSES, AlertOutbox, AppliedLateFinding, Attachment, CreditDeduction,
                             DeviceHealth, InhibitedFinding, OrgUnit, Project, Ticket, TicketEvent)
 from backlog.policy import Policy
-from detectors.model import Finding, Level
+from sitewatch.findings import Finding, Level
+from sitewatch.tickets import TicketState
 from sitewatch.contracts import SCHEMA_VERSION, now_ms
 from sitewatch.db import make_engine
 
@@ -579,6 +580,23 @@ class Backlog:
                                   actor=actor.name, at_ms=self.clock()))
             self._event(s, t, "credit_deducted", t.level, t.level, actor=actor.name,
                         after={"points": points, "company_id": company_id, "reason": reason})
+
+    # ------------------------------------------------------------------------------------ readers for the notifier
+    def ticket_state(self, ticket_id: int) -> TicketState | None:
+        """A ticket as it stands now (acknowledged? closed? condition cleared?): the notifier escalates, reminds
+        and sends resolution notices from this."""
+        with self.session() as s:
+            t = s.get(Ticket, ticket_id)
+            if t is None:
+                return None
+            return TicketState(status=t.status, level=t.level, peak_level=t.peak_level, major=bool(t.major),
+                               active=bool(t.active), acknowledged_ms=t.acknowledged_ms)
+
+    def company_of(self, site: str) -> str | None:
+        """The code of the company that runs ``site`` (routing by company), or None for an unknown site."""
+        with self.session() as s:
+            return s.scalar(select(OrgUnit.code).join(Project, Project.company_id == OrgUnit.id)
+                            .where(Project.site == site))
 
     # ------------------------------------------------------------------------------------ outbox
     def pending_alerts(self, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:

@@ -37,10 +37,12 @@ from typing import Any
 import numpy as np
 
 from detectors import coverage, deadman
+from detectors.calendar import Calendar
 from detectors.faults import SeriesCarry, sensor_faults
 from detectors.grouped import ffill_index, group_layout, prev_in_group
 from detectors.hysteresis import HystCarry, graded_levels
-from detectors.model import Finding, Level, ReadingBatch
+from sitewatch.findings import Finding, Level
+from detectors.model import ReadingBatch
 from detectors.plan import (CHECKS, FAM_CODE, FAULT_KINDS, FM_CODE, FM_LIST, FM_SLOT, KIND_CODE,
                             KIND_SLOTS, KINDS, MAX_SLOTS, DevicePlan, build_plan)
 from detectors.rate import windowed_rate
@@ -232,11 +234,11 @@ class DetectorEngine:
         self.stats = {"late": 0, "stale": 0}
 
     def calendar(self, site: str) -> Any:
-        """The site's working calendar (None: always working)."""
-        if site not in self._calendars:
-            get = getattr(self.rules, "calendar", None)
-            self._calendars[site] = get(site) if get is not None else None
-        return self._calendars[site]
+        """The site's working calendar, built once per site from the rules' ``calendar:`` block."""
+        cal = self._calendars.get(site)
+        if cal is None:
+            cal = self._calendars[site] = Calendar.from_config(self.rules.calendar_config(site))
+        return cal
 
     def plan(self, site: str, device: str, family: str) -> DevicePlan:
         return self._plan(site, device, family)[0]

@@ -29,15 +29,12 @@ import re
 import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sitewatch.contracts import FAMILIES
-
-if TYPE_CHECKING:
-    from detectors.calendar import Calendar
 
 LEVEL_NAMES = ("yellow", "orange", "red")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -715,7 +712,6 @@ class RuleSet:
     defaults: Defaults = field(default_factory=Defaults)
     sites: dict[str, _Site] = field(default_factory=dict)
     origin: str = "built-in defaults"
-    _calendars: dict[str, "Calendar"] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def default(cls) -> "RuleSet":
@@ -796,15 +792,6 @@ class RuleSet:
     def calendar_config(self, site: str) -> CalendarConfig:
         s = self.sites.get(site)
         return s.calendar if s is not None else _DEFAULT_CALENDAR
-
-    def calendar(self, site: str) -> "Calendar":
-        """The site's working calendar (``detectors.calendar.Calendar``), built once per site and rule set."""
-        cal = self._calendars.get(site)
-        if cal is None:
-            from detectors.calendar import Calendar  # pure numpy + zoneinfo; imported only when asked for
-
-            cal = self._calendars[site] = Calendar.from_config(self.calendar_config(site))
-        return cal
 
     def charging_points(self, site: str) -> frozenset[str]:
         """Approved charging points of a site; empty = not enforced (charging at any battery device is allowed)."""

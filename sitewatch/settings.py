@@ -64,19 +64,6 @@ class Settings(BaseSettings):
                         sasl_plain_password=self.kafka_password)
         return opts
 
-    def faust_credentials(self):
-        """The same, in the form Faust wants (``broker_credentials``)."""
-        import faust
-
-        if self.kafka_security_protocol == "PLAINTEXT":
-            return None
-        ctx = self.kafka_options().get("ssl_context")
-        if self.kafka_security_protocol.startswith("SASL"):
-            mech = "PLAIN" if self.kafka_sasl_mechanism == "PLAIN" else self.kafka_sasl_mechanism
-            return faust.SASLCredentials(username=self.kafka_username, password=self.kafka_password,
-                                         mechanism=mech, ssl_context=ctx)
-        return faust.SSLCredentials(ctx)
-
     @property
     def backlog_url(self) -> str:
         return self.db_url or f"sqlite:///{(self.data_dir / 'backlog.db').resolve()}"

@@ -29,9 +29,10 @@ import numpy as np
 
 from detectors import DetectorEngine, RuleSet, load_rules
 from detectors.deadman import DeadlineIndex
-from detectors.model import Finding, ReadingBatch
+from sitewatch.findings import Finding
+from detectors.model import ReadingBatch
 from sitewatch.contracts import SCHEMA_VERSION, TOPIC_READINGS, DeviceStatus, GatewayStatus, now_ms, partition_of
-from streams.app import Pipeline
+from streams.pipeline import Pipeline
 
 log = logging.getLogger("sitewatch.detect")
 
@@ -103,7 +104,7 @@ class Detection:
 
     # ------------------------------------------------------------------------------------ state
     def _load(self, keys) -> dict[str, dict]:
-        """Cache first, then the table (keys there are bytes, see streams.app)."""
+        """Cache first, then the table (keys there are bytes, see streams.pipeline)."""
         table = self.pipe.device_state
         out = {}
         for k in keys:

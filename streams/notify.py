@@ -1,13 +1,9 @@
 """Stage 4: sw.alerts → receivers, through the notifier's routing, escalation and idempotent delivery.
 
-Configuration: ``$SW_ALERTS_CONFIG`` (routing YAML, see docs/alerts.md). Without it, ``$SW_WEBHOOK_URL`` alone is
-the zero-config default: one receiver that gets every alert at once (HMAC-signed with ``$SW_WEBHOOK_SECRET``).
-
-The notifier never imports the backlog; this stage hands it two readers of the backlog database: the ticket's
-state (acknowledged? closed? condition cleared?) for escalation, reminders and resolution notices, and a
-site's company code for routing by company. A timer on every worker runs escalation every few seconds (items
-are unique per receiver, so a second worker queues nothing twice); sending never blocks the stream (one flush
-task at a time, kicked by new alerts and by a 1 s timer), so a slow receiver does not hold up the next alert.
+The notifier is handed in (``app.worker`` builds it from ``$SW_ALERTS_CONFIG`` or ``$SW_WEBHOOK_URL`` and gives it
+the backlog's ticket readers). A timer on every worker runs escalation every few seconds (items are unique per
+receiver, so a second worker queues nothing twice); sending never blocks the stream (one flush task at a time,
+kicked by new alerts and by a 1 s timer), so a slow receiver does not hold up the next alert.
 """
 
 from __future__ import annotations
@@ -16,13 +12,9 @@ import asyncio
 import json
 import logging
 import os
+from typing import Any, Protocol
 
-from sqlalchemy import select
-
-from alerts.config import load_config, webhook_only
-from alerts.delivery_log import DeliveryLog
-from alerts.notifier import Notifier, TicketState
-from streams.app import Pipeline
+from streams.pipeline import Pipeline
 
 log = logging.getLogger("sitewatch.notify")
 
@@ -30,51 +22,17 @@ TICK_S = float(os.environ.get("SW_ALERTS_TICK_S", "5"))  # escalation / reminder
 FLUSH_S = min(1.0, TICK_S)  # due messages (group_wait over, retry due) go out within this
 
 
-def backlog_readers(db_url: str):
-    """(ticket_state, company_of) callables over the backlog database."""
-    from backlog.models import OrgUnit, Project, Ticket
-    from backlog.store import Backlog
+class AlertDispatcher(Protocol):
+    """What this stage needs of the notifier (``alerts.notifier.Notifier`` is one)."""
 
-    backlog = Backlog(db_url, create=False)
+    def ingest(self, alert: dict) -> Any: ...  # queue durably (before the offset commits)
 
-    def ticket_state(ticket_id: int) -> TicketState | None:
-        with backlog.session() as s:
-            t = s.get(Ticket, ticket_id)
-            if t is None:
-                return None
-            return TicketState(status=t.status, level=t.level, peak_level=t.peak_level, major=bool(t.major),
-                               active=bool(t.active), acknowledged_ms=t.acknowledged_ms)
+    async def flush(self) -> int: ...  # send what is due; returns how many went out
 
-    def company_of(site: str) -> str | None:
-        with backlog.session() as s:
-            return s.scalar(select(OrgUnit.code).join(Project, Project.company_id == OrgUnit.id)
-                            .where(Project.site == site))
-
-    return ticket_state, company_of
+    def escalate(self) -> Any: ...  # escalation, red reminders, resolution notices
 
 
-def build_notifier(settings) -> Notifier | None:
-    path = os.environ.get("SW_ALERTS_CONFIG")
-    if path:
-        cfg = load_config(path)
-        log.info("alerts: routing from %s (%d receivers, %d routes)", path, len(cfg.receivers), len(cfg.routes))
-    elif settings.webhook_url:
-        cfg = webhook_only(settings.webhook_url, settings.webhook_secret)
-    else:
-        log.warning("no receiver configured (SW_ALERTS_CONFIG and SW_WEBHOOK_URL unset): "
-                    "alerts are logged in the delivery log only")
-        cfg = None
-    log_db = DeliveryLog(settings.backlog_url)
-    if cfg is None:
-        from alerts.config import AlertsConfig
-
-        cfg = AlertsConfig.model_validate({"receivers": {}})
-    state, company = backlog_readers(settings.backlog_url) if path else (None, None)
-    return Notifier(log_db, cfg, ticket_state=state, company_of=company)
-
-
-def register(pipe: Pipeline) -> None:
-    notifier = build_notifier(pipe.settings)
+def register(pipe: Pipeline, notifier: AlertDispatcher) -> None:
     state: dict = {"task": None, "again": False}
 
     async def _flush_loop() -> None:

@@ -6,7 +6,7 @@ import logging
 import time
 
 from sitewatch.contracts import TOPIC_READINGS
-from streams.app import Pipeline
+from streams.pipeline import Pipeline
 
 log = logging.getLogger("sitewatch.worker")
 

@@ -1,13 +1,10 @@
-"""Stage 3: sw.hazards → backlog tickets (dedup, level upgrades) → alert outbox → sw.alerts.
+"""Stage 3: sw.hazards → the hazard ledger (dedup, level upgrades) → alert outbox → sw.alerts.
 
-The ticket write and the alert it announces are one database transaction (``backlog.store``); a leader-only
-timer publishes the outbox to ``sw.alerts`` and marks rows published only after Kafka acknowledged them.
-A crash in between re-publishes, and the notifier's delivery log drops the duplicate.
-The timer also picks up alerts a crashed worker committed but never published.
-
-Inhibition rules (a gateway offline hides its devices' silences) come from the rules files when
-``SW_RULES_PATH`` is set (``RuleSet.inhibit_rules(site)``: the global rules, then the site's own), else the
-backlog's built-in defaults. They are read once at start; an unreadable rules path falls back to the defaults.
+The ledger is handed in (``app.worker`` wires the backlog): this stage knows only the three calls below. The
+ticket write and the alert it announces are one database transaction on the ledger's side; a timer publishes the
+outbox to ``sw.alerts`` and marks rows published only after Kafka acknowledged them. A crash in between
+re-publishes, and the notifier's delivery log drops the duplicate. The timer also picks up alerts a crashed
+worker committed but never published.
 """
 
 from __future__ import annotations
@@ -16,49 +13,32 @@ import asyncio
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, Sequence
 
-from backlog.store import Backlog
-from detectors.model import Finding
-from streams.app import Pipeline
+from sitewatch.findings import Finding
+from streams.pipeline import Pipeline
 
 log = logging.getLogger("sitewatch.tickets")
 
 
-def inhibit_rules(settings):
-    """``site -> rules`` from the rules files, or None (the backlog's built-in defaults)."""
-    path = getattr(settings, "rules_path", None)
-    if not path:
-        return None
-    try:
-        from sitewatch.rules import load_rules
+class TicketLedger(Protocol):
+    """What this stage needs of the hazard ledger (``backlog.store.Backlog`` is one)."""
 
-        ruleset = load_rules(path)
-    except Exception as e:  # noqa: BLE001 - the detect stage reports bad rules; tickets keep the defaults
-        log.warning("inhibit rules: cannot load %s (%s); using the built-in rules", path, e)
-        return None
-    fn = getattr(ruleset, "inhibit_rules", None)
-    if not callable(fn):
-        return None
+    def apply_findings(self, findings: Sequence[Finding]) -> int: ...  # alerts queued in the outbox
 
-    def for_site(site: str):
-        try:
-            return fn(site=site)
-        except TypeError:  # an older signature without ``site``
-            return fn()
+    def pending_alerts(self) -> list[tuple[int, dict[str, Any]]]: ...  # (outbox id, alert) not yet published
 
-    return for_site
+    def mark_published(self, ids: list[int]) -> None: ...
 
 
-def register(pipe: Pipeline) -> None:
-    s = pipe.settings
-    backlog = Backlog(s.backlog_url, inhibit_rules=inhibit_rules(s))
+def register(pipe: Pipeline, ledger: TicketLedger) -> None:
     db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backlog-db")  # one writer: SQLite-friendly
 
     @pipe.app.agent(pipe.hazards, name="tickets")
     async def tickets(stream):
         async for batch in stream.take(1000, within=0.1):
             findings = [Finding.from_dict(json.loads(b)) for b in batch]
-            queued = await asyncio.get_running_loop().run_in_executor(db, backlog.apply_findings, findings)
+            queued = await asyncio.get_running_loop().run_in_executor(db, ledger.apply_findings, findings)
             pipe.count("alerts_queued", queued)
             if queued:
                 await publish_outbox()
@@ -68,7 +48,7 @@ def register(pipe: Pipeline) -> None:
     async def publish_outbox() -> None:
         async with publishing:
             loop = asyncio.get_running_loop()
-            pending = await loop.run_in_executor(db, backlog.pending_alerts)
+            pending = await loop.run_in_executor(db, ledger.pending_alerts)
             if not pending:
                 return
             for _, alert in pending:
@@ -77,7 +57,7 @@ def register(pipe: Pipeline) -> None:
                     value=json.dumps(alert, ensure_ascii=False, separators=(",", ":")).encode(),
                 )
                 await fut
-            await loop.run_in_executor(db, backlog.mark_published, [i for i, _ in pending])
+            await loop.run_in_executor(db, ledger.mark_published, [i for i, _ in pending])
             log.info("published %d alerts", len(pending))
 
     # Every worker sweeps the outbox, not just Faust's leader: what a crashed worker committed but never

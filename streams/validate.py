@@ -19,7 +19,7 @@ from sitewatch.contracts import (
     partition_of,
     validate_message,
 )
-from streams.app import Pipeline
+from streams.pipeline import Pipeline
 
 log = logging.getLogger("sitewatch.validate")
 

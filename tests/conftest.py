@@ -13,8 +13,8 @@ from typing import Callable
 import paho.mqtt.client as mqtt
 import pytest
 
-from sitewatch.localstack import LocalStack, ManagedProcess, free_port, sitewatch_argv
-from sitewatch.webhook_receiver import WebhookReceiver
+from app.localstack import LocalStack, ManagedProcess, free_port, sitewatch_argv
+from app.webhook_receiver import WebhookReceiver
 
 
 def wait_until(cond: Callable[[], object], timeout: float, what: str, interval: float = 0.2):

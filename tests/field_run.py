@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from backlog.store import Backlog
 from detectors import DetectorEngine, RuleSet
 from detectors.deadman import DeadlineIndex
-from detectors.model import Finding, ReadingBatch
+from sitewatch.findings import Finding
+from detectors.model import ReadingBatch
 from sitewatch.contracts import Validated, validate_message
 
 

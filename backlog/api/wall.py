@@ -470,32 +470,3 @@ def router(backlog: Backlog, sites_file: Path | None = None, poll_s: float = 1.0
                                  headers={**NO_STORE, "X-Accel-Buffering": "no"})
 
     return r
-
-
-# ------------------------------------------------------------------------------------------------ the demo
-DEMO_ORG = Path(__file__).resolve().parents[1] / "fixtures" / "demo_org.yaml"
-
-
-def start_for_demo(backlog: Backlog, env: dict[str, str], log_dir: Path, echo, port: int = 8700):
-    """``make demo``: import the demo organisation, start ``sitewatch api serve`` on the demo's backlog and print
-    the wall page's login link (the supervisor's view of every site). Returns the managed API process."""
-    import socket
-
-    from sitewatch.localstack import ManagedProcess, free_port, sitewatch_argv, wait_for_port
-
-    orgs.import_org(backlog, DEMO_ORG, actor="demo")
-    token = orgs.create_token(backlog, "sun.supervisor", "demo wall screen", actor="demo")
-    with socket.socket() as sock:
-        if sock.connect_ex(("127.0.0.1", port)) == 0:  # something already listens there
-            port = free_port()
-    secret = env.get(ENV_SECRET) or secrets.token_urlsafe(32)
-    proc = ManagedProcess("api", sitewatch_argv("api", "serve", "--port", str(port)), log_dir / "api.log",
-                          {**env, ENV_SECRET: secret}).start()
-    wait_for_port("127.0.0.1", port, 30, proc.proc, "the API")
-    base = f"http://127.0.0.1:{port}"
-    token_file = log_dir.parent / "wall-token"
-    token_file.write_text(token + "\n")
-    token_file.chmod(0o600)
-    echo(f"▶ WALL SCREEN (open in a browser; hazards appear live): {login_link(base, token, secret)}")
-    echo(f"  link valid 1 h; afterwards log in at {base}/wall with the token in {token_file} · API docs {base}/docs")
-    return proc

@@ -11,7 +11,8 @@ import pytest
 
 from alerts.config import parse_config
 from alerts.delivery_log import DeliveryLog
-from alerts.notifier import Notifier, TicketState
+from alerts.notifier import Notifier
+from sitewatch.tickets import TicketState
 from tests.alerts.servers import HttpReceiver, SmtpServer
 
 T0 = 1_791_000_000.0  # 2026-10-03 ~ 08:00 Asia/Shanghai (seconds)

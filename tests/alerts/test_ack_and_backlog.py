@@ -1,7 +1,7 @@
 """With the real backlog: a red pit alarm's own outbox payload is routed by company (from the org tree), reaches
 the site officer with a signed acknowledgement link, escalates to the company manager when nobody acknowledges;
 acknowledging by the link (real uvicorn + the backlog API) acknowledges the ticket as the officer and stops the
-escalation. Ticket state and company come from ``streams.notify.backlog_readers`` — the worker's own wiring."""
+escalation. Ticket state and company come from ``Backlog.ticket_state`` / ``Backlog.company_of`` — what the worker wires in."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import pytest
 from alerts import links
 from backlog import orgs
 from backlog.store import Backlog
-from detectors.model import Level
-from streams.notify import backlog_readers
+from sitewatch.findings import Level
 from tests.alerts.conftest import MIN, config, hook, make_notifier, run, to
 from tests.backlog.conftest import DEMO_ORG, ApiServer, finding
 
@@ -46,9 +45,9 @@ def world(tmp_path, http, secrets_env, clock):
     orgs.import_org(b, DEMO_ORG)
     api = ApiServer(b, tmp_path / "evidence").start()
     cfg = config(CFG, api=api.url, wang=hook(http, "wang"), zhao=hook(http, "zhao"))
-    state, company = backlog_readers(url)
-    n = make_notifier(cfg, url, clock, company_of=company)
-    n.ticket_state = state
+    readers = Backlog(url, create=False)
+    n = make_notifier(cfg, url, clock, company_of=readers.company_of)
+    n.ticket_state = readers.ticket_state
     yield b, api, n
     api.stop()
 

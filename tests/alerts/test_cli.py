@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from alerts.delivery_log import DeliveryLog
-from sitewatch.cli import main
+from app.cli import main
 
 CFG = """
 defaults: {{retry_attempts: 1, retry_backoff: 0.01s}}

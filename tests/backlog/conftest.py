@@ -21,8 +21,8 @@ import pytest
 
 from backlog import orgs
 from backlog.store import Backlog
-from detectors.model import Finding, Level
-from sitewatch.localstack import free_port
+from sitewatch.findings import Finding, Level
+from app.localstack import free_port
 
 PG_BIN = Path(os.environ.get("SW_PG_BIN", "/usr/lib/postgresql/15/bin"))
 DEMO_ORG = Path(__file__).resolve().parents[2] / "backlog" / "fixtures" / "demo_org.yaml"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from detectors.model import Finding, Level
+from sitewatch.findings import Finding, Level
 
 SH = ZoneInfo("Asia/Shanghai")
 MIN = 60_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backlog import orgs
-from detectors.model import Level
+from sitewatch.findings import Level
 from tests.backlog.conftest import finding
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32

@@ -10,7 +10,7 @@ from backlog import orgs
 from backlog.evidence import EvidenceStore
 from backlog.models import AuditEvent
 from backlog.store import LEDGER_FIELDS, snapshot
-from detectors.model import Level
+from sitewatch.findings import Level
 from tests.backlog.conftest import DEMO_ORG, HOUR, T0, actor, finding
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from backlog import migrate, orgs
 from backlog.store import Backlog
-from sitewatch.cli import main
+from app.cli import main
 from tests.backlog.conftest import DEMO_ORG, finding
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from backlog.models import Ticket
 from backlog.store import Backlog
-from detectors.model import Level
+from sitewatch.findings import Level
 from tests.backlog.conftest import T0, finding
 
 

@@ -4,7 +4,7 @@ trail — on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from detectors.model import Level
+from sitewatch.findings import Level
 from tests.backlog.conftest import HOUR, T0, finding
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + b"\x00" * 100

@@ -8,7 +8,7 @@ import pytest
 from backlog.errors import Conflict, Forbidden, Invalid
 from backlog.lifecycle import TRANSITIONS
 from backlog.models import STATUSES
-from detectors.model import Level
+from sitewatch.findings import Level
 from tests.backlog.conftest import HOUR, T0, actor, finding
 
 PLAN = ["acknowledge", "start_rectification", "rectify", "verify"]

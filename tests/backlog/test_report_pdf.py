@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from backlog import report_pdf
-from sitewatch.cli import main
+from app.cli import main
 from tests.backlog.test_reports import OCT, october  # noqa: F401 - the seeded month (fixture)
 
 README_IMAGE = Path(__file__).resolve().parents[2] / "docs" / "img" / "report-page1.png"

@@ -10,7 +10,7 @@ import pytest
 from backlog import render, reports
 from backlog.errors import Invalid
 from backlog.reports import Period
-from detectors.model import Level
+from sitewatch.findings import Level
 from tests.backlog.conftest import HOUR, actor, finding
 
 DAY = 24 * HOUR

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from sitewatch.contracts import FAMILIES
-from sitewatch.localstack import free_port, start_influxdb
+from app.localstack import free_port, start_influxdb
 from streams.sinks.lineproto import LineBuilder
 from streams.sinks.schema import backfill_statements, init_database
 from streams.sinks.writers import EVENTS, READINGS, InfluxV1Writer

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from dashboards.build import GENERATED
-from sitewatch.cli import main
+from app.cli import main
 
 TOKEN = "glsa_test_token_not_a_secret"
 

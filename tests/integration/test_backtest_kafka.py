@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 from kafka import KafkaProducer
 
-from streams.rules_cli import rules
+from tuning.rules_cli import rules
 from sitewatch.contracts import TOPIC_CONFIG, TOPIC_READINGS, GatewayStatus, Reading, pack_readings, pack_status
-from sitewatch.localstack import LocalStack, free_port
+from app.localstack import LocalStack, free_port
 from sitewatch.rules import RuleSet, load_rules
-from streams.backtest import backtest
+from tuning.backtest import backtest
 from tests.conftest import read_topic
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from kafka import KafkaProducer
 
 from backlog.store import Backlog
 from sitewatch.contracts import TOPIC_CONFIG, now_ms, reading_topic
-from sitewatch.localstack import sitewatch_argv
+from app.localstack import sitewatch_argv
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration

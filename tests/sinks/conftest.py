@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from sitewatch.contracts import TOPIC_HAZARDS, TOPIC_READINGS, device_key
-from sitewatch.localstack import ManagedProcess, create_topics, free_port, start_influxdb, start_kafka
+from app.localstack import ManagedProcess, create_topics, free_port, start_influxdb, start_kafka
 from tests.conftest import wait_until  # noqa: F401 (re-exported for the sink tests)
 
 

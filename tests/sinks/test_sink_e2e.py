@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sitewatch.localstack import ManagedProcess, sitewatch_argv
+from app.localstack import ManagedProcess, sitewatch_argv
 
 from .conftest import Influx, produce_block, stored_readings, wait_until
 

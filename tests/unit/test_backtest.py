@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from sitewatch.rules import RuleSet, load_rules
-from streams.backtest import (TicketBook, backtest, diff_books, generate_day, load_csv, replay)
+from tuning.backtest import (TicketBook, backtest, diff_books, generate_day, load_csv, replay)
 
 T0 = 1_714_953_600_000  # 2024-05-06T00:00:00Z
 
@@ -126,7 +126,7 @@ def test_a_value_dithering_on_the_line_inside_the_hysteresis_band_opens_one_tick
 
 
 def test_ticket_book_counts_an_episode_from_raise_to_clear():
-    from detectors.model import Finding, Level
+    from sitewatch.findings import Finding, Level
 
     def f(ts, level, value=9.5):
         return Finding("s", "d", "crane", "crane.overload", "hazard", Level(level), ts, "load", value, 9.0, "r")

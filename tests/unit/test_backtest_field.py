@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import streams.backtest as bt
+import tuning.backtest as bt
 from ingest.fieldstreams import generate
 from sitewatch.rules import RuleSet
-from streams.backtest import backtest, load_capture, load_csv, load_events, replay
+from tuning.backtest import backtest, load_capture, load_csv, load_events, replay
 
 T0 = 1_714_953_600_000  # 2024-05-06T00:00:00Z
 H = 3_600_000

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import streams.rules_cli as rules_cli
-from streams.rules_cli import rules
+import tuning.rules_cli as rules_cli
+from tuning.rules_cli import rules
 from sitewatch.rules import load_rules
 
 REPO_RULES = Path(__file__).resolve().parents[2] / "config" / "rules"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from detectors import DetectorEngine
 from detectors.calendar import Calendar
 from detectors.plan import build_plan, explain
 from sitewatch.rules import Defaults, InhibitRule, RuleSet, RulesError, load_rules
@@ -99,8 +100,9 @@ def test_the_example_site_calendar():
     cfg = rs.calendar_config("cz-0412")
     assert cfg.timezone == "Asia/Shanghai" and cfg.working_hours == ["07:00-12:00", "13:00-19:00"]
     assert cfg.rest_weekdays == {6} and cfg.charging_minutes == [(480, 1080)]
-    cal = rs.calendar("cz-0412")
-    assert isinstance(cal, Calendar) and rs.calendar("cz-0412") is cal  # cached per site
+    engine = DetectorEngine(rs)
+    cal = engine.calendar("cz-0412")
+    assert isinstance(cal, Calendar) and engine.calendar("cz-0412") is cal  # cached per site
     assert cal.state_at(1_791_000_000_000) == "holiday"  # 2026-10-03 Asia/Shanghai
     assert rs.charging_points("cz-0412") == frozenset({"cab-01", "cab-02"})
 
@@ -108,7 +110,7 @@ def test_the_example_site_calendar():
 def test_a_site_without_calendar_is_always_working_and_unenforced():
     rs = RuleSet.from_yaml_text("site: s\n")
     for site in ("s", "not-in-any-file"):
-        cal = rs.calendar(site)
+        cal = DetectorEngine(rs).calendar(site)
         assert cal.timezone == "Asia/Shanghai" and cal.always_working and cal.always_charging
         assert rs.charging_points(site) == frozenset()
 

@@ -4,11 +4,12 @@ import pytest
 from pydantic import ValidationError
 
 from sitewatch.settings import Settings
+from streams.pipeline import faust_credentials
 
 
 def test_plaintext_by_default_adds_nothing():
     s = Settings()
-    assert s.kafka_options() == {} and s.faust_credentials() is None
+    assert s.kafka_options() == {} and faust_credentials(s) is None
 
 
 def test_sasl_without_credentials_is_refused():
@@ -24,7 +25,7 @@ def test_sasl_ssl_options_for_clients_and_faust():
     assert (opts["sasl_mechanism"], opts["sasl_plain_username"], opts["sasl_plain_password"]) == (
         "SCRAM-SHA-512", "worker", "s3cret")
     assert opts["ssl_context"] is not None
-    creds = s.faust_credentials()
+    creds = faust_credentials(s)
     assert (creds.username, creds.password) == ("worker", "s3cret")
     assert creds.ssl_context is not None and creds.mechanism.value == "SCRAM-SHA-512"
     assert "s3cret" not in repr(s), "the password never shows up in logs of the settings"

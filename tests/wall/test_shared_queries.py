@@ -72,7 +72,7 @@ def test_wall_drilldown_returns_what_grafana_shows(filled, monkeypatch):
 
 
 def test_wall_says_when_influxdb_is_away(monkeypatch):
-    from sitewatch.localstack import free_port
+    from app.localstack import free_port
 
     monkeypatch.setenv("SW_INFLUX_URL", f"http://127.0.0.1:{free_port()}")
     got = wall.charts(SITE, NOW)

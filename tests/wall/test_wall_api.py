@@ -13,7 +13,7 @@ import pytest
 
 from backlog import orgs
 from backlog.api import wall
-from detectors.model import Level
+from sitewatch.findings import Level
 from tests.backlog.conftest import finding
 
 

@@ -14,9 +14,9 @@ import pytest
 
 from backlog import orgs
 from backlog.store import Backlog
-from detectors.model import Level
+from sitewatch.findings import Level
 from sitewatch.contracts import now_ms, reading_topic
-from sitewatch.localstack import free_port
+from app.localstack import free_port
 from tests.backlog.conftest import DEMO_ORG, ApiServer, finding
 from tests.conftest import wait_until
 

@@ -6,7 +6,7 @@ import json
 import random
 
 from detectors import DetectorEngine, ReadingBatch, RuleSet
-from detectors.model import Finding
+from sitewatch.findings import Finding
 
 T0 = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC
 

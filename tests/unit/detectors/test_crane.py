@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 
-from detectors.model import Level
+from sitewatch.findings import Level
 
 from .helpers import T0, batch, engine, key, levels, rows, run
 

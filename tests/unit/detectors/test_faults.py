@@ -1,6 +1,6 @@
 """Sensor faults are reported as faults and never raise, clear or hide a structural alarm."""
 
-from detectors.model import Level
+from sitewatch.findings import Level
 from sitewatch.contracts import GatewayStatus
 
 from .helpers import T0, engine, levels, rows, run

@@ -13,7 +13,7 @@ import random
 
 from detectors import DetectorEngine
 from detectors.deadman import DeadlineIndex
-from detectors.model import Level
+from sitewatch.findings import Level
 from sitewatch.contracts import DeviceStatus
 
 from .helpers import T0, batch, engine, rows, run

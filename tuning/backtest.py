@@ -37,7 +37,8 @@ import click
 import numpy as np
 
 from detectors.engine import DetectorEngine
-from detectors.model import Finding, Level, ReadingBatch
+from sitewatch.findings import Finding, Level
+from detectors.model import ReadingBatch
 from sitewatch.contracts import (FAMILIES, GATEWAY, MAX_FUTURE_SKEW_MS, MIN_TS_MS, SCHEMA_VERSION, TOPIC_READINGS,
                                  GatewayStatus, InvalidReading, now_ms, parse_ts, reading_topic, unpack_readings,
                                  validate_message)

@@ -1,4 +1,5 @@
-"""The Faust application: topics, the per-device state table, and the stages wired together.
+"""The Faust application: topics and the per-device state table. The stages register themselves on it
+(``streams.validate`` … ``streams.report``); ``app.worker`` puts them together with the backlog and the notifier.
 
     sw.raw ──validate──▶ sw.readings ──detect──▶ sw.hazards ──tickets──▶ backlog DB ──outbox──▶ sw.alerts ──notify──▶ receivers
               └────────▶ sw.readings.dlq
@@ -59,6 +60,18 @@ def _low_latency_fetch() -> None:
     aiokafka.AIOKafkaConsumer = LowLatencyConsumer
 
 
+def faust_credentials(settings: Settings):
+    """The Kafka security settings (``Settings.kafka_options``) in the form Faust wants (``broker_credentials``)."""
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return None
+    ctx = settings.kafka_options().get("ssl_context")
+    if settings.kafka_security_protocol.startswith("SASL"):
+        mech = "PLAIN" if settings.kafka_sasl_mechanism == "PLAIN" else settings.kafka_sasl_mechanism
+        return faust.SASLCredentials(username=settings.kafka_username, password=settings.kafka_password,
+                                     mechanism=mech, ssl_context=ctx)
+    return faust.SSLCredentials(ctx)
+
+
 def create_app(settings: Settings) -> Pipeline:
     _low_latency_fetch()
     app = faust.App(
@@ -77,7 +90,7 @@ def create_app(settings: Settings) -> Pipeline:
         producer_acks=-1,
         producer_max_request_size=4 * 1024 * 1024,
         datadir=str(settings.data_dir / "faust"),
-        broker_credentials=settings.faust_credentials(),
+        broker_credentials=faust_credentials(settings),
     )
 
     def topic(name: str) -> faust.TopicT:
@@ -102,12 +115,4 @@ def create_app(settings: Settings) -> Pipeline:
         alerts=topic(TOPIC_ALERTS),
         device_state=device_state,
     )
-
-    from streams import detect, notify, report, tickets, validate
-
-    validate.register(pipe)
-    detect.register(pipe)
-    tickets.register(pipe)
-    notify.register(pipe)
-    report.register(pipe)
     return pipe

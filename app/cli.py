@@ -29,9 +29,9 @@ ROOM_COMMANDS: dict[str, str] = {
     "alerts": "alerts.cli:alerts",
     "sink": "streams.sinks.cli:sink",
     "dashboards": "dashboards.cli:dashboards",
-    "rules": "streams.rules_cli:rules",
-    "backtest": "streams.backtest:backtest",
-    "bench": "sitewatch.bench:bench",
+    "rules": "tuning.rules_cli:rules",
+    "backtest": "tuning.backtest:backtest",
+    "bench": "app.bench:bench",
 }
 
 
@@ -109,7 +109,7 @@ def main(ctx, data_dir, mqtt_port, kafka_bootstrap, db_url, verbose):
 @click.pass_context
 def up(ctx, partitions):
     """Start the local MQTT broker and Kafka-compatible broker, create the topics; Ctrl-C stops them."""
-    from sitewatch.localstack import LocalStack
+    from app.localstack import LocalStack
 
     s = _settings(ctx)
     stack = LocalStack(s.data_dir, s.mqtt_port, int(s.kafka_bootstrap.rsplit(":", 1)[1]),
@@ -151,14 +151,14 @@ def worker(ctx, rules, webhook_url):
     """Run the Faust stream worker: validate → detect → tickets → alerts."""
     import faust
 
-    from streams.app import create_app
+    from app.worker import build_worker
 
     s = _settings(ctx)
     if rules:
         s.rules_path = rules
     if webhook_url:
         s.webhook_url = webhook_url
-    pipe = create_app(s)
+    pipe = build_worker(s)
     # override_logging=False keeps our log format and levels (library chatter at WARNING, see main()).
     w = faust.Worker(pipe.app, quiet=True, override_logging=False, redirect_stdouts=False)
     w.execute_from_commandline()
@@ -237,7 +237,7 @@ def _simulate_field(s: Settings, scenario, speed, fast, seed, span, start, param
     """Generate a field scenario, then publish it (paced by arrival time, or --fast) or write it as a capture."""
     from ingest.fieldstreams import anchored_start, generate, publish_scenario
     from ingest.fieldstreams.scenarios import SCENARIOS
-    from streams.backtest import _parse_time, parse_params, parse_span
+    from tuning.backtest import _parse_time, parse_params, parse_span
 
     if fast and speed:
         raise click.UsageError("--fast or --speed, not both")
@@ -333,7 +333,7 @@ def _ticket_line(t) -> str:
 @click.pass_context
 def demo(ctx, scenario, at_s, sites, devices, interval, duration, webhook_url, influx_port):
     """Run everything locally: brokers, bridge, worker, simulator, webhook receiver — and show it live."""
-    from sitewatch.demo import Demo
+    from app.demo import Demo
 
     s = _settings(ctx)
     demo_dir = s.data_dir / "demo"

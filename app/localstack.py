@@ -322,4 +322,4 @@ class LocalStack:
 
 def sitewatch_argv(*args: str) -> list[str]:
     """How to run a ``sitewatch`` subcommand as a child process with this interpreter."""
-    return [sys.executable, "-m", "sitewatch", *args]
+    return [sys.executable, "-m", "app", *args]

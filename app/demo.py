@@ -17,12 +17,13 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from sitewatch.contracts import TOPIC_READINGS
-from sitewatch.localstack import LocalStack, ManagedProcess, StackError, sitewatch_argv
+from app.localstack import LocalStack, ManagedProcess, StackError, free_port, sitewatch_argv, wait_for_port
 from sitewatch.settings import Settings
-from sitewatch.webhook_receiver import Received, WebhookReceiver
+from app.webhook_receiver import Received, WebhookReceiver
 
 
 class ReadingsCounter(threading.Thread):
@@ -111,7 +112,6 @@ class Demo:
         return t
 
     def run(self, stop: threading.Event, duration: float | None = None) -> None:
-        from backlog.api import wall
         from backlog.store import Backlog
         from ingest.simulator import SimConfig, Simulator, describe_scenario
 
@@ -148,7 +148,7 @@ class Demo:
             if self.with_field_site:
                 self._start_field(s, sim_stop)
             backlog = Backlog(s.backlog_url)
-            procs.append(wall.start_for_demo(backlog, env, s.log_dir, self.echo))  # the wall page, its URL printed
+            procs.append(start_wall(backlog, env, s.log_dir, self.echo))  # the wall page, its URL printed
             seen: dict[int, int] = {}
             t0 = last = time.monotonic()
             last_count = 0
@@ -184,4 +184,31 @@ class Demo:
             self.echo("stopped. `sitewatch --data-dir %s tickets --events` shows the backlog." % s.data_dir)
 
 
+DEMO_ORG = Path(__file__).resolve().parents[1] / "backlog" / "fixtures" / "demo_org.yaml"
 
+
+def start_wall(backlog, env: dict[str, str], log_dir: Path, echo: Callable[[str], None], port: int = 8700):
+    """Import the demo organisation, start ``sitewatch api serve`` on the demo's backlog and print the wall page's
+    login link (the supervisor's view of every site). Returns the managed API process."""
+    import secrets
+    import socket
+
+    from backlog import orgs
+    from backlog.api.wall import ENV_SECRET, login_link
+
+    orgs.import_org(backlog, DEMO_ORG, actor="demo")
+    token = orgs.create_token(backlog, "sun.supervisor", "demo wall screen", actor="demo")
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", port)) == 0:  # something already listens there
+            port = free_port()
+    secret = env.get(ENV_SECRET) or secrets.token_urlsafe(32)
+    proc = ManagedProcess("api", sitewatch_argv("api", "serve", "--port", str(port)), log_dir / "api.log",
+                          {**env, ENV_SECRET: secret}).start()
+    wait_for_port("127.0.0.1", port, 30, proc.proc, "the API")
+    base = f"http://127.0.0.1:{port}"
+    token_file = log_dir.parent / "wall-token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    echo(f"▶ WALL SCREEN (open in a browser; hazards appear live): {login_link(base, token, secret)}")
+    echo(f"  link valid 1 h; afterwards log in at {base}/wall with the token in {token_file} · API docs {base}/docs")
+    return proc

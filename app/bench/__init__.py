@@ -1,0 +1,48 @@
+"""``sitewatch bench``: throughput and latency, measured against a baseline taken in the same run.
+
+- ``bench detect``: the numpy detector engine vs a plain per-reading Python loop over the same readings.
+- ``bench pipeline``: the real pipeline (mosquitto → bridge → Tansu → Faust worker) fed gateway frames vs
+  one MQTT message per reading, then publish → webhook latency of crane overloads.
+
+Numbers are printed, not asserted: speed targets live here, not in timed unit tests.
+"""
+
+from __future__ import annotations
+
+import click
+
+from app.bench.detect import bench_deadman, bench_detect
+from app.bench.pipeline import bench_pipeline
+
+
+@click.group()
+def bench():
+    """Measure throughput and latency (each against a baseline measured in the same run)."""
+
+
+@bench.command("detect")
+@click.option("--readings", default=100_000, show_default=True, help="readings per batch")
+@click.option("--devices", default=2_000, show_default=True)
+@click.option("--repeat", default=7, show_default=True, help="batches to time (median reported)")
+def detect_cmd(readings, devices, repeat):
+    """Detector engine (numpy batches) vs a per-reading Python loop, single core."""
+    bench_detect(readings, devices, repeat)
+
+
+@bench.command("deadman")
+@click.option("--devices", default=100_000, show_default=True, help="devices in the fleet")
+@click.option("--silent", default=100, show_default=True, help="devices falling silent at the tick")
+@click.option("--repeat", default=5, show_default=True)
+def deadman_cmd(devices, silent, repeat):
+    """Deadman tick cost at fleet size: the deadline index vs a walk over every device."""
+    bench_deadman(devices, silent, repeat)
+
+
+@bench.command("pipeline")
+@click.option("--readings", default=200_000, show_default=True, help="readings to push through")
+def pipeline_cmd(readings):
+    """End to end on the local stack: gateway frames vs one message per reading, and alert latency."""
+    bench_pipeline(readings)
+
+
+__all__ = ["bench"]

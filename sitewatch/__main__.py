@@ -1,3 +1,0 @@
-from sitewatch.cli import main
-
-main()
