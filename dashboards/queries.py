@@ -32,7 +32,7 @@ SITE = '"site" =~ /^$site$/'
 
 FAMILIES = ("crane", "electrical", "battery", "formwork", "pit")
 
-# metric regex → published yellow/orange/red bands (DESIGN §3), shown as tile colours and trend lines
+# metric regex → published yellow/orange/red bands (docs/domain.md), shown as tile colours and trend lines
 FAMILY_BANDS: dict[str, list[tuple[str, float, float, float]]] = {
     "crane": [(r".* moment$", 90, 100, 110), (r".* wind$", 15, 18, 20)],
     "formwork": [],

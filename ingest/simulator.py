@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -217,7 +218,10 @@ class Simulator:
     def run(self, host: str, port: int, duration_s: float | None = None, stop: threading.Event | None = None,
             username: str | None = None, password: str | None = None) -> None:
         stop = stop or threading.Event()
-        client = connect_publisher(host, port, f"sitewatch-sim-{self.cfg.seed}", username, password)
+        # One client id per simulator: several simulators of one run (one per scenario) sharing an id would keep
+        # kicking each other off the broker, and a kicked client's publishes fail with "not connected".
+        client_id = f"sitewatch-sim-{self.cfg.site_prefix}{self.cfg.seed}-{os.getpid()}-{id(self) & 0xFFFFFF:06x}"
+        client = connect_publisher(host, port, client_id, username, password)
         try:
             for site in self.site_ids:
                 client.publish(gateway_topic(site, "gw-01", "status"),

@@ -6,7 +6,7 @@ does I/O except ``load_rules`` reading a directory.
 
 Layout on disk (see ``config/rules``)::
 
-    defaults.yaml           families:  one block per family, values from the standards (DESIGN.md §3)
+    defaults.yaml           families:  one block per family, values from the standards (docs/domain.md)
                             faults: / lateness: / inhibit_rules:  global sensor-fault, late-data and inhibition rules
     sites/<site>.yaml       site: ...  family_overrides: {family: {...}}   devices: {device: {family: ..., ...}}
                             calendar: {...}  charging_points: [...]  inhibit_rules: [...]  (all optional)

@@ -35,7 +35,7 @@ class SinkOptions:
     batch_points: int = 50_000  # flush when this many points are pending …
     linger_s: float = 0.5  # … or when the oldest pending record is this old
     max_poll_records: int = 5_000
-    # Tansu waits the full rebalance timeout (= max.poll.interval) on join (DESIGN §4); the pause/poll loop
+    # Tansu waits the full rebalance timeout (= max.poll.interval) on join (docs/architecture.md, "The local stack, as measured"); the pause/poll loop
     # keeps polling during DB outages, so a short value is safe here.
     max_poll_interval_ms: int = 3000
     session_timeout_ms: int = 6000

@@ -33,14 +33,16 @@ EXPECTED = {
                    "    silent_floor: 20s\n")
 def test_each_family_scenario_becomes_its_ticket(pipeline):
     stop = threading.Event()
-    sims = {}
+    sims, threads = {}, []
     for i, name in enumerate(EXPECTED):
         # speed 4 compresses ramps (a 5-minute battery runaway takes 75 s); the start is at t=3 s
         cfg = SimConfig(sites=1, devices_per_family=2, scenario=name, scenario_at_s=3.0, speed=4.0,
                         site_prefix=f"f{i}-", seed=7)
         sim = Simulator(cfg)
         sims[name] = sim
-        threading.Thread(target=sim.run, args=("127.0.0.1", pipeline.stack.mqtt_port, None, stop), daemon=True).start()
+        threads.append(threading.Thread(target=sim.run, args=("127.0.0.1", pipeline.stack.mqtt_port, None, stop),
+                                        daemon=True, name=f"sim-{name}"))
+        threads[-1].start()
     site_of = {name: sim.site_ids[0] for name, sim in sims.items()}
     want = {(site_of[n], e[0], e[1]): e for n, e in EXPECTED.items() if e}
     backlog = Backlog(pipeline.db_url, create=False)
@@ -56,6 +58,8 @@ def test_each_family_scenario_becomes_its_ticket(pipeline):
         raise AssertionError(f"{e}; wanted {sorted(want)}, have {have}") from None
     finally:
         stop.set()  # before the simulators' silence itself becomes a fault on every device
+        for th in threads:  # finish publishing while the broker is still up
+            th.join(timeout=40)
     for key, (device, kind, category, level) in want.items():
         t = got[key]
         assert t.category == category, (key, t.category)
