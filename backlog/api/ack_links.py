@@ -1,10 +1,9 @@
 """Signed acknowledgement links from alert messages: ``GET /ack/{token}`` → a confirmation page,
 ``POST /ack/{token}`` → the ticket is acknowledged as the user named in the token.
 
-The token is made by the notifier (``alerts/links.py``): ``base64url(claims).base64url(HMAC-SHA256(secret,
-claims))`` with claims ``{"t": ticket, "u": user, "r": receiver, "e": expiry}``; the secret is
-``$SW_ALERTS_ACK_SECRET`` on both sides. Verification is re-implemented here with the standard library so the
-backlog does not import the alerts room; a test signs with one and verifies with the other.
+The token is made by the notifier (``alerts/links.py``) in the core's signed-claims format (``sitewatch.signed``)
+with claims ``{"t": ticket, "u": user, "r": receiver, "e": expiry}``; the secret is ``$SW_ALERTS_ACK_SECRET`` on
+both sides. A test signs with one room and verifies with the other.
 
 Why GET does not acknowledge by itself: chat apps (WeCom, DingTalk) and mail scanners fetch links to build
 previews, and a preview must not tell the system that a person has seen a red alert. The page has one button.
@@ -12,11 +11,7 @@ previews, and a preview must not tell the system that a person has seen a red al
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import html
-import json
 import os
 import time
 
@@ -27,26 +22,16 @@ from starlette.concurrency import run_in_threadpool
 from backlog import orgs
 from backlog.errors import BacklogError
 from backlog.store import Backlog
+from sitewatch.signed import ACK_SECRET_ENV, unsign
 
-ENV_SECRET = "SW_ALERTS_ACK_SECRET"
-
-
-def _b64(b: bytes) -> str:
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+ENV_SECRET = ACK_SECRET_ENV
 
 
 def verify(secret: str, token: str, now_s: float) -> dict | None:
-    try:
-        claims, mac = token.split(".")
-        want = _b64(hmac.new(secret.encode(), claims.encode(), hashlib.sha256).digest())
-        if not hmac.compare_digest(want, mac):
-            return None
-        data = json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))
-    except (ValueError, TypeError):
+    data = unsign(secret, token, now_s)
+    if data is None or not isinstance(data.get("t"), int) or not isinstance(data.get("u"), str):
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("t"), int) or not isinstance(data.get("u"), str):
-        return None
-    return data if data.get("e", 0) >= now_s else None
+    return data
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:

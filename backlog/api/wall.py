@@ -24,9 +24,7 @@ The signing key is ``$SW_WALL_SECRET`` (random per process when unset: sessions 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
-import hmac
 import json
 import logging
 import os
@@ -47,6 +45,8 @@ from backlog.authz import Actor
 from backlog.models import ApiToken, Device, OrgUnit, Project, Ticket, TicketEvent, User
 from backlog.store import WORKING_STATUSES, Backlog
 from dashboards import queries
+from sitewatch import signed
+from sitewatch.signed import sign
 
 log = logging.getLogger("sitewatch.wall")
 
@@ -62,27 +62,12 @@ STREAM_MAX_S = 600  # a stream ends after this; EventSource reconnects by itself
 
 
 # ------------------------------------------------------------------------------------------------ signing
-def _b64(b: bytes) -> str:
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-
-
-def sign(secret: str, claims: dict) -> str:
-    body = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
-    return body + "." + _b64(hmac.new(secret.encode(), body.encode(), hashlib.sha256).digest())
-
-
 def unsign(secret: str, value: str, now_s: float, kind: str) -> dict | None:
-    try:
-        body, mac = value.split(".")
-        want = _b64(hmac.new(secret.encode(), body.encode(), hashlib.sha256).digest())
-        if not hmac.compare_digest(want, mac):
-            return None
-        data = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-    except (ValueError, TypeError, AttributeError):
+    """The claims of a wall login link (``kind="link"``) or session cookie, else None."""
+    data = signed.unsign(secret, value, now_s)
+    if data is None or data.get("k") != kind or not isinstance(data.get("th"), str):
         return None
-    if not isinstance(data, dict) or data.get("k") != kind or not isinstance(data.get("th"), str):
-        return None
-    return data if float(data.get("e", 0)) >= now_s else None
+    return data
 
 
 def token_hash(token: str) -> str:
