@@ -5,8 +5,8 @@ crash). ``(alert_id, receiver)`` is unique in ``alert_deliveries``: one row per 
 (an alert, an escalation, a reminder, a resolution notice — each has its own deterministic id), so a second
 copy is refused by the database, and a receiver that already has it ``delivered`` is never sent it again.
 
-Tables (created with ``create_all`` in the backlog's database; ``alert_deliveries`` pre-dates the others and
-gains its new nullable columns in place):
+Tables (in the backlog's database, migrated by this room's own Alembic scripts in ``alerts/migrations/`` with
+their own version table, at start; tables made by ``create_all`` before that are adopted in place):
 
 - ``alert_deliveries``    one row per (item, receiver): pending → delivered | silenced | unrouted
 - ``alert_notifications`` one message to one receiver carrying one or more items (a grouped storm is one):
@@ -20,6 +20,7 @@ gains its new nullable columns in place):
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from sqlalchemy import (JSON, BigInteger, Boolean, Integer, String, Text, UniqueConstraint, inspect, or_, select,
@@ -28,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from sitewatch.db import make_engine
+from sitewatch.migrations import Migrations, ensure_sqlite_dir
 
 
 class AlertsBase(DeclarativeBase):
@@ -138,47 +140,32 @@ class AuditRecord(AlertsBase):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
-_APPEND_ONLY_PG = [
-    """CREATE OR REPLACE FUNCTION alert_audit_append_only() RETURNS trigger AS $$
-       BEGIN RAISE EXCEPTION 'alert_audit is append-only'; END $$ LANGUAGE plpgsql""",
-    """CREATE OR REPLACE TRIGGER alert_audit_no_change BEFORE UPDATE OR DELETE ON alert_audit
-       FOR EACH ROW EXECUTE FUNCTION alert_audit_append_only()""",
-]
-_APPEND_ONLY_SQLITE = """
-CREATE TRIGGER IF NOT EXISTS alert_audit_no_{op} BEFORE {OP} ON alert_audit
-BEGIN SELECT RAISE(ABORT, 'alert_audit is append-only'); END
-"""
+def _adopt(engine) -> None:
+    """Bring alert tables made by ``create_all`` (before Alembic) to the baseline's shape before stamping it: the
+    tables that did not exist yet, the nullable columns ``alert_deliveries`` gained in issue 6, the triggers."""
+    AlertsBase.metadata.create_all(engine)
+    have = {c["name"] for c in inspect(engine).get_columns(Delivery.__tablename__)}
+    with engine.begin() as conn:
+        for col in Delivery.__table__.columns:
+            if col.name not in have:
+                ddl = col.type.compile(dialect=engine.dialect)
+                conn.execute(text(f"ALTER TABLE {Delivery.__tablename__} ADD COLUMN {col.name} {ddl}"))
+        if engine.dialect.name == "sqlite":  # the PostgreSQL triggers were always there (CREATE OR REPLACE)
+            for op in ("update", "delete"):
+                conn.execute(text(f"CREATE TRIGGER IF NOT EXISTS alert_audit_no_{op} BEFORE {op.upper()} ON "
+                                  "alert_audit BEGIN SELECT RAISE(ABORT, 'alert_audit is append-only'); END"))
+
+
+MIGRATIONS = Migrations(Path(__file__).resolve().parent / "migrations", version_table="alembic_version_alerts",
+                        baseline="0001_alerts", adopt_table="alert_deliveries", before_adopt=_adopt, lock_key=7406)
 
 
 class DeliveryLog:
     def __init__(self, url: str):
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-            from pathlib import Path
-
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        ensure_sqlite_dir(url)
         self.engine = make_engine(url)
-        AlertsBase.metadata.create_all(self.engine)
-        self._add_missing_columns()
-        with self.engine.begin() as c:  # the audit trail refuses UPDATE and DELETE
-            if self.engine.dialect.name == "sqlite":
-                for op in ("update", "delete"):
-                    c.execute(text(_APPEND_ONLY_SQLITE.format(op=op, OP=op.upper())))
-            elif self.engine.dialect.name == "postgresql":
-                c.execute(text("SELECT pg_advisory_xact_lock(7406)"))  # workers starting together
-                for stmt in _APPEND_ONLY_PG:
-                    c.execute(text(stmt))
+        MIGRATIONS.upgrade(self.engine)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
-
-    def _add_missing_columns(self) -> None:
-        """``alert_deliveries`` existed before issue 6: add its new (nullable) columns to an older table."""
-        have = {c["name"] for c in inspect(self.engine).get_columns(Delivery.__tablename__)}
-        missing = [c for c in Delivery.__table__.columns if c.name not in have]
-        if not missing:
-            return
-        with self.engine.begin() as conn:
-            for col in missing:
-                ddl = col.type.compile(dialect=self.engine.dialect)
-                conn.execute(text(f'ALTER TABLE {Delivery.__tablename__} ADD COLUMN {col.name} {ddl}'))
 
     # -------------------------------------------------------------------------------------------- items
     def _row(self, s, alert_id: str, receiver: str) -> Delivery | None:

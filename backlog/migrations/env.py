@@ -1,20 +1,10 @@
-"""Alembic environment: the engine comes from ``backlog.migrate`` (config attribute), never from an ini."""
+"""Alembic environment of the backlog: the engine comes from ``backlog.migrate`` (config attribute), never an ini."""
 
 from __future__ import annotations
 
 from alembic import context
 
 from backlog.models import Base
+from sitewatch.migrations import run_env
 
-engine = context.config.attributes["engine"]
-
-with engine.connect() as connection:
-    context.configure(
-        connection=connection,
-        target_metadata=Base.metadata,
-        render_as_batch=True,  # SQLite cannot ALTER most things; batch mode copies the table
-        transaction_per_migration=True,
-    )
-    with context.begin_transaction():
-        context.run_migrations()
-    connection.commit()
+run_env(context, Base.metadata)
