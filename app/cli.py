@@ -128,16 +128,35 @@ def up(ctx, partitions):
 
 
 @main.command()
-@click.option("--client-id", default="sitewatch-bridge", show_default=True,
-              help="MQTT client id; fixed so the broker keeps the persistent session across restarts")
+@click.option("--instance", "--client-id", "instance", metavar="ID",
+              help="MQTT client id of this instance, i.e. the broker session it resumes after a crash ($SW_BRIDGE_ID; "
+                   "default: the first free sitewatch-bridge-<host>-<n>, reserved by a lock file in the data dir)")
+@click.option("--group", metavar="NAME",
+              help="share group: bridges in one group split the messages ($SW_BRIDGE_GROUP, default "
+                   "sitewatch-bridges; '' subscribes plain sw/#, every bridge then gets everything)")
+@click.option("--session-expiry", type=int, metavar="SECONDS",
+              help="how long the broker keeps this instance's session and queues its share while it is down "
+                   "($SW_BRIDGE_SESSION_EXPIRY_S, default 604800 = 7 days)")
+@click.option("--drain", is_flag=True,
+              help="retire an instance: resume its session without subscribing, write what it holds to Kafka, "
+                   "then end the session and exit")
 @click.pass_context
-def bridge(ctx, client_id):
-    """Run the MQTT → Kafka bridge (QoS 1, persistent session, ack after Kafka ack)."""
-    from ingest.bridge import Bridge
+def bridge(ctx, instance, group, session_expiry, drain):
+    """Run the MQTT → Kafka bridge: MQTT v5, QoS 1, shared subscription $share/<group>/sw/#, persistent session,
+    PUBACK only after Kafka acknowledged the write.
+
+    Run several (same group, different instances) to split one broker's load; see docs/bridge.md.
+    """
+    from ingest.bridge import Bridge, InstanceTaken, claim_instance
 
     s = _settings(ctx)
+    try:
+        client_id, _lock = claim_instance(s.data_dir, instance or s.bridge_id)
+    except InstanceTaken as e:
+        raise click.ClickException(str(e)) from None
     b = Bridge(s.mqtt_host, s.mqtt_port, s.kafka_bootstrap, client_id, s.mqtt_username, s.mqtt_password,
-               kafka_options=s.kafka_options())
+               kafka_options=s.kafka_options(), group=s.bridge_group if group is None else group,
+               session_expiry_s=s.bridge_session_expiry_s if session_expiry is None else session_expiry, drain=drain)
     stop = threading.Event()
     _stop_on_signals(stop)
     b.run(stop)

@@ -1,30 +1,61 @@
-"""MQTT → Kafka bridge, at-least-once.
+"""MQTT → Kafka bridge, at-least-once, scaled out with MQTT v5 shared subscriptions.
 
 Why it is built this way:
 
-- **Persistent session + manual ack.** The bridge subscribes at QoS 1 with a fixed client id and
-  ``clean_session=False``; paho's ``manual_ack`` lets us send the PUBACK only after Kafka has acknowledged the
-  write. A bridge crash therefore leaves unacknowledged messages with the broker, which redelivers them when the
-  bridge comes back. Nothing the broker acknowledged to a sensor is lost between MQTT and Kafka.
-- **Packing.** Per-reading Kafka records cap a Faust worker near 17k readings/s (DESIGN §4), so the bridge packs
-  the messages that arrive within ``linger`` into one ``sw.raw`` record per *partition*: each message's key
+- **Persistent session + manual ack.** Each bridge instance connects with MQTT v5, a stable client id,
+  ``clean_start=False`` and a session expiry interval, subscribes at QoS 1, and sends the PUBACK only after Kafka
+  has acknowledged the write (paho ``manual_ack``). A crash therefore leaves unacknowledged messages with the
+  broker, which redelivers them when the instance comes back. Nothing the broker acknowledged to a sensor is
+  lost between MQTT and Kafka; what was written but not yet acknowledged comes twice (at-least-once).
+- **Shared subscription** ``$share/<group>/sw/#``: every bridge in the group gets a share of the messages, so
+  several bridges split one broker's load. What mosquitto 2.0 does with it (read in its ``subs.c`` and checked by
+  ``tests/integration/test_bridge_scaleout.py``):
+
+  * it deals messages round-robin, one by one, to every *session* subscribed in the group — connected or not;
+  * the QoS 1 messages in flight to a member that dies stay in that member's session and are redelivered to the
+    same session when it reconnects; they are never handed to another member;
+  * while a member is down, its share keeps queuing in its session (up to ``max_queued_messages`` /
+    ``max_queued_bytes``, beyond which mosquitto drops them) and is lost if the session expires.
+
+  So the group splits load but does not fail over: a dead instance must come back under the same client id (or
+  be drained, ``--drain``) before its session queue fills or expires. A graceful stop therefore unsubscribes
+  first, so the broker routes everything to the other members while this one is away.
+- **Per-device order across bridges.** Two bridges may carry consecutive messages of one device; both write
+  to the device's partition, so two messages published within one flush interval (~20 ms) of each other can
+  swap places in ``sw.raw``. The measurement time in the payload is the truth downstream (late lane), and real
+  devices publish far less often than that.
+- **Instance id.** ``--instance`` / ``SW_BRIDGE_ID`` names the session. By default an instance takes the first
+  free ``sitewatch-bridge-<host>-<n>`` whose lock file in the data directory no other process holds: two
+  bridges on one host never share a session (the broker would make them kick each other off forever), and a
+  restarted bridge takes back the id (and the session) its killed predecessor left free.
+- **Packing.** Per-reading Kafka records cap a Faust worker near 17k readings/s, so the bridge packs the
+  messages that arrive within ``linger`` into one ``sw.raw`` record per *partition*: each message's key
   (``site/device``, or ``site/gateway`` for gateway frames) picks the partition with Kafka's default
-  partitioner, so a device's messages stay ordered in one partition exactly as if keyed one by one. The original
-  bytes travel unchanged: validation happens downstream, and what it rejects reaches the DLQ byte for byte.
+  partitioner, so a device's messages land in one partition exactly as if keyed one by one. The original bytes
+  travel unchanged: validation happens downstream, and what it rejects reaches the DLQ byte for byte. Each record
+  carries a ``sw-bridge`` header naming the instance that wrote it (operations, and the scale-out test).
 - **No validation here.** The bridge stays dumb and fast; the single validation point is the worker
   (``sitewatch.contracts.validate_message``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import re
+import socket
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
 
 import paho.mqtt.client as mqtt
 from kafka import KafkaProducer
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from sitewatch.contracts import (
     MQTT_SUBSCRIPTION,
@@ -38,6 +69,10 @@ from sitewatch.contracts import (
 log = logging.getLogger("sitewatch.bridge")
 
 MAX_RECORD_BYTES = 512 * 1024
+DEFAULT_GROUP = "sitewatch-bridges"
+DEFAULT_SESSION_EXPIRY_S = 7 * 24 * 3600
+BRIDGE_HEADER = "sw-bridge"
+_MAX_SLOTS = 64
 
 
 @dataclass
@@ -46,6 +81,55 @@ class BridgeStats:
     produced_records: int = 0
     acked: int = 0
     kafka_errors: int = 0
+
+
+def shared_subscription(group: str | None) -> str:
+    """``$share/<group>/sw/#``, or plain ``sw/#`` without a group (one bridge gets everything)."""
+    if not group:
+        return MQTT_SUBSCRIPTION
+    if any(c in group for c in "/+#"):
+        raise ValueError(f"share group name {group!r} may not contain '/', '+' or '#'")
+    return f"$share/{group}/{MQTT_SUBSCRIPTION}"
+
+
+class InstanceTaken(RuntimeError):
+    pass
+
+
+def _try_lock(path: Path) -> IO[bytes] | None:
+    f = open(path, "ab")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
+def claim_instance(data_dir: Path, instance: str | None = None) -> tuple[str, IO[bytes]]:
+    """The client id this process runs as, and the open lock file that reserves it for its lifetime.
+
+    The kernel drops the lock when the process dies however it dies, so a bridge restarted after SIGKILL gets
+    the same id back and resumes its session; a second bridge on the host takes the next free id.
+    """
+    lock_dir = Path(data_dir) / "bridge"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    if instance:
+        f = _try_lock(lock_dir / f"{_file_safe(instance)}.lock")
+        if f is None:
+            raise InstanceTaken(f"bridge instance {instance!r} is already running on this host")
+        return instance, f
+    host = _file_safe(socket.gethostname()) or "host"
+    for n in range(_MAX_SLOTS):
+        candidate = f"sitewatch-bridge-{host}-{n}"
+        f = _try_lock(lock_dir / f"{candidate}.lock")
+        if f is not None:
+            return candidate, f
+    raise InstanceTaken(f"{_MAX_SLOTS} bridge instances already run from {lock_dir}")
+
+
+def _file_safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 class Bridge:
@@ -59,14 +143,26 @@ class Bridge:
         password: str | None = None,
         linger_s: float = 0.02,
         kafka_options: dict | None = None,
+        group: str | None = DEFAULT_GROUP,
+        session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
+        drain: bool = False,
     ):
+        self.client_id = client_id
+        self.subscription = shared_subscription(group)
+        self.session_expiry_s = session_expiry_s
+        self.drain = drain
         self.linger_s = linger_s
         self.stats = BridgeStats()
         self._pending: list[tuple[str, bytes, int, int]] = []  # topic, payload, mid, qos
+        self._unacked = 0  # QoS 1 messages received and not yet acknowledged to the broker
+        self._last_rx = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reconnect = threading.Event()
+        self._leaving = threading.Event()  # no (re)subscribe any more: graceful stop or drain
+        self._unsubscribed = threading.Event()
         self._n_partitions: int | None = None
+        self._header = [(BRIDGE_HEADER, client_id.encode())]
         self._producer = KafkaProducer(
             bootstrap_servers=kafka_bootstrap,
             client_id=client_id,
@@ -80,12 +176,14 @@ class Bridge:
         self._mqtt = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            clean_session=False,
+            protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
         if username:
             self._mqtt.username_pw_set(username, password)
         self._mqtt.on_connect = self._on_connect
+        self._mqtt.on_subscribe = self._on_subscribe
+        self._mqtt.on_unsubscribe = self._on_unsubscribe
         self._mqtt.on_message = self._on_message
         self._mqtt.on_disconnect = self._on_disconnect
         self._mqtt.reconnect_delay_set(0.5, 10)
@@ -97,9 +195,25 @@ class Bridge:
         if reason_code.is_failure:
             log.error("MQTT connect refused: %s", reason_code)
             return
-        log.info("MQTT connected (session present=%s); subscribing %s", flags.session_present, MQTT_SUBSCRIPTION)
-        client.subscribe(MQTT_SUBSCRIPTION, qos=1)
+        if self.drain or self._leaving.is_set():
+            log.info("MQTT connected as %s (session present=%s); draining the session, unsubscribing %s",
+                     self.client_id, flags.session_present, self.subscription)
+            self._leaving.set()
+            self._unsubscribed.clear()
+            client.unsubscribe(self.subscription)
+        else:
+            log.info("MQTT connected as %s (session present=%s); subscribing %s",
+                     self.client_id, flags.session_present, self.subscription)
+            client.subscribe(self.subscription, options=SubscribeOptions(qos=1))
         self.connected.set()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        for rc in reason_codes:
+            if rc.is_failure:  # e.g. a broker without shared subscriptions: say so rather than sit idle
+                log.error("MQTT subscription %s refused: %s", self.subscription, rc)
+
+    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties):
+        self._unsubscribed.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         self.connected.clear()
@@ -110,6 +224,9 @@ class Bridge:
         with self._lock:
             self._pending.append((msg.topic, msg.payload, msg.mid, msg.qos))
             self.stats.received += 1
+            if msg.qos > 0:
+                self._unacked += 1
+            self._last_rx = time.monotonic()
 
     # --------------------------------------------------------------------------------------- Kafka side
     def _flush(self) -> int:
@@ -142,7 +259,7 @@ class Bridge:
 
     def _send(self, partition: int, items: list[tuple[str, bytes, int, int]], rx: int) -> None:
         value = pack_raw(((t, p) for t, p, _, _ in items), rx)
-        future = self._producer.send(TOPIC_RAW, value=value, partition=partition)
+        future = self._producer.send(TOPIC_RAW, value=value, partition=partition, headers=self._header)
         mids = [(mid, qos) for _, _, mid, qos in items if qos > 0]
         future.add_callback(self._acked, mids)
         future.add_errback(self._failed, len(items))
@@ -151,6 +268,8 @@ class Bridge:
     def _acked(self, mids: list[tuple[int, int]], _metadata) -> None:
         for mid, qos in mids:
             self._mqtt.ack(mid, qos)
+        with self._lock:
+            self._unacked -= len(mids)
         self.stats.acked += len(mids)
 
     def _failed(self, count: int, exc: Exception) -> None:
@@ -160,10 +279,20 @@ class Bridge:
         self._reconnect.set()
 
     # --------------------------------------------------------------------------------------- lifecycle
+    def _connect_properties(self) -> Properties:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.session_expiry_s
+        return props
+
+    def _idle_for(self, quiet_s: float) -> bool:
+        """Nothing waiting, nothing unacknowledged, and nothing received for ``quiet_s``."""
+        with self._lock:
+            return not self._pending and self._unacked <= 0 and time.monotonic() - self._last_rx >= quiet_s
+
     def run(self, stop: threading.Event | None = None, report_every_s: float = 10.0) -> None:
         stop = stop or self._stop
         host, port = self._mqtt_addr
-        self._mqtt.connect_async(host, port, keepalive=30)
+        self._mqtt.connect_async(host, port, keepalive=30, clean_start=False, properties=self._connect_properties())
         self._mqtt.loop_start()
         last_report, last_received = time.monotonic(), 0
         try:
@@ -174,6 +303,9 @@ class Bridge:
                     self._reconnect.clear()
                     self._producer.flush(30)
                     self._mqtt.reconnect()
+                if self.drain and self._unsubscribed.is_set() and self._idle_for(2.0):
+                    log.info("drained session %s: %d messages written to Kafka", self.client_id, self.stats.acked)
+                    break
                 if report_every_s and time.monotonic() - last_report >= report_every_s:
                     dt = time.monotonic() - last_report
                     log.info(
@@ -190,13 +322,31 @@ class Bridge:
     def stop(self) -> None:
         self._stop.set()
 
-    def close(self) -> None:
-        """Graceful stop: what was received gets written and acknowledged before we disconnect."""
+    def close(self, drain_timeout_s: float = 30.0) -> None:
+        """Graceful stop: leave the share group first so the broker routes everything to the other members, then
+        write and acknowledge what this instance already holds before disconnecting. What is still queued in the
+        session when ``drain_timeout_s`` runs out stays there for the next start under this id."""
         self._stop.set()
+        if self.connected.is_set() and not self._leaving.is_set():
+            self._leaving.set()
+            self._unsubscribed.clear()
+            self._mqtt.unsubscribe(self.subscription)
+            self._unsubscribed.wait(5)
+        deadline = time.monotonic() + drain_timeout_s
+        while time.monotonic() < deadline and self.connected.is_set():
+            self._flush()
+            self._producer.flush(30)
+            if self._idle_for(0.3):
+                break
+            time.sleep(self.linger_s)
         self._flush()
         self._producer.flush(30)
         time.sleep(0.05)  # let paho's loop send the last PUBACKs
-        self._mqtt.disconnect()
+        props = None
+        if self.drain and self._idle_for(0):
+            props = Properties(PacketTypes.DISCONNECT)
+            props.SessionExpiryInterval = 0  # drained: the broker forgets the session
+        self._mqtt.disconnect(properties=props)
         self._mqtt.loop_stop()
         self._producer.close(10)
-        log.info("bridge stopped: received %d, acked %d", self.stats.received, self.stats.acked)
+        log.info("bridge %s stopped: received %d, acked %d", self.client_id, self.stats.received, self.stats.acked)

@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     webhook_url: str | None = Field(None, description="generic webhook receiving every new ticket / level upgrade")
     webhook_secret: str | None = Field(None, description="HMAC-SHA256 key for the X-SiteWatch-Signature header")
 
+    bridge_id: str | None = Field(None, description="MQTT client id (= persistent session) of this bridge instance; "
+                                  "default: the first free sitewatch-bridge-<host>-<n>")
+    bridge_group: str = Field("sitewatch-bridges", description="MQTT v5 share group the bridges split the load in "
+                              "($share/<group>/sw/#); empty: a plain sw/# subscription")
+    bridge_session_expiry_s: int = Field(7 * 24 * 3600, description="how long the broker keeps a bridge's session "
+                                         "(and queues its share) while it is down")
+
     worker_id: str = "sitewatch-worker"
     batch_size: int = 5000
     batch_within_s: float = 0.2
