@@ -369,5 +369,143 @@ def demo(ctx, scenario, at_s, sites, devices, interval, duration, webhook_url, i
     sys.exit(0)
 
 
+_PASSWD_OPT = click.option("--passwd-file", type=click.Path(dir_okay=False, path_type=Path),
+                           default="/etc/mosquitto/sitewatch.passwd", show_default=True,
+                           envvar="SW_MQTT_PASSWD_FILE", help="mosquitto password file ($SW_MQTT_PASSWD_FILE)")
+_ACL_OPT = click.option("--acl-file", type=click.Path(dir_okay=False, path_type=Path),
+                        default="/etc/mosquitto/sitewatch.acl", show_default=True,
+                        envvar="SW_MQTT_ACL_FILE", help="mosquitto ACL file ($SW_MQTT_ACL_FILE)")
+_SECRET_OUT = click.option("--password-out", type=click.Path(dir_okay=False, path_type=Path),
+                           help="write the password to this new file (mode 0600) instead of printing it")
+
+
+def _hand_over_password(who: str, password: str, out: Path | None) -> None:
+    """The only time the password exists in clear: printed once, or put in a file only its owner can read."""
+    import os
+
+    if out is not None:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+        click.echo(f"password of {who} written to {out} (mode 0600)")
+    else:
+        click.echo(f"username: {who}\npassword: {password}\n(shown once: put it into the gateway's config now)")
+
+
+def _provisioning(fn):
+    """ProvisionError -> a one-line refusal, not a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from ingest.provision import ProvisionError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ProvisionError, FileExistsError, PermissionError) as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper
+
+
+@main.group()
+def gateway():
+    """Gateway accounts of the production MQTT broker (password file + per-gateway ACL), see deploy/README.md.
+
+    Edits the files only; reload mosquitto afterwards (systemctl reload mosquitto).
+    """
+
+
+@gateway.command("add")
+@click.option("--site", required=True, help="site id (contract id rules)")
+@click.option("--gateway", "gateway_id", required=True, help="gateway id, unique within the site")
+@_PASSWD_OPT
+@_ACL_OPT
+@_SECRET_OUT
+@_provisioning
+def gateway_add(site, gateway_id, passwd_file, acl_file, password_out):
+    """Create a gateway account: random password, password-file hash, ACL block for its own site."""
+    from ingest.provision import RELOAD_HINT, add_gateway
+
+    if password_out is not None and password_out.exists():
+        raise click.ClickException(f"{password_out} exists: refusing to overwrite a secret")
+    gw, password = add_gateway(site, gateway_id, passwd_file, acl_file)
+    _hand_over_password(gw.username, password, password_out)
+    click.echo(RELOAD_HINT)
+
+
+@gateway.command("rotate")
+@click.option("--site", required=True)
+@click.option("--gateway", "gateway_id", required=True)
+@_PASSWD_OPT
+@_ACL_OPT
+@_SECRET_OUT
+@_provisioning
+def gateway_rotate(site, gateway_id, passwd_file, acl_file, password_out):
+    """New password for a gateway (the old one stops working at the reload)."""
+    from ingest.provision import RELOAD_HINT, Gateway, rotate_password
+
+    user = Gateway(site, gateway_id).username
+    if password_out is not None and password_out.exists():
+        raise click.ClickException(f"{password_out} exists: refusing to overwrite a secret")
+    _hand_over_password(user, rotate_password(user, passwd_file, acl_file), password_out)
+    click.echo(RELOAD_HINT)
+
+
+@gateway.command("remove")
+@click.option("--site", required=True)
+@click.option("--gateway", "gateway_id", required=True)
+@_PASSWD_OPT
+@_ACL_OPT
+@_provisioning
+def gateway_remove(site, gateway_id, passwd_file, acl_file):
+    """Revoke a gateway: password and ACL block removed; the reload disconnects it."""
+    from ingest.provision import RELOAD_HINT, remove_gateway
+
+    click.echo(f"removed {remove_gateway(site, gateway_id, passwd_file, acl_file).username}")
+    click.echo(RELOAD_HINT)
+
+
+@gateway.command("list")
+@_PASSWD_OPT
+@_ACL_OPT
+@_provisioning
+def gateway_list(passwd_file, acl_file):
+    """Site, gateway and username of every gateway account."""
+    from ingest.provision import has_password, list_gateways
+
+    for gw in list_gateways(acl_file):
+        missing = "" if has_password(gw.username, passwd_file) else "  (no password: cannot log in)"
+        click.echo(f"{gw.site}\t{gw.gateway}\t{gw.username}{missing}")
+
+
+@gateway.command("sync")
+@_PASSWD_OPT
+@_ACL_OPT
+@_provisioning
+def gateway_sync(passwd_file, acl_file):
+    """Re-write every gateway's ACL block from this release's topic contract (after an upgrade)."""
+    from ingest.provision import RELOAD_HINT, sync_acl
+
+    click.echo(f"{len(sync_acl(passwd_file, acl_file))} gateway blocks written")
+    click.echo(RELOAD_HINT)
+
+
+@gateway.command("service-password")
+@click.argument("user", type=click.Choice(["sitewatch-bridge", "sitewatch-command"]))
+@_PASSWD_OPT
+@_ACL_OPT
+@_SECRET_OUT
+@_provisioning
+def gateway_service_password(user, passwd_file, acl_file, password_out):
+    """Set (or rotate) the password of a service account declared in the ACL: the bridge or the command service."""
+    from ingest.provision import RELOAD_HINT, rotate_password
+
+    if password_out is not None and password_out.exists():
+        raise click.ClickException(f"{password_out} exists: refusing to overwrite a secret")
+    _hand_over_password(user, rotate_password(user, passwd_file, acl_file, create=True), password_out)
+    click.echo(RELOAD_HINT)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
