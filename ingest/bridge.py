@@ -196,11 +196,13 @@ class Bridge:
             log.error("MQTT connect refused: %s", reason_code)
             return
         if self.drain or self._leaving.is_set():
+            # the plain filter too: a session left by a pre-v5 bridge (client id sitewatch-bridge) holds sw/#
+            filters = sorted({self.subscription, MQTT_SUBSCRIPTION})
             log.info("MQTT connected as %s (session present=%s); draining the session, unsubscribing %s",
-                     self.client_id, flags.session_present, self.subscription)
+                     self.client_id, flags.session_present, " ".join(filters))
             self._leaving.set()
             self._unsubscribed.clear()
-            client.unsubscribe(self.subscription)
+            client.unsubscribe(filters)
         else:
             log.info("MQTT connected as %s (session present=%s); subscribing %s",
                      self.client_id, flags.session_present, self.subscription)

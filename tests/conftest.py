@@ -59,8 +59,9 @@ class Pipeline:
 
     def start_bridge(self) -> None:
         p = ManagedProcess("bridge", sitewatch_argv("bridge"), self.data_dir / "logs" / "bridge.log", self.env)
+        before = p.tail(100_000).count("MQTT connected")  # a restart appends to the same log: wait for a new line
         self.procs["bridge"] = p.start()
-        wait_until(lambda: "MQTT connected" in p.tail(50), 20, "bridge to connect")
+        wait_until(lambda: p.tail(100_000).count("MQTT connected") > before, 20, "bridge to connect")
 
     def start_worker(self, wait_ready: bool = True) -> None:
         self.worker_starts += 1

@@ -165,6 +165,66 @@ def test_two_bridges_split_the_load_and_a_killed_one_loses_nothing(stack, tmp_pa
             p.stop()
 
 
+def _publish(port: int, messages: list[tuple[str, bytes]]) -> None:
+    client = connect_publisher("127.0.0.1", port, f"test-publisher-{time.time_ns()}")
+    try:
+        for info in [client.publish(t, p, qos=1) for t, p in messages]:
+            info.wait_for_publish(30)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_a_stopped_bridge_leaves_the_group_and_drain_empties_a_dead_instances_session(stack, tmp_path):
+    env = {"SW_DATA_DIR": str(tmp_path / "data"), "SW_MQTT_PORT": str(stack.mqtt_port),
+           "SW_KAFKA_BOOTSTRAP": stack.bootstrap, "SW_KAFKA_PARTITIONS": "4"}
+    logs = tmp_path / "data" / "logs"
+    procs: list[ManagedProcess] = []
+
+    def start(name: str, *args: str) -> ManagedProcess:
+        p = ManagedProcess(name, sitewatch_argv("bridge", *args), logs / f"{name}.log", env).start()
+        procs.append(p)
+        wait_until(lambda: "MQTT connected" in p.tail(200) or not p.running, 30, f"bridge {name} to connect")
+        return p
+
+    try:
+        a, b = start("a"), start("b")
+        id_a, id_b = _client_id(a), _client_id(b)
+        a.stop()  # SIGTERM: unsubscribes, writes what it holds, disconnects; its session stays
+        assert not a.running and "stopped" in a.tail(5)
+
+        batch1 = [(reading_topic("dr-01", "pit", f"jc-{i % 7}", "wall_top_horizontal"),
+                   json.dumps({"ts": 1_700_000_000_000 + i, "value": 1.0, "unit": "mm"}).encode()) for i in range(2000)]
+        _publish(stack.mqtt_port, batch1)
+        copies = _read_raw(stack.bootstrap, set(batch1), timeout=60)
+        assert set(batch1) <= copies.keys(), "while a is stopped, b carries everything: nothing queues for a"
+        assert {w[0] for m, w in copies.items() if m in set(batch1)} == {id_b}
+
+        b.kill()  # b's session keeps the group subscription: the broker queues the whole stream for it
+        batch2 = [(t, p.replace(b'"value": 1.0', b'"value": 2.0')) for t, p in batch1]
+        _publish(stack.mqtt_port, batch2)
+        drain = ManagedProcess("drain", sitewatch_argv("bridge", "--instance", id_b, "--drain"), logs / "drain.log",
+                               env).start()
+        procs.append(drain)
+        wait_until(lambda: not drain.running, 90, "the drain to finish and exit")
+        assert "session present=True" in drain.tail(50)
+        copies = _read_raw(stack.bootstrap, set(batch1) | set(batch2), timeout=60)
+        assert set(batch2) <= copies.keys(), "the drain wrote everything queued in the dead instance's session"
+
+        probe = _Member(stack.mqtt_port, id_b, "probe", auto_ack=True)
+        try:
+            assert probe.session_present is False, "a drained session is gone from the broker"
+        finally:
+            props = Properties(PacketTypes.DISCONNECT)
+            props.SessionExpiryInterval = 0
+            probe.client.disconnect(properties=props)
+            probe.client.loop_stop()
+        assert id_a != id_b
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
 class _Member:
     """A share-group member with a persistent session that acknowledges only when told to."""
 
