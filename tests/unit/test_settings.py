@@ -36,3 +36,77 @@ def test_kafka_python_accepts_the_options():
 
     opts = Settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_username="u", kafka_password="p").kafka_options()
     assert set(opts) <= set(KafkaProducer.DEFAULT_CONFIG), "every key must be a kafka-python config name"
+
+
+# ------------------------------------------------------------------- every protocol, every client form agree
+@pytest.mark.parametrize("protocol", ["SSL", "SASL_PLAINTEXT", "SASL_SSL"])
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"])
+def test_faust_form_and_client_options_say_the_same(protocol, mechanism):
+    """The worker (Faust -> aiokafka) and the bridge/sink (kafka_options) must log in the same way: Faust's own
+    translation of our credentials gives the same protocol, mechanism, user and TLS context use."""
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    s = Settings(kafka_security_protocol=protocol, kafka_sasl_mechanism=mechanism, kafka_username="worker",
+                 kafka_password="s3cret")
+    opts = s.kafka_options()
+    faust_opts = credentials_to_aiokafka_auth(faust_credentials(s))
+    assert faust_opts["security_protocol"] == opts["security_protocol"] == protocol
+    for key in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password"):
+        assert faust_opts.get(key) == opts.get(key), key
+    assert (faust_opts.get("ssl_context") is not None) == ("SSL" in protocol) == ("ssl_context" in opts)
+    if protocol == "SSL":
+        assert "sasl_mechanism" not in opts, "SSL without SASL sends no SASL settings"
+
+
+def test_aiokafka_accepts_the_options():
+    import inspect
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    opts = Settings(kafka_security_protocol="SASL_SSL", kafka_username="u", kafka_password="p").kafka_options()
+    for cls in (AIOKafkaProducer, AIOKafkaConsumer):
+        assert set(opts) <= set(inspect.signature(cls).parameters), f"{cls.__name__} rejects {set(opts)}"
+
+
+def test_tls_context_verifies_the_broker_against_the_configured_ca(tmp_path):
+    """The generated TLS context really authenticates the broker: a certificate from SW_KAFKA_CAFILE's CA is
+    accepted for the broker's address, one from another CA is refused, and so is a wrong host name."""
+    import socket
+    import ssl
+    import threading
+
+    from tests.security.certs import make_pki
+
+    ours, other = make_pki(tmp_path / "ours"), make_pki(tmp_path / "other", ca_name="Someone else's CA")
+
+    def handshake(server_pki, cafile, server_hostname="127.0.0.1") -> None:
+        srv_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        srv_ctx.load_cert_chain(server_pki.cert, server_pki.key)
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            port = listener.getsockname()[1]
+
+            def serve():
+                conn, _ = listener.accept()
+                try:
+                    with srv_ctx.wrap_socket(conn, server_side=True) as tls:
+                        tls.recv(1)
+                except (ssl.SSLError, OSError):
+                    pass
+
+            t = threading.Thread(target=serve, daemon=True)
+            t.start()
+            ctx = Settings(kafka_security_protocol="SSL", kafka_cafile=cafile).kafka_options()["ssl_context"]
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                    with ctx.wrap_socket(raw, server_hostname=server_hostname):
+                        pass
+            finally:
+                t.join(5)
+
+    handshake(ours, ours.ca)  # accepted
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(other, ours.ca)  # a broker certificate from another CA
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(ours, None)  # no CA configured: the system store does not know the private CA
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(ours, ours.ca, server_hostname="kafka.example.com")  # right CA, wrong broker name
