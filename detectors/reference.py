@@ -58,7 +58,9 @@ NAMES = ("clear",) + LEVEL_NAMES
 PHASE_SKEW_MS = 120_000  # phase currents measured further apart than this are not compared
 # evidence fields that say where an explaining quantity came from (see the module docstring)
 PROVENANCE = ("value", "reading_ts", "baseline", "window_ref", "phases_a", "gateway")
-_FAULT_SETTING = {"fault.out_of_range": "out_of_range", "fault.spike": "spike", "fault.flatline": "flatline"}
+SLOT = {m: i for ms in FAMILIES.values() for i, m in enumerate(ms)}  # a metric's place in its family
+CHECKS_OF = {(f, m): [c for c in CHECKS if c.family == f and c.metric == m] for f, ms in FAMILIES.items() for m in ms}
+IMBALANCE = next(c for c in CHECKS if c.mode == "imbalance")
 
 
 def _bad(x: float) -> bool:
@@ -165,7 +167,7 @@ class ReferenceDetector:
                 if ts < s.newest:
                     self.late.append((site, device, dev.plan.family, metric, ts, value))
                 continue
-            fresh.append((int(ts), site, device, list(FAMILIES[dev.plan.family]).index(metric), dev, metric, value))
+            fresh.append((int(ts), site, device, SLOT[metric], dev, metric, value))
         # measurement time order; a device's readings of one measurement time are evaluated in its family's metric
         # order, and what they tell a kind is judged in the kind's own metric (slot) order
         fresh.sort(key=lambda r: r[:4])
@@ -198,7 +200,7 @@ class ReferenceDetector:
         s = dev.series[metric]
         s.newest = ts
         valid = self.sensor_faults(s, plan, metric, ts, v)
-        slot = list(FAMILIES[plan.family]).index(metric)
+        slot = SLOT[metric]
         out: list[tuple[str, Entry]] = []
         for kind in FAULT_KINDS:
             bit = {"fault.out_of_range": s.oor, "fault.spike": s.spike, "fault.flatline": s.flat}[kind]
@@ -206,8 +208,8 @@ class ReferenceDetector:
             out.append((kind, Entry(slot, level, v, v, ts, metric, None, {})))
         if not valid:
             return out
-        for c in CHECKS:
-            if c.family != plan.family or c.metric != metric or c.index not in plan.checks:
+        for c in CHECKS_OF[(plan.family, metric)]:
+            if c.index not in plan.checks:
                 continue
             prm = plan.checks[c.index]
             h = dev.checks.setdefault(c.index, Hold())
@@ -288,9 +290,10 @@ class ReferenceDetector:
         t, val = ts, v
         for k in range(1, prm.consecutive + 1):
             ref = None
-            for st, sv in h.samples:  # the latest sample at or before ts - k x window, older than the last point
+            for st, sv in reversed(h.samples):  # the latest sample at or before ts - k x window
                 if st <= ts - k * prm.window_ms:
                     ref = (st, sv)
+                    break
             if ref is None or _bad(t) or not ref[0] < t:
                 x = math.nan
                 t = val = math.nan
@@ -301,12 +304,12 @@ class ReferenceDetector:
             t, val = ref
         # samples no later reading can reach are forgotten
         horizon = ts - prm.window_ms * prm.consecutive
-        keep = max([i for i, (st, _) in enumerate(h.samples) if st <= horizon], default=0)
-        del h.samples[:keep]
+        while len(h.samples) > 1 and h.samples[1][0] <= horizon:
+            del h.samples[0]
         return x, refs
 
     def imbalance(self, dev: Device, metric: str, ts: int, v: float) -> list[tuple[str, Entry]]:
-        c = next(c for c in CHECKS if c.mode == "imbalance")
+        c = IMBALANCE
         prm = dev.plan.checks.get(c.index)
         if prm is None:
             return []
@@ -347,9 +350,11 @@ class ReferenceDetector:
         """The kind's level is the worst current level of its metrics; emit on change, re-assert on the grid."""
         ks = dev.kinds.setdefault(kind, KindState())
         ks.slots[e.slot] = e
+        ks.last_ts, prev_ts = e.ts, ks.last_ts
+        if not e.level and not ks.level:
+            return []  # clear and was clear (so every metric of the kind is): nothing to say
         level = max(x.level for x in ks.slots.values())
-        before, prev_ts = ks.level, ks.last_ts
-        ks.last_ts = e.ts
+        before = ks.level
         changed = level != before
         if changed:
             ks.level, ks.entered = level, e.ts

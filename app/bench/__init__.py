@@ -22,7 +22,7 @@ def bench():
 
 @bench.command("detect")
 @click.option("--readings", default=100_000, show_default=True, help="readings per batch")
-@click.option("--devices", default=2_000, show_default=True)
+@click.option("--devices", default=[2_000, 10_000], multiple=True, show_default=True, help="fleet sizes (repeatable)")
 @click.option("--repeat", default=7, show_default=True, help="batches to time (median reported)")
 def detect_cmd(readings, devices, repeat):
     """Detector engine (numpy batches) vs a per-reading Python loop, single core."""

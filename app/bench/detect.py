@@ -12,7 +12,6 @@ import numpy as np
 
 from sitewatch.contracts import FAMILIES
 
-DETECT_TARGET = 200_000  # readings/s on one core (issue 4)
 
 
 # ---------------------------------------------------------------------------------------------- detect
@@ -59,56 +58,116 @@ def python_loop_baseline(batch, rules_levels: dict[str, tuple[float, float, floa
     return emitted
 
 
-def _rows(batch, start: int, stop: int):
-    return type(batch)(batch.site[start:stop], batch.device[start:stop], batch.family[start:stop],
-                       batch.metric[start:stop], batch.ts[start:stop], batch.value[start:stop])
+DETECT_RATE_GOAL = 1_000_000  # readings/s at 10k devices (issue 12)
+DETECT_RATIO_GOAL = 10.0  # engine readings/s over the scalar reference's (issue 12)
+STATE_GOAL_BYTES = 1024  # detector state per device (issue 12)
 
 
-def bench_detect(n: int, devices: int, repeat: int, echo=click.echo) -> dict[str, float]:
-    """Batches vs the same engine called once per reading (same rules, same findings), plus, for scale, a
-    thresholds-only Python loop that does far less work than either."""
+def _shifted(batch, k: int):
+    """The same readings one minute later per ``k``: the next batch of a fleet that keeps reporting."""
+    return type(batch)(batch.site, batch.device, batch.family, batch.metric, batch.ts + k * 60_000, batch.value)
+
+
+def _detect_one(n: int, devices: int, repeat: int, ref_batches: int, echo) -> dict[str, float]:
     from detectors import DetectorEngine, RuleSet
+    from detectors.reference import PROVENANCE, ReferenceDetector
 
     batch = synthetic_batch(n, devices)
     engine = DetectorEngine(RuleSet.default())
+    ref = ReferenceDetector(RuleSet.default())
+    states: dict[str, dict] = {}
+    # warm-up (plans, first states) for both, then batches of the same readings a minute apart
+    engine.process(batch, states)
+    ref.process_batch(batch)
+    t_engine, t_ref, same = [], [], True
+    for i in range(max(repeat, ref_batches)):
+        b = _shifted(batch, i + 1)
+        t0 = time.perf_counter()
+        got = engine.process(b, states)
+        t_engine.append(time.perf_counter() - t0)
+        if i < ref_batches:
+            t0 = time.perf_counter()
+            want = ref.process_batch(b)
+            t_ref.append(time.perf_counter() - t0)
+
+            def cmp(f):
+                d = f.to_dict()
+                d["evidence"] = {k: v for k, v in d["evidence"].items() if k not in PROVENANCE}
+                return json.dumps(d, sort_keys=True)
+
+            same = same and sorted(cmp(f) for f in got if f.category != "health") == sorted(map(cmp, want))
+    eng = n / statistics.median(t_engine)
+    refr = n / statistics.median(t_ref)
+    return {"engine_rps": eng, "reference_rps": refr, "ratio": eng / refr, "same_findings": same}
+
+
+def bench_detect(n: int, devices: list[int] | int, repeat: int, echo=click.echo, ref_batches: int = 2,
+                 memory_devices: int = 100_000) -> dict:
+    """The numpy engine against the scalar reference detector (``detectors.reference``: the same rules and the
+    same findings, one reading at a time in plain Python) on the same batches in the same run, per fleet size;
+    then the detector state kept per device. A thresholds-only loop is printed for scale only: it does a
+    fraction of the work (no faults, hold, rates, episodes) and is no baseline."""
+    sizes = [devices] if isinstance(devices, int) else list(devices)
+    out: dict = {"sizes": {}}
+    echo(f"detect: batches of {n:,} readings (one minute of a fleet), one core; engine median of {repeat} "
+         f"batches, reference median of {ref_batches}, state carried between batches")
+    echo(f"  {'devices':>8} {'engine r/s':>12} {'reference r/s':>14} {'engine/ref':>11} {'same findings':>14}")
+    for d in sizes:
+        r = _detect_one(n, d, repeat, ref_batches, echo)
+        out["sizes"][d] = r
+        echo(f"  {d:>8,} {r['engine_rps']:>12,.0f} {r['reference_rps']:>14,.0f} {r['ratio']:>10.1f}x "
+             f"{'yes' if r['same_findings'] else 'NO':>14}")
     levels = {f"{f}.{m}": (base * 1.5, base * 2.0, base * 2.5) for f, base in
               {"crane": 5.0, "formwork": 2.0, "pit": 8.0, "electrical": 40.0, "battery": 30.0}.items()
               for m in FAMILIES[f]}
-    # Warm up, and keep state across runs the way a worker does.
-    states: dict[str, dict] = {}
-    engine.process(batch, states)
-    t_engine = []
-    for i in range(repeat):
-        shifted = type(batch)(batch.site, batch.device, batch.family, batch.metric,
-                              batch.ts + (i + 1) * 60_000, batch.value)
-        t0 = time.perf_counter()
-        engine.process(shifted, states)
-        t_engine.append(time.perf_counter() - t0)
-    eng = n / statistics.median(t_engine)
-
-    # Same engine, same readings, one call per reading (a sample: it is slow), and the same findings.
-    k = min(n, 3_000)
-    sample = _rows(batch, 0, k)
-    per_states: dict[str, dict] = {}
+    batch = synthetic_batch(n, sizes[-1])
     t0 = time.perf_counter()
-    per_found = sum(len(engine.process(_rows(sample, i, i + 1), per_states)) for i in range(k))
-    per_reading = k / (time.perf_counter() - t0)
-    batch_found = len(DetectorEngine(RuleSet.default()).process(sample, {}))
+    python_loop_baseline(batch, levels)
+    loop = n / (time.perf_counter() - t0)
+    out["loop_rps"] = loop
+    echo(f"  for scale only: a thresholds-only Python loop (no faults, hold, rates, episodes) {loop:,.0f} r/s")
+    goal = out["sizes"].get(10_000)
+    if goal is None:
+        echo("  goals (at 10,000 devices): not measured — include 10000 in --devices")
+    else:
+        echo(f"  goal engine >= {DETECT_RATIO_GOAL:.0f}x the reference at 10,000 devices: "
+             f"{'met' if goal['ratio'] >= DETECT_RATIO_GOAL else 'NOT met'} ({goal['ratio']:.1f}x)")
+        echo(f"  goal engine >= {DETECT_RATE_GOAL:,} readings/s at 10,000 devices: "
+             f"{'met' if goal['engine_rps'] >= DETECT_RATE_GOAL else 'NOT met'} ({goal['engine_rps']:,.0f})")
+    if memory_devices:
+        out["memory"] = bench_state_memory(memory_devices, echo=echo)
+    return out
 
-    t_loop = []
-    for _ in range(max(1, repeat // 2)):
-        t0 = time.perf_counter()
-        python_loop_baseline(batch, levels)
-        t_loop.append(time.perf_counter() - t0)
-    loop = n / statistics.median(t_loop)
-    echo(f"detect: {n:,} readings over {devices:,} devices, one core, median of {repeat} batches")
-    echo(f"  numpy engine, batches (all rules, faults, hysteresis)  {eng:12,.0f} readings/s")
-    echo(f"  same engine, one reading per call (baseline)           {per_reading:12,.0f} readings/s   "
-         f"(findings on {k:,} readings: {per_found} per-reading vs {batch_found} batched)")
-    echo(f"  thresholds-only Python loop (does far less; for scale) {loop:12,.0f} readings/s")
-    echo(f"  batching speed-up ×{eng / per_reading:.0f}; target ≥ {DETECT_TARGET:,}/s: "
-         f"{'met' if eng >= DETECT_TARGET else 'NOT met'}")
-    return {"engine_rps": eng, "per_reading_rps": per_reading, "loop_rps": loop}
+
+def bench_state_memory(devices: int, batches: int = 2, echo=click.echo) -> dict[str, float]:
+    """What the worker keeps per device, measured: the JSON of each device's state (the Faust table's value, what
+    the changelog and RocksDB hold) and the Python heap the states and the engine's per-device caches take in the
+    worker process (tracemalloc: the growth from before the first batch to after the last)."""
+    import gc
+    import tracemalloc
+
+    from detectors import DetectorEngine, RuleSet
+
+    engine = DetectorEngine(RuleSet.default())
+    states: dict[str, dict] = {}
+    batch = synthetic_batch(devices * 3, devices, seed=2)
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for i in range(batches):
+        engine.process(_shifted(batch, i), states)
+    gc.collect()
+    heap = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    js = [len(json.dumps(v, separators=(",", ":"), allow_nan=False)) for v in states.values()]
+    per_json = sum(js) / len(js)
+    per_heap = heap / len(states)
+    echo(f"state per device at {len(states):,} devices after {batches} batches of {devices * 3:,} readings: "
+         f"JSON {per_json:,.0f} bytes (p99 {sorted(js)[int(0.99 * (len(js) - 1))]:,}), in-process heap "
+         f"{per_heap:,.0f} bytes (states as Python objects + engine plans); goal <= {STATE_GOAL_BYTES} bytes: "
+         f"JSON {'met' if per_json <= STATE_GOAL_BYTES else 'NOT met'}, heap "
+         f"{'met' if per_heap <= STATE_GOAL_BYTES else 'NOT met'}")
+    return {"state_json_bytes": per_json, "state_heap_bytes": per_heap, "devices": len(states)}
 
 
 # ---------------------------------------------------------------------------------------------- deadman
