@@ -914,32 +914,43 @@ class DetectorEngine:
         ep_start = np.maximum.accumulate(np.where((agg > 0) & (prev == 0), idx, -1))
         ep_x = np.where(np.isnan(x_e), -np.inf, x_e)
         v_e = v_[e_row]
+        # Per row, the episode so far, all rows at once: an episode is the stretch of rows from its start ``ep_lo``
+        # (non-decreasing over the rows, and every row of a stretch is raised), so a running maximum of
+        # ``ep_lo * n + rank`` is the running maximum within the stretch. Ranks order rows by value and, among
+        # equal values, put the earliest highest: the running maximum is the first peak (what argmax picks).
+        ne = agg.shape[0]
+        ep_lo = np.maximum(ep_start, first_idx)
+        by_x = np.lexsort((-idx, ep_x))
+        rank = np.empty(ne, dtype=np.int64)
+        rank[by_x] = idx
+        raised = agg > 0
+        peak_at = by_x[np.clip(np.maximum.accumulate(ep_lo * ne + np.where(raised, rank, -1)) - ep_lo * ne, 0,
+                               max(ne - 1, 0))]
+        worst_at = np.maximum.accumulate(ep_lo * 4 + agg) - ep_lo * 4
 
         def episode(g: int, e: int) -> dict | None:
             """The episode that row ``e`` is in (or, for a clear, the one it ends), up to and including ``e``."""
-            lo = int(ep_start[e]) if ep_start[e] >= first_idx[e] else int(first_idx[e])
+            lo = int(ep_lo[e])
             hi = e + 1 if agg[e] > 0 else e
             ks = kstates[g]
             carried = lo == first_idx[e] and carry_l[g] > 0 and ks is not None
             ep = dict(ks["ep"]) if carried and ks.get("ep") else None
-            if hi > lo:
-                m = agg[lo:hi] > 0
-                if m.any():
-                    j = lo + int(np.argmax(np.where(m, ep_x[lo:hi], -np.inf)))
-                    on = np.flatnonzero(m)
-                    # peak: the checked quantity (the finding's value and threshold unit: t, mm/d, % ...);
-                    # peak_reading: the raw reading behind it
-                    cand = {"start": int(e_ts[lo + on[0]]), "peak": _j(x_e[j]), "peak_ts": int(e_ts[j]),
-                            "peak_reading": float(v_e[j]), "first_breach": int(e_ts[lo + on[0]]),
-                            "last_breach": int(e_ts[lo + on[-1]]), "worst": int(agg[lo:hi].max())}
-                    if ep is None:
-                        ep = cand
-                    else:
-                        if (cand["peak"] if cand["peak"] is not None else -math.inf) > (
-                                ep.get("peak") if ep.get("peak") is not None else -math.inf):
-                            ep.update(peak=cand["peak"], peak_ts=cand["peak_ts"], peak_reading=cand["peak_reading"])
-                        ep["last_breach"] = cand["last_breach"]
-                        ep["worst"] = max(ep.get("worst", 0), cand["worst"])
+            if hi > lo and raised[hi - 1]:
+                q = hi - 1
+                j = int(peak_at[q])
+                # peak: the checked quantity (the finding's value and threshold unit: t, mm/d, % ...);
+                # peak_reading: the raw reading behind it
+                cand = {"start": int(e_ts[lo]), "peak": _j(x_e[j]), "peak_ts": int(e_ts[j]),
+                        "peak_reading": float(v_e[j]), "first_breach": int(e_ts[lo]),
+                        "last_breach": int(e_ts[q]), "worst": int(worst_at[q])}
+                if ep is None:
+                    ep = cand
+                else:
+                    if (cand["peak"] if cand["peak"] is not None else -math.inf) > (
+                            ep.get("peak") if ep.get("peak") is not None else -math.inf):
+                        ep.update(peak=cand["peak"], peak_ts=cand["peak_ts"], peak_reading=cand["peak_reading"])
+                    ep["last_breach"] = cand["last_breach"]
+                    ep["worst"] = max(ep.get("worst", 0), cand["worst"])
             return ep
 
         # the slot that explains each emitted level: the entry's own if it carries the level, else the worst one
