@@ -89,7 +89,10 @@ def test_cmd(ctx, receiver, channel):
     from alerts.notifier import Notifier
 
     cfg = _config(ctx.obj["alerts_config"], ctx)
-    n = Notifier(_log(ctx, ctx.obj["alerts_db"]), cfg)
+    lg = _log(ctx, ctx.obj["alerts_db"])
+    if receiver in cfg.receivers:
+        _test_allowed(lg, receiver, int(time.time() * 1000))
+    n = Notifier(lg, cfg)
     try:
         outcomes = asyncio.run(n.send_test(receiver, channel, actor=os.environ.get("USER", "cli")))
     except KeyError as e:
@@ -99,6 +102,36 @@ def test_cmd(ctx, receiver, channel):
         click.echo(f"{mark} {receiver} via {o.channel} ({o.attempts} attempt(s))" + (f": {o.error}" if o.error else ""))
     if not all(o.ok for o in outcomes):
         sys.exit(1)
+
+
+ENV_TEST_LIMIT = "SW_RATE_ALERTS_TEST"
+DEFAULT_TEST_LIMIT = "5/hour"
+
+
+def _test_allowed(lg, receiver: str, now_ms: int) -> None:
+    """At most ``$SW_RATE_ALERTS_TEST`` (default 5/hour) test messages per receiver: a test can be an SMS, and
+    SMS cost money (OWASP API4). Counted from the delivery log's audit trail, so the limit holds across
+    invocations and hosts sharing the database (two runs racing in the same instant may both pass)."""
+    from limits import parse
+    from sqlalchemy import func, select
+
+    from alerts.delivery_log import AuditRecord
+
+    spec = os.environ.get(ENV_TEST_LIMIT) or DEFAULT_TEST_LIMIT
+    try:
+        item = parse(spec)
+    except ValueError:
+        raise click.ClickException(f"${ENV_TEST_LIMIT}={spec!r} is not a rate like '5/hour'") from None
+    since = now_ms - item.get_expiry() * 1000
+    with lg.session() as s:
+        q = select(func.count(), func.min(AuditRecord.at_ms)).where(
+            AuditRecord.action == "test_sent", AuditRecord.entity == "receiver", AuditRecord.entity_id == receiver,
+            AuditRecord.at_ms > since)
+        count, oldest = s.execute(q).one()
+    if count >= item.amount:
+        wait_s = max(1, -(-((oldest or now_ms) + item.get_expiry() * 1000 - now_ms) // 1000))
+        raise click.ClickException(f"receiver {receiver}: {count} test messages within {spec} already "
+                                   f"(${ENV_TEST_LIMIT}); try again in {wait_s} s")
 
 
 # ------------------------------------------------------------------------------------------------ silences

@@ -11,11 +11,13 @@ See ``config/alerts/example.yaml`` and ``docs/alerts.md``.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import os
 import re
 from datetime import time as dtime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
@@ -96,6 +98,133 @@ TimeOfDay = Annotated[dtime, BeforeValidator(_hhmm)]
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ------------------------------------------------------------------------------------------------ outbound URLs
+IpAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+_TRUE = ("1", "true", "yes", "on")
+ENV_ALLOW_HTTP = "SW_ALERTS_ALLOW_HTTP"
+ENV_ALLOW_PRIVATE = "SW_ALERTS_ALLOW_PRIVATE"
+
+
+def _networks(v: Any) -> Any:
+    v = _str_list(v)
+    return [ipaddress.ip_network(str(x), strict=False) for x in v] if v is not None else v
+
+
+class Outbound(_Model):
+    """Where the HTTP channels may send (server-side request forgery, OWASP API7).
+
+    By default: ``https://`` only, to public addresses only. Loopback and private addresses (RFC 1918, ULA) are
+    refused unless ``allow_private`` (or ``$SW_ALERTS_ALLOW_PRIVATE=1``); link-local (169.254.0.0/16, the cloud
+    metadata service), multicast, unspecified and reserved addresses are refused even then, unless a network is
+    listed in ``allowed_networks`` (which also admits a private network without opening all of them).
+    ``allowed_hosts``, when given, is the only set of host names (``qyapi.weixin.qq.com``, ``*.example.cn``)
+    the channels may reach. Names are resolved when a message is sent, and every address they resolve to is
+    checked on the connection itself (a name that re-resolves to a private address is caught).
+    """
+
+    allow_http: bool = False
+    allow_private: bool = False
+    allowed_hosts: StrList = []
+    allowed_networks: Annotated[list[ipaddress.IPv4Network | ipaddress.IPv6Network], BeforeValidator(_networks)] = []
+
+    def effective(self) -> "Outbound":
+        """This policy loosened by the environment (``$SW_ALERTS_ALLOW_HTTP``, ``$SW_ALERTS_ALLOW_PRIVATE``: tests
+        and demos with receivers on this machine)."""
+        http = self.allow_http or os.environ.get(ENV_ALLOW_HTTP, "").lower() in _TRUE
+        private = self.allow_private or os.environ.get(ENV_ALLOW_PRIVATE, "").lower() in _TRUE
+        if (http, private) == (self.allow_http, self.allow_private):
+            return self
+        return self.model_copy(update={"allow_http": http, "allow_private": private})
+
+    def host_allowed(self, host: str) -> bool:
+        if not self.allowed_hosts:
+            return True
+        host = host.lower().rstrip(".")
+        return any(host == h.lower() or (h.startswith("*.") and host.endswith(h[1:].lower()))
+                   for h in self.allowed_hosts)
+
+
+def address_problem(ip: IpAddress, policy: Outbound) -> str | None:
+    """Why ``ip`` may not be a destination under ``policy``, or None."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    if any(ip in n for n in policy.allowed_networks if n.version == ip.version):
+        return None
+    if ip.is_loopback:
+        kind, privately = "loopback", True
+    elif ip.is_link_local:
+        kind, privately = "link-local", False  # 169.254.169.254: the cloud metadata service
+    elif ip.is_multicast:
+        kind, privately = "multicast", False
+    elif ip.is_unspecified:
+        kind, privately = "unspecified", False
+    elif ip.is_reserved:
+        kind, privately = "reserved", False
+    elif ip.is_global:
+        return None
+    elif ip.is_private:
+        kind, privately = "private", True
+    else:
+        kind, privately = "reserved", False
+    if privately and policy.allow_private:
+        return None
+    how = ("outbound.allow_private: true or list it in outbound.allowed_networks" if privately
+           else "list it in outbound.allowed_networks")
+    return f"{ip} is {'an' if kind[0] in 'aeiou' else 'a'} {kind} address (refused by default: {how})"
+
+
+def safe_url(url: str) -> str:
+    """The URL without its query and user info (robot keys and tokens travel there), for error messages."""
+    try:
+        u = urlsplit(url)
+        host = u.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{u.scheme}://{host}{f':{u.port}' if u.port else ''}{u.path}"
+    except ValueError:
+        return "(unparsable URL)"
+
+
+def url_problem(url: str, policy: Outbound) -> str | None:
+    """What is wrong with ``url`` as a destination, checked without the network: scheme, host allowlist, and the
+    address when the host is an IP literal (names are resolved and checked when sending)."""
+    try:
+        u = urlsplit(url)
+        _ = u.port  # a port that is not a number raises here
+    except ValueError as e:
+        return f"not a valid URL ({e})"
+    if u.scheme not in ("http", "https"):
+        return "must be an https:// URL"
+    if u.scheme == "http" and not policy.allow_http:
+        return f"plain http is refused (use https, or set outbound.allow_http: true / ${ENV_ALLOW_HTTP}=1)"
+    host = u.hostname
+    if not host:
+        return "has no host"
+    if not policy.host_allowed(host):
+        return f"host {host} is not in outbound.allowed_hosts"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if host.rstrip(".").lower() == "localhost" or host.rstrip(".").lower().endswith(".localhost"):
+            return address_problem(ipaddress.ip_address("127.0.0.1"), policy)
+        return None
+    return address_problem(ip, policy)
+
+
+def outbound_urls(cfg: "AlertsConfig") -> list[tuple[str, str, str]]:
+    """(config path, receiver or provider name, URL) of every HTTP destination of ``cfg``."""
+    out = []
+    for name, r in cfg.receivers.items():
+        for i, ch in enumerate(r.channels):
+            for field in ("url", "endpoint"):
+                if isinstance(getattr(ch, field, None), str):
+                    out.append((f"receivers.{name}.channels.{i}.{field}", f"receiver {name}", getattr(ch, field)))
+    for name, p in cfg.providers.items():
+        if p.type in ("aliyun_sms", "tencent_sms"):
+            out.append((f"providers.{name}.endpoint", f"provider {name}", p.endpoint))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ matching
@@ -327,6 +456,7 @@ class AlertsConfig(_Model):
     receivers: dict[str, Receiver]
     routes: list[Route] = []
     default_receivers: StrList = []  # when no route matches (else the alert is logged as unrouted)
+    outbound: Outbound = Outbound()  # where HTTP channels may send: https, public addresses (see Outbound)
     _secret_overrides: dict[str, str] = PrivateAttr(default_factory=dict)  # set in code, never from YAML
 
     @model_validator(mode="after")
@@ -352,6 +482,11 @@ class AlertsConfig(_Model):
         for rname in self.default_receivers:
             if rname not in self.receivers:
                 problems.append(f"default_receivers: unknown receiver {rname!r}")
+        policy = self.outbound.effective()
+        for path, who, url in outbound_urls(self):
+            problem = url_problem(url, policy)
+            if problem:
+                problems.append(f"{path}: {who}: URL {safe_url(url)} refused: {problem}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -443,11 +578,16 @@ def load_config(path: str | Path) -> AlertsConfig:
 
 def webhook_only(url: str, secret: str | None) -> AlertsConfig:
     """The zero-config default ($SW_WEBHOOK_URL alone): one receiver ``webhook`` that gets every alert at once,
-    one message per alert, no escalation, reminders or resolution notices."""
+    one message per alert, no escalation, reminders or resolution notices.
+
+    The operator's own environment names this one URL, so it is its own allowlist: its scheme and, when its host
+    is an IP literal (``http://127.0.0.1:8787/alerts`` in demos and tests), exactly that address are allowed. A
+    host *name* is still checked when sending: it must resolve to public addresses."""
     ch: dict[str, Any] = {"type": "webhook", "url": url}
     if secret:
         ch["secret"] = "env:SW_WEBHOOK_SECRET"
     cfg = AlertsConfig.model_validate({
+        "outbound": _exactly(url),
         "defaults": {"group_wait": 0, "group_interval": 0, "remind_red_every": 0},
         "receivers": {"webhook": {"channels": [ch]}},
         "routes": [{"name": "everything", "tiers": [{"receivers": ["webhook"]}], "group_by": [],
@@ -456,3 +596,12 @@ def webhook_only(url: str, secret: str | None) -> AlertsConfig:
     if secret:
         cfg._secret_overrides["env:SW_WEBHOOK_SECRET"] = secret
     return cfg
+
+
+def _exactly(url: str) -> dict[str, Any]:
+    try:
+        u = urlsplit(url)
+        ip = ipaddress.ip_address(u.hostname or "")
+    except ValueError:
+        return {"allow_http": url.startswith("http://")}
+    return {"allow_http": u.scheme == "http", "allowed_networks": [f"{ip}/{ip.max_prefixlen}"]}

@@ -1,12 +1,21 @@
-"""What every channel shares: the rendered message it sends, the error it raises, secret redaction."""
+"""What every channel shares: the rendered message it sends, the error it raises, secret redaction, and the one
+way an HTTP channel reaches the network (``outbound_client``: the SSRF policy of ``alerts.config.Outbound``)."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
+
+import anyio
+import httpcore
+import httpx
+
+from alerts.config import Outbound, address_problem, safe_url, url_problem
 
 
 @dataclass
@@ -77,3 +86,63 @@ _filter = RedactQuerySecrets()
 for _name in ("httpx", "httpcore"):
     if not any(isinstance(f, RedactQuerySecrets) for f in logging.getLogger(_name).filters):
         logging.getLogger(_name).addFilter(_filter)
+
+
+# ------------------------------------------------------------------------------------------------ outbound HTTP
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Resolves the host itself, refuses the connection when any address is not allowed, and connects to the
+    address it checked: no second lookup in which a rebinding DNS server could answer differently."""
+
+    def __init__(self, policy: Outbound, where: str):
+        self.policy, self.where = policy, where
+        self.inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                          socket_options=None) -> httpcore.AsyncNetworkStream:
+        try:
+            infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as e:
+            raise httpcore.ConnectError(f"{self.where}: cannot resolve {host} ({e})") from None
+        addresses = list(dict.fromkeys(ipaddress.ip_address(str(i[4][0]).split("%")[0]) for i in infos))
+        if not addresses:
+            raise httpcore.ConnectError(f"{self.where}: {host} resolves to no address")
+        for ip in addresses:
+            problem = address_problem(ip, self.policy)
+            if problem:
+                raise httpcore.ConnectError(f"{self.where}: {host} resolves to {problem}")
+        last: Exception | None = None
+        for ip in addresses:
+            try:
+                return await self.inner.connect_tcp(str(ip), port, timeout=timeout, local_address=local_address,
+                                                    socket_options=socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:
+                last = e
+        raise last  # type: ignore[misc]
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+class _GuardedTransport(httpx.AsyncHTTPTransport):
+    def __init__(self, policy: Outbound, where: str):
+        super().__init__()
+        # httpx has no public knob for the network backend; its pool is httpcore's, which takes one
+        self._pool = httpcore.AsyncConnectionPool(ssl_context=httpx.create_ssl_context(),
+                                                  network_backend=_GuardedBackend(policy, where))
+
+
+def outbound_client(url: str, *, receiver: str, label: str, timeout: float,
+                    policy: Outbound | None = None) -> httpx.AsyncClient:
+    """An HTTP client for one message of one channel, allowed to reach ``url``'s host only if ``policy`` (default:
+    https, public addresses, loosened by ``$SW_ALERTS_ALLOW_*``) admits the URL and every address its host
+    resolves to. Raises ChannelError naming the receiver and the URL (without its query) otherwise.
+
+    Redirects are not followed (a 3xx could point anywhere) and proxy variables of the environment are ignored
+    (the check must see the real peer)."""
+    policy = (policy or Outbound()).effective()
+    where = f"receiver {receiver}: {label} URL {safe_url(url)}"
+    problem = url_problem(url, policy)
+    if problem:
+        raise ChannelError(f"{where} refused: {problem}")
+    return httpx.AsyncClient(timeout=timeout, transport=_GuardedTransport(policy, where), trust_env=False,
+                             follow_redirects=False)

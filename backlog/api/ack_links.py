@@ -15,11 +15,12 @@ import html
 import os
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from backlog import orgs
+from backlog.api.ratelimit import Limiter, client_key
 from backlog.errors import BacklogError
 from backlog.store import Backlog
 from sitewatch.signed import ACK_SECRET_ENV, unsign
@@ -41,8 +42,9 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
 {body}</body></html>""", status_code=status)
 
 
-def router(backlog: Backlog, secret: str | None = None, clock=time.time) -> APIRouter:
+def router(backlog: Backlog, secret: str | None = None, clock=time.time, limiter: Limiter | None = None) -> APIRouter:
     r = APIRouter(tags=["acknowledgement links"])
+    limiter = limiter or Limiter()
 
     def claims(token: str) -> dict | None:
         key = secret or os.environ.get(ENV_SECRET)
@@ -70,7 +72,8 @@ def router(backlog: Backlog, secret: str | None = None, clock=time.time) -> APIR
                      f"确认收到 / Acknowledge</button></form>")
 
     @r.post("/ack/{token}", response_class=HTMLResponse, include_in_schema=False)
-    async def acknowledge(token: str) -> HTMLResponse:
+    async def acknowledge(token: str, request: Request) -> HTMLResponse:
+        limiter.hit("ack", f"ip:{client_key(request)}")  # before the signature check: guessing counts too
         c = claims(token)
         if c is None:
             return _page(*invalid)

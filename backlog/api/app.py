@@ -7,15 +7,16 @@ Tickets outside a user's sites answer 404, not 403, so the API does not reveal w
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Path as PathParam, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from backlog import orgs, render, reports
+from backlog.api.ratelimit import RESPONSES as LIMITED, Limiter, RateLimited, RateLimitSettings, too_many
 from backlog.api.schemas import (AttachmentOut, AuditOut, Category, CreateTicketIn, EscalationOut, EventOut,
                                  LiftIn, MajorIn, Me, NoteIn, ReopenIn, RectifyIn, Status, TicketOut, TicketPage,
-                                 VerifyIn)
+                                 VerifyIn, MAX_ID, NO_NUL)
 from backlog.authz import Actor, check
 from backlog.errors import BacklogError, Invalid, TooLarge
 from backlog.evidence import EvidenceStore
@@ -30,14 +31,28 @@ Authenticate with `Authorization: Bearer <token>`; tokens are made with `sitewat
 """
 
 
-def create_app(backlog: Backlog, evidence_root: Path) -> FastAPI:
+Code = Annotated[str | None, Query(max_length=64, pattern=NO_NUL)]  # site, company, district, family, entity
+# the yearly report's range; ASCII digits only (a regex \d also takes other scripts' digits, which int() reads);
+# year 0000 made datetime() raise (found by the schemathesis run)
+MONTH = r"^(20[0-9]{2}|2100)-(0[1-9]|1[0-2])$"
+TicketId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+AttachmentId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+
+
+def create_app(backlog: Backlog, evidence_root: Path, rate_limits: RateLimitSettings | None = None) -> FastAPI:
+    """``rate_limits``: default from the environment (``SW_RATE_*``, see ``backlog.api.ratelimit``)."""
     app = FastAPI(title="SiteWatch backlog API", version="1.0", description=DESCRIPTION)
     evidence = EvidenceStore(backlog, evidence_root)
     bearer = HTTPBearer(auto_error=False)
+    limiter = app.state.limiter = Limiter(rate_limits)
 
     @app.exception_handler(BacklogError)
     async def _domain_error(_request: Request, exc: BacklogError):
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(RateLimited)
+    async def _too_many(_request: Request, exc: RateLimited):
+        return too_many(exc)
 
     def current(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Actor:
         actor = orgs.authenticate(backlog, creds.credentials) if creds else None
@@ -57,9 +72,11 @@ def create_app(backlog: Backlog, evidence_root: Path) -> FastAPI:
         return JSONResponse({"detail": "missing or invalid bearer token"}, status_code=401,
                             headers={"WWW-Authenticate": "Bearer"})
 
-    app.include_router(__import__("backlog.api.ack_links", fromlist=["router"]).router(backlog))  # signed ack links
+    app.include_router(__import__("backlog.api.ack_links", fromlist=["router"]).router(  # signed ack links
+        backlog, limiter=limiter))
     app.include_router(__import__("backlog.api.devices", fromlist=["router"]).router(backlog, current))  # /devices
-    app.include_router(__import__("backlog.api.wall", fromlist=["router"]).router(backlog))  # wall page: /wall
+    app.include_router(__import__("backlog.api.wall", fromlist=["router"]).router(  # wall page: /wall
+        backlog, limiter=limiter))
 
     @app.get("/health", tags=["meta"])
     def health() -> dict:
@@ -73,8 +90,8 @@ def create_app(backlog: Backlog, evidence_root: Path) -> FastAPI:
     @app.get("/tickets", response_model=TicketPage, tags=["tickets"])
     def list_tickets(
         actor: User,
-        site: str | None = None, company: str | None = Query(None, description="company code"),
-        district: str | None = Query(None, description="district code"), family: str | None = None,
+        site: Code = None, company: Annotated[Code, Query(description="company code")] = None,
+        district: Annotated[Code, Query(description="district code")] = None, family: Code = None,
         level: int | None = Query(None, ge=0, le=3, description="peak level"), status: Status | None = None,
         category: Category | None = None, major: bool | None = None,
         overdue: bool | None = Query(None, description="past deadline and not yet rectified"),
@@ -91,30 +108,32 @@ def create_app(backlog: Backlog, evidence_root: Path) -> FastAPI:
         return out(backlog.create_ticket(actor, **body.model_dump()))
 
     @app.get("/tickets/{ticket_id}", response_model=TicketOut, tags=["tickets"])
-    def get_ticket(ticket_id: int, actor: User) -> TicketOut:
+    def get_ticket(ticket_id: TicketId, actor: User) -> TicketOut:
         t = backlog.ticket(ticket_id, actor)
         check(actor, "read", t)
         return out(t)
 
     @app.get("/tickets/{ticket_id}/events", response_model=list[EventOut], tags=["audit"])
-    def ticket_events(ticket_id: int, actor: User) -> list[EventOut]:
+    def ticket_events(ticket_id: TicketId, actor: User) -> list[EventOut]:
         """The ticket's append-only audit trail: who, when, what, before/after."""
         check(actor, "read", backlog.ticket(ticket_id, actor))
         return [EventOut.model_validate(e) for e in backlog.events(ticket_id)]
 
-    @app.post("/tickets/{ticket_id}/acknowledge", response_model=TicketOut, tags=["lifecycle"])
-    def acknowledge(ticket_id: int, body: NoteIn, actor: User) -> TicketOut:
+    @app.post("/tickets/{ticket_id}/acknowledge", response_model=TicketOut, tags=["lifecycle"], responses=LIMITED)
+    def acknowledge(ticket_id: TicketId, body: NoteIn, actor: User) -> TicketOut:
+        """Rate-limited per user (``SW_RATE_ACK``): acknowledging stops the alert's escalation."""
+        limiter.hit("ack", f"user:{actor.name}")
         return out(backlog.acknowledge(ticket_id, actor, body.note))
 
     @app.post("/tickets/{ticket_id}/start-rectification", response_model=TicketOut, tags=["lifecycle"])
-    def start_rectification(ticket_id: int, body: NoteIn, actor: User) -> TicketOut:
+    def start_rectification(ticket_id: TicketId, body: NoteIn, actor: User) -> TicketOut:
         return out(backlog.start_rectification(ticket_id, actor, body.note))
 
     @app.post("/tickets/{ticket_id}/attachments", response_model=AttachmentOut, status_code=201,
               tags=["lifecycle"], openapi_extra={"requestBody": {"content": {
                   t: {"schema": {"type": "string", "format": "binary"}} for t in backlog.policy.evidence_types}}})
-    async def upload(ticket_id: int, request: Request, actor: User,
-                     filename: str = Query(..., min_length=1, max_length=200)) -> AttachmentOut:
+    async def upload(ticket_id: TicketId, request: Request, actor: User,
+                     filename: str = Query(..., min_length=1, max_length=200, pattern=NO_NUL)) -> AttachmentOut:
         """Upload one evidence file as the raw request body (Content-Type: image/jpeg, image/png, image/webp,
         application/pdf or text/plain); then pass its id to /rectify."""
         limit = backlog.policy.evidence_max_bytes
@@ -132,39 +151,39 @@ def create_app(backlog: Backlog, evidence_root: Path) -> FastAPI:
         return AttachmentOut.model_validate(a)
 
     @app.get("/tickets/{ticket_id}/attachments", response_model=list[AttachmentOut], tags=["lifecycle"])
-    def list_attachments(ticket_id: int, actor: User) -> list[AttachmentOut]:
+    def list_attachments(ticket_id: TicketId, actor: User) -> list[AttachmentOut]:
         check(actor, "read", backlog.ticket(ticket_id, actor))
         return [AttachmentOut.model_validate(a) for a in backlog.attachments(ticket_id)]
 
     @app.get("/tickets/{ticket_id}/attachments/{attachment_id}", tags=["lifecycle"],
              responses={200: {"content": {"application/octet-stream": {}}}})
-    def download(ticket_id: int, attachment_id: int, actor: User) -> Response:
+    def download(ticket_id: TicketId, attachment_id: AttachmentId, actor: User) -> Response:
         a, data = evidence.read(ticket_id, attachment_id, actor)
         return Response(data, media_type=a.content_type,
                         headers={"Content-Disposition": f"attachment; filename*=UTF-8''{_quote(a.filename)}"})
 
     @app.post("/tickets/{ticket_id}/rectify", response_model=TicketOut, tags=["lifecycle"])
-    def rectify(ticket_id: int, body: RectifyIn, actor: User) -> TicketOut:
+    def rectify(ticket_id: TicketId, body: RectifyIn, actor: User) -> TicketOut:
         return out(backlog.rectify(ticket_id, actor, body.note, body.attachment_ids))
 
     @app.post("/tickets/{ticket_id}/verify", response_model=TicketOut, tags=["lifecycle"])
-    def verify(ticket_id: int, body: VerifyIn, actor: User) -> TicketOut:
+    def verify(ticket_id: TicketId, body: VerifyIn, actor: User) -> TicketOut:
         """Accept (close) or reject a rectification. The verifier must not be the rectifier; a major hazard
         is closed by a supervisor only, after stop-work was lifted."""
         return out(backlog.verify(ticket_id, actor, body.note, body.accept))
 
     @app.post("/tickets/{ticket_id}/reopen", response_model=TicketOut, tags=["lifecycle"])
-    def reopen(ticket_id: int, body: ReopenIn, actor: User) -> TicketOut:
+    def reopen(ticket_id: TicketId, body: ReopenIn, actor: User) -> TicketOut:
         return out(backlog.reopen(ticket_id, actor, body.reason))
 
     @app.post("/tickets/{ticket_id}/major", response_model=TicketOut, tags=["major hazards"])
-    def flag_major(ticket_id: int, body: MajorIn, actor: User) -> TicketOut:
+    def flag_major(ticket_id: TicketId, body: MajorIn, actor: User) -> TicketOut:
         """Flag a major hazard (重大事故隐患): stop-work, listed supervision, credit deduction. Supervisor only."""
         return out(backlog.flag_major(ticket_id, actor, body.reason, body.stop_work, body.listed_supervision,
                                       body.credit_points))
 
     @app.post("/tickets/{ticket_id}/lift-stop-work", response_model=TicketOut, tags=["major hazards"])
-    def lift_stop_work(ticket_id: int, body: LiftIn, actor: User) -> TicketOut:
+    def lift_stop_work(ticket_id: TicketId, body: LiftIn, actor: User) -> TicketOut:
         return out(backlog.lift_stop_work(ticket_id, actor, body.note))
 
     @app.post("/escalations", response_model=EscalationOut, tags=["lifecycle"])
@@ -174,7 +193,7 @@ def create_app(backlog: Backlog, evidence_root: Path) -> FastAPI:
 
     # ---------------------------------------------------------------------------------------------- audit, reports
     @app.get("/audit", response_model=list[AuditOut], tags=["audit"])
-    def audit(actor: User, entity: str | None = None, limit: int = Query(200, ge=1, le=1000)) -> list[AuditOut]:
+    def audit(actor: User, entity: Code = None, limit: int = Query(200, ge=1, le=1000)) -> list[AuditOut]:
         """Changes to organisations, users and tokens (ticket changes: /tickets/{id}/events). Supervisor only."""
         check(actor, "report")
         return [AuditOut.model_validate(e) for e in orgs.audit_trail(backlog, entity, limit)]
@@ -191,7 +210,7 @@ def create_app(backlog: Backlog, evidence_root: Path) -> FastAPI:
     Fmt = Literal["json", "html", "csv", "ranking.csv"]
 
     @app.get("/reports/monthly", tags=["reports"])
-    def monthly(actor: User, month: str = Query(..., pattern=r"^\d{4}-\d{2}$", examples=["2026-10"]),
+    def monthly(actor: User, month: str = Query(..., pattern=MONTH, examples=["2026-10"]),
                 format: Fmt = "json") -> Response:
         check(actor, "report")
         return _report(reports.build(backlog, reports.Period.month(month), "monthly"), format)

@@ -11,9 +11,11 @@ from typing import Annotated, Any, Callable, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict
 
+from backlog.api.schemas import NO_NUL
 from backlog.authz import Actor
 from backlog.store import Backlog
 
+Site = Annotated[str | None, Query(max_length=64, pattern=NO_NUL)]
 HealthState = Literal["ok", "off", "silent", "faulty", "inhibited"]
 
 
@@ -61,12 +63,12 @@ def router(backlog: Backlog, current: Callable[..., Actor]) -> APIRouter:
     User = Annotated[Actor, Depends(current)]
 
     @r.get("/devices/health", response_model=list[DeviceHealthOut], tags=["devices"])
-    def device_health(actor: User, site: str | None = None, state: HealthState | None = None) -> list[DeviceHealthOut]:
+    def device_health(actor: User, site: Site = None, state: HealthState | None = None) -> list[DeviceHealthOut]:
         """Latest health of each device of your sites (``device.health`` findings; never tickets)."""
         return [DeviceHealthOut.model_validate(h) for h in backlog.device_health(actor, site=site, state=state)]
 
     @r.get("/findings/inhibited", response_model=list[InhibitedFindingOut], tags=["devices"])
-    def inhibited(actor: User, site: str | None = None,
+    def inhibited(actor: User, site: Site = None,
                   active: bool | None = Query(None, description="true: still inhibited; false: resolved"),
                   limit: int = Query(500, ge=1, le=5000)) -> list[InhibitedFindingOut]:
         """Findings an inhibition rule kept from becoming tickets (e.g. devices silent behind an offline

@@ -3,9 +3,16 @@ they get back is a stable shape independent of the ORM rows."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# Row ids are 32-bit INTEGER columns (PostgreSQL int4): a larger id is not a row, and must not reach the database
+# driver, which raises instead of answering "no such row" (found by the schemathesis run, tests/security).
+MAX_ID = 2**31 - 1
+RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
+# PostgreSQL text cannot hold NUL: a string with one is refused here (422) instead of failing in the driver (500)
+NO_NUL = r"^[^\x00]*$"
 
 Status = Literal["open", "acknowledged", "rectifying", "rectified", "closed"]
 Category = Literal["hazard", "fault"]
@@ -116,42 +123,43 @@ class Me(BaseModel):
 class CreateTicketIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    site: str = Field(min_length=1, max_length=64)
-    device: str = Field("-", min_length=1, max_length=64)
-    family: str = Field(min_length=1, max_length=32)
-    kind: str = Field(min_length=1, max_length=64)
+    site: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
+    device: str = Field("-", min_length=1, max_length=64, pattern=NO_NUL)
+    family: str = Field(min_length=1, max_length=32, pattern=NO_NUL)
+    kind: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
     level: int = Field(ge=1, le=3, description="1 yellow, 2 orange, 3 red")
-    title: str = Field(min_length=1, max_length=2000)
+    title: str = Field(min_length=1, max_length=2000, pattern=NO_NUL)
     category: Category = "hazard"
     major: bool = False
 
 
 class NoteIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    note: str = Field("", max_length=4000)
+    note: str = Field("", max_length=4000, pattern=NO_NUL)
 
 
 class RectifyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    note: str = Field(min_length=1, max_length=4000, description="what was done")
-    attachment_ids: list[int] = Field(default_factory=list, max_length=50,
+    note: str = Field(min_length=1, max_length=4000, description="what was done", pattern=NO_NUL)
+    attachment_ids: list[RowId] = Field(default_factory=list, max_length=50,
                                       description="ids returned by POST /tickets/{id}/attachments")
 
 
 class VerifyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     accept: bool = Field(True, description="true closes the ticket; false sends it back to rectifying")
-    note: str = Field("", max_length=4000)
+    note: str = Field("", max_length=4000, pattern=NO_NUL)
 
 
 class ReopenIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(min_length=1, max_length=4000, description="what the follow-up review (回头看) found")
+    reason: str = Field(min_length=1, max_length=4000, description="what the follow-up review (回头看) found",
+                        pattern=NO_NUL)
 
 
 class MajorIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(min_length=1, max_length=4000)
+    reason: str = Field(min_length=1, max_length=4000, pattern=NO_NUL)
     stop_work: bool = True
     listed_supervision: bool = True
     credit_points: float | None = Field(None, ge=0, le=100, description="default: the policy's points")
@@ -159,7 +167,7 @@ class MajorIn(BaseModel):
 
 class LiftIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    note: str = Field(min_length=1, max_length=4000)
+    note: str = Field(min_length=1, max_length=4000, pattern=NO_NUL)
 
 
 class EscalationOut(BaseModel):

@@ -41,6 +41,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from backlog import orgs
+from backlog.api.ratelimit import RESPONSES as LIMITED, Limiter, client_key
 from backlog.authz import Actor
 from backlog.models import ApiToken, Device, OrgUnit, Project, Ticket, TicketEvent, User
 from backlog.store import WORKING_STATUSES, Backlog
@@ -339,8 +340,10 @@ INDEX_PAGE = (STATIC / "index.html")
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-def router(backlog: Backlog, sites_file: Path | None = None, poll_s: float = 1.0) -> APIRouter:
+def router(backlog: Backlog, sites_file: Path | None = None, poll_s: float = 1.0,
+           limiter: Limiter | None = None) -> APIRouter:
     r = APIRouter(tags=["wall page"])
+    limiter = limiter or Limiter()
 
     def sites_cfg() -> dict[str, dict]:
         return load_sites(sites_file)
@@ -367,11 +370,20 @@ def router(backlog: Backlog, sites_file: Path | None = None, poll_s: float = 1.0
         actor = await run_in_threadpool(actor_of, request)
         return FileResponse(INDEX_PAGE if actor else LOGIN_PAGE, media_type="text/html", headers=NO_STORE)
 
-    @r.post("/wall/session", summary="Log the wall page in with an API token (sets an HttpOnly cookie)")
+    @r.post("/wall/session", summary="Log the wall page in with an API token (sets an HttpOnly cookie)",
+            responses=LIMITED, openapi_extra={"requestBody": {"required": True, "content": {
+                t: {"schema": {"type": "object", "properties": {"token": {"type": "string"}}, "required": ["token"]}}
+                for t in ("application/json", "application/x-www-form-urlencoded")}}})
     async def session(request: Request) -> Response:
+        limiter.hit("login", f"ip:{client_key(request)}")
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("application/json"):
-            token = str((await request.json() or {}).get("token", ""))
+            try:  # not JSON, or JSON that is not {"token": "..."}: no token (401), never a 500
+                data = await request.json()
+            except ValueError:
+                data = None
+            token = data.get("token") if isinstance(data, dict) else None
+            token = token if isinstance(token, str) else ""
         else:  # an HTML form (urlencoded); parsed here so the API needs no multipart library
             from urllib.parse import parse_qs
 
@@ -384,6 +396,7 @@ def router(backlog: Backlog, sites_file: Path | None = None, poll_s: float = 1.0
 
     @r.get("/wall/login", include_in_schema=False)
     async def link_login(request: Request, k: str = "") -> Response:
+        limiter.hit("login", f"ip:{client_key(request)}")
         claims = unsign(wall_secret(), k, time.time(), "link")
         actor = await run_in_threadpool(actor_for_hash, backlog, claims["th"]) if claims else None
         if actor is None:
@@ -400,8 +413,12 @@ def router(backlog: Backlog, sites_file: Path | None = None, poll_s: float = 1.0
 
     @r.get("/wall/static/{name:path}", include_in_schema=False)
     def static(name: str) -> Response:
-        path = (STATIC / name).resolve()
-        if STATIC.resolve() not in path.parents or not path.is_file():
+        try:
+            path = (STATIC / name).resolve()
+            found = STATIC.resolve() in path.parents and path.is_file()
+        except (ValueError, OSError):  # a NUL byte (%00) or a name too long: no such file, not a 500
+            found = False
+        if not found:
             hint = " (run `make deps`: it installs ECharts from npm)" if name.startswith("vendor/") else ""
             return JSONResponse({"detail": f"no such file{hint}"}, status_code=404)
         return FileResponse(path, headers={"Cache-Control": "public, max-age=300"})

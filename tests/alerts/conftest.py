@@ -4,6 +4,7 @@ alert payloads shaped like ``backlog.store._queue_alert`` makes them."""
 from __future__ import annotations
 
 import asyncio
+import os
 import textwrap
 from pathlib import Path
 
@@ -14,6 +15,11 @@ from alerts.delivery_log import DeliveryLog
 from alerts.notifier import Notifier
 from sitewatch.tickets import TicketState
 from tests.alerts.servers import HttpReceiver, SmtpServer
+
+# The receivers here are plain-http servers on 127.0.0.1, which the outbound policy refuses by default
+# (tests/security/test_ssrf.py tests that default); these tests allow them deliberately, before any config loads.
+os.environ.setdefault("SW_ALERTS_ALLOW_HTTP", "1")
+os.environ.setdefault("SW_ALERTS_ALLOW_PRIVATE", "1")
 
 T0 = 1_791_000_000.0  # 2026-10-03 ~ 08:00 Asia/Shanghai (seconds)
 MIN = 60.0

@@ -19,7 +19,8 @@ from urllib.parse import quote
 
 import httpx
 
-from alerts.channels.base import ChannelError, Rendered, redact
+from alerts.channels.base import ChannelError, Rendered, outbound_client, redact
+from alerts.config import Outbound
 
 
 def percent_encode(s: str) -> str:
@@ -36,7 +37,9 @@ class AliyunSmsSender:
     type = "sms"
 
     def __init__(self, *, endpoint: str, region: str, access_key_id: str, access_key_secret: str, sign_name: str,
-                 template_code: str, phone: str, params: list[str], timeout_s: float = 5.0, label: str = "sms"):
+                 template_code: str, phone: str, params: list[str], timeout_s: float = 5.0, label: str = "sms",
+                 policy: Outbound | None = None):
+        self.policy = policy  # where it may send (alerts.config.Outbound); None: the default
         self.endpoint, self.region = endpoint, region
         self.access_key_id, self.access_key_secret = access_key_id, access_key_secret
         self.sign_name, self.template_code, self.phone = sign_name, template_code, phone
@@ -67,7 +70,8 @@ class AliyunSmsSender:
     async def send(self, msg: Rendered) -> None:
         params = self.request_params(msg)
         try:
-            async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+            async with outbound_client(self.endpoint, receiver=msg.receiver, label=self.label, timeout=self.timeout_s,
+                                       policy=self.policy) as client:
                 resp = await client.post(self.endpoint, data=params)
         except httpx.HTTPError as e:
             raise ChannelError(redact(f"{type(e).__name__}: {e}", [self.access_key_secret])) from None

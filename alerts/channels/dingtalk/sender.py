@@ -11,7 +11,8 @@ import time
 
 import httpx
 
-from alerts.channels.base import ChannelError, Rendered, check_json_ok, redact
+from alerts.channels.base import ChannelError, Rendered, check_json_ok, outbound_client, redact
+from alerts.config import Outbound
 
 
 def dingtalk_sign(secret: str, timestamp_ms: int) -> str:
@@ -23,7 +24,8 @@ class DingtalkSender:
     type = "dingtalk"
 
     def __init__(self, *, endpoint: str, access_token: str, secret: str, at_mobiles: list[str] | None = None,
-                 timeout_s: float = 5.0, label: str = "dingtalk"):
+                 timeout_s: float = 5.0, label: str = "dingtalk", policy: Outbound | None = None):
+        self.policy = policy  # where it may send (alerts.config.Outbound); None: the default
         self.endpoint, self.access_token, self.secret = endpoint, access_token, secret
         self.at_mobiles, self.timeout_s, self.label = at_mobiles or [], timeout_s, label
 
@@ -37,7 +39,8 @@ class DingtalkSender:
         body = {"msgtype": "markdown", "markdown": {"title": msg.subject, "text": text}, "at": at}
         secrets = [self.access_token, self.secret, params["sign"]]
         try:
-            async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+            async with outbound_client(self.endpoint, receiver=msg.receiver, label=self.label, timeout=self.timeout_s,
+                                       policy=self.policy) as client:
                 resp = await client.post(self.endpoint, params=params, json=body)
             check_json_ok(resp)
         except httpx.HTTPError as e:

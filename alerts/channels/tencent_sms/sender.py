@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from alerts.channels.base import ChannelError, Rendered, redact
+from alerts.channels.base import ChannelError, Rendered, outbound_client, redact
+from alerts.config import Outbound
 
 CONTENT_TYPE = "application/json; charset=utf-8"
 SERVICE = "sms"
@@ -46,7 +47,8 @@ class TencentSmsSender:
 
     def __init__(self, *, endpoint: str, region: str, secret_id: str, secret_key: str, sdk_app_id: str,
                  sign_name: str, template_id: str, phone: str, params: list[str], timeout_s: float = 5.0,
-                 label: str = "sms"):
+                 label: str = "sms", policy: Outbound | None = None):
+        self.policy = policy  # where it may send (alerts.config.Outbound); None: the default
         self.endpoint, self.region = endpoint, region
         self.secret_id, self.secret_key = secret_id, secret_key
         self.sdk_app_id, self.sign_name, self.template_id = sdk_app_id, sign_name, template_id
@@ -78,7 +80,8 @@ class TencentSmsSender:
     async def send(self, msg: Rendered) -> None:
         body, headers = self.request(msg)
         try:
-            async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+            async with outbound_client(self.endpoint, receiver=msg.receiver, label=self.label, timeout=self.timeout_s,
+                                       policy=self.policy) as client:
                 resp = await client.post(self.endpoint, content=body, headers=headers)
         except httpx.HTTPError as e:
             raise ChannelError(redact(f"{type(e).__name__}: {e}", [self.secret_key])) from None

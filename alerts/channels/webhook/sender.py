@@ -19,7 +19,8 @@ from typing import Any
 
 import httpx
 
-from alerts.channels.base import ChannelError, Rendered, redact
+from alerts.channels.base import ChannelError, Rendered, outbound_client, redact
+from alerts.config import Outbound
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -30,7 +31,9 @@ class WebhookSender:
     type = "webhook"
     channel = "webhook"
 
-    def __init__(self, url: str, secret: str | None = None, timeout_s: float = 5.0, label: str = "webhook"):
+    def __init__(self, url: str, secret: str | None = None, timeout_s: float = 5.0, label: str = "webhook",
+                 policy: Outbound | None = None):
+        self.policy = policy  # where it may send (alerts.config.Outbound); None: the default
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"webhook url must be http(s)://, got {url!r}")
         self.url = url
@@ -49,7 +52,8 @@ class WebhookSender:
         if self.secret:
             headers["X-SiteWatch-Signature"] = sign(self.secret, body)
         try:
-            async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+            async with outbound_client(self.url, receiver=getattr(msg, "receiver", self.label), label=self.label,
+                                       timeout=self.timeout_s, policy=self.policy) as client:
                 resp = await client.post(self.url, content=body, headers=headers)
         except httpx.HTTPError as e:
             raise ChannelError(redact(f"{type(e).__name__}: {e}", [self.secret])) from None

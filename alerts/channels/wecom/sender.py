@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import httpx
 
-from alerts.channels.base import ChannelError, Rendered, check_json_ok, redact
+from alerts.channels.base import ChannelError, Rendered, check_json_ok, outbound_client, redact
+from alerts.config import Outbound
 
 MAX_BYTES = 4096
 
@@ -19,7 +20,8 @@ class WecomSender:
     type = "wecom"
 
     def __init__(self, *, endpoint: str, key: str, mentioned_mobiles: list[str] | None = None,
-                 timeout_s: float = 5.0, label: str = "wecom"):
+                 timeout_s: float = 5.0, label: str = "wecom", policy: Outbound | None = None):
+        self.policy = policy  # where it may send (alerts.config.Outbound); None: the default
         self.endpoint, self.key, self.timeout_s, self.label = endpoint, key, timeout_s, label
         self.mentioned_mobiles = mentioned_mobiles or []
 
@@ -29,7 +31,8 @@ class WecomSender:
             content += "\n" + " ".join(f"<@{m}>" for m in self.mentioned_mobiles)
         body = {"msgtype": "markdown", "markdown": {"content": _cap(content)}}
         try:
-            async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+            async with outbound_client(self.endpoint, receiver=msg.receiver, label=self.label, timeout=self.timeout_s,
+                                       policy=self.policy) as client:
                 resp = await client.post(self.endpoint, params={"key": self.key}, json=body)
             check_json_ok(resp)
         except httpx.HTTPError as e:
