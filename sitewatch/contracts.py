@@ -31,7 +31,10 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Annotated, Any, Iterable
+
+import msgspec
+import numpy as np
 
 SCHEMA_VERSION = 2  # 2: sw.readings records carry many devices (see pack_readings); v1 records still read
 
@@ -224,7 +227,10 @@ def _check_id(kind: str, value: Any) -> str:
 def _canonical_value(family: str, metric: str, value: Any, unit: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidReading("non_numeric_value", f"value must be a number, got {value!r}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an integer beyond any float: as unusable as Infinity, and must not crash a worker
+        raise InvalidReading("non_finite_value", f"value {value} is out of range") from None
     if not math.isfinite(v):
         raise InvalidReading("non_finite_value", f"value is {value!r}")
     want = FAMILIES[family][metric]
@@ -433,3 +439,380 @@ def unpack_readings(record: dict) -> list[Reading]:
         Reading(devs[i][0], devs[i][2], devs[i][1], m, t, v, devs[i][3] if len(devs[i]) > 3 else None)
         for i, m, t, v in zip(record["d"], record["m"], record["ts"], record["val"])
     ]
+
+
+# ---------------------------------------------------------------------------------------------- batch hot path
+# The worker validates whole batches of bridge envelopes. ``validate_message`` above is the reference: it builds a
+# ``Reading`` per reading and gives every rejection its reason. The batch path below decodes with schemas
+# (msgspec: types checked in C while parsing) straight into columns, and checks what the schema cannot (family,
+# metric, unit, identifiers, time bounds) once per distinct topic / device / (family, metric, unit) or over the
+# whole batch with numpy. It only ever *accepts*: a message with anything out of the ordinary — a bad item,
+# an RFC 3339 time, a status, a binary payload — is handed whole to ``validate_message``, so what is accepted
+# and what reaches the DLQ with which reason is decided by the reference and nothing else.
+_BatchTs = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, lt=1 << 62)]
+
+
+class _Item(msgspec.Struct, gc=False):  # gc=False: transient, no cycles; spares the collector
+    family: str
+    device: str
+    metric: str
+    ts: _BatchTs
+    value: float  # msgspec accepts ints here, rejects bools, NaN and out-of-range numbers
+    unit: str
+
+
+class _Frame(msgspec.Struct, gc=False):
+    readings: list[_Item]
+
+
+class _One(msgspec.Struct, gc=False):
+    ts: _BatchTs
+    value: float
+    unit: str
+
+
+class _Msg(msgspec.Struct, gc=False):
+    t: str
+    p: str | None = None
+    b64: str | None = None
+
+
+class _Envelope(msgspec.Struct, gc=False):
+    msgs: list[_Msg]
+    rx: int = 0
+
+
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+_FRAME = msgspec.json.Decoder(_Frame)
+_ONE = msgspec.json.Decoder(_One)
+_CACHE_LIMIT = 1 << 16  # per cache; junk from a misbehaving sender must not grow a worker without bound
+_topics: dict[str, tuple | None] = {}
+_factors: dict[tuple[str, str, str], float | None] = {}
+_good_ids: set[str] = set()
+
+
+def _id_ok(value: str) -> bool:
+    if value in _good_ids:
+        return True
+    if not _ID_RE.match(value):
+        return False
+    if len(_good_ids) >= _CACHE_LIMIT * 16:
+        _good_ids.clear()
+    _good_ids.add(value)
+    return True
+
+
+def _topic_info(topic: str) -> tuple | None:
+    """``("frame", site, gateway)`` or ``("one", site, family, device, metric)`` for a topic the batch path can
+    take, None for everything else (statuses, and whatever ``validate_message`` must judge)."""
+    try:
+        return _topics[topic]
+    except KeyError:
+        pass
+    info = None
+    parts = topic.split("/")
+    if len(parts) == 5 and parts[0] == MQTT_ROOT and _id_ok(parts[1]) and _id_ok(parts[3]):
+        _, site, family, device, metric = parts
+        if family == GATEWAY:
+            info = ("frame", site, device) if metric == "readings" else None
+        elif metric in FAMILIES.get(family, ()):
+            info = ("one", site, family, device, metric)
+    if len(_topics) < _CACHE_LIMIT:
+        _topics[topic] = info
+    return info
+
+
+def _factor(key: tuple[str, str, str]) -> float | None:
+    """Canonical-unit factor of (family, metric, unit), or None when ``validate_message`` would reject it."""
+    try:
+        return _factors[key]
+    except KeyError:
+        pass
+    family, metric, unit = key
+    out = None
+    if metric in FAMILIES.get(family, ()):
+        want = FAMILIES[family][metric]
+        unit = UNIT_ALIASES.get(unit, unit)
+        out = 1.0 if unit == want else UNIT_CONVERSIONS.get((unit, want))
+    if len(_factors) < _CACHE_LIMIT:
+        _factors[key] = out
+    return out
+
+
+@dataclass
+class ReadingColumns:
+    """Validated readings of a batch as columns: ``devs`` lists each (site, device, family, gateway) once and
+    ``d`` points every row at its device — the shape of a ``sw.readings`` record, without a ``Reading`` per row."""
+
+    devs: list[tuple] = field(default_factory=list)
+    d: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    metric: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    value: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    statuses: list[GatewayStatus] = field(default_factory=list)
+    device_statuses: list[DeviceStatus] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    rx: int = 0  # latest bridge receive time in the batch
+
+    def __len__(self) -> int:
+        return int(self.ts.shape[0])
+
+    def keys(self) -> list[str]:
+        """The Kafka key (``site/device``) of every entry of ``devs``."""
+        return [f"{dv[0]}/{dv[1]}" for dv in self.devs]
+
+    def by_partition(self, partitions: int) -> dict[int, bytes]:
+        """One packed ``sw.readings`` record per partition the devices' keys map to."""
+        if not len(self):
+            return {}
+        dev_part = np.fromiter((partition_of(k.encode(), partitions) for k in self.keys()), np.int64,
+                               len(self.devs))
+        row_part = dev_part[self.d]
+        out = {}
+        remap = np.empty(len(self.devs), dtype=np.int64)
+        for p in np.unique(dev_part).tolist():
+            rows = np.flatnonzero(row_part == p)
+            if not rows.shape[0]:
+                continue
+            d = self.d[rows]
+            used = np.flatnonzero(np.bincount(d, minlength=len(self.devs)))
+            remap[used] = np.arange(used.shape[0])
+            out[p] = pack_columns([self.devs[i] for i in used.tolist()], remap[d], self.metric[rows],
+                                  self.ts[rows], self.value[rows], self.rx)
+        return out
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def pack_columns(devs: list[tuple], d, metric, ts, value, received_ms: int) -> bytes:
+    """A v2 ``sw.readings`` record from columns (lists or numpy arrays); see ``pack_readings``. A device entry
+    is ``[site, device, family]``, or ``[site, device, family, gateway]`` when a gateway frame carried it."""
+    def col(x):
+        return x.tolist() if isinstance(x, np.ndarray) else list(x)
+
+    return _ENCODER.encode({
+        "v": SCHEMA_VERSION,
+        "type": "readings",
+        "rx": received_ms,
+        "devs": [list(dv) if dv[3:4] and dv[3] else list(dv[:3]) for dv in devs],
+        "d": col(d),
+        "m": col(metric),
+        "ts": col(ts),
+        "val": col(value),
+    })
+
+
+def validate_envelopes(envelopes: Iterable[bytes], now: int | None = None,
+                       max_age_ms: int = DEFAULT_ALLOWED_LATENESS_MS) -> ReadingColumns:
+    """Validate a batch of ``sw.raw`` records into columns; the same outcome as ``validate_message`` on each
+    MQTT message in them (which judges every message the batch path does not accept outright)."""
+    now = now if now is not None else now_ms()
+    lo, hi = now - max_age_ms, now + MAX_FUTURE_SKEW_MS
+    out = ReadingColumns()
+    devs: dict[tuple, int] = {}
+    d: list[int] = []
+    metric: list[str] = []
+    ts: list[int] = []
+    val: list[float] = []
+    fac: list[float] = []
+    msg_of: list[int] = []  # row -> message number, to take a message back out when a batch check fails it
+    slow: list[tuple[str, bytes]] = []
+    msgs_seen: list[tuple[str, str]] = []
+    devs_get, factors_get = devs.get, _factors.get
+    for data in envelopes:
+        try:
+            env = _ENVELOPE.decode(data)
+            if any(m.p is None for m in env.msgs):
+                raise ValueError("binary payload")
+            msgs = env.msgs
+            rx = env.rx
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+            try:
+                rx, raw = unpack_raw(data)
+            except (ValueError, KeyError, TypeError) as e:  # not a bridge envelope: keep the bytes anyway
+                out.rejected.append(Rejected("bad_envelope", str(e), "", data))
+                continue
+            out.rx = max(out.rx, rx)
+            slow.extend(raw)
+            continue
+        out.rx = max(out.rx, rx)
+        for m in msgs:
+            topic, payload = m.t, m.p
+            info = _topic_info(topic)
+            if info is None or len(payload) * 4 > MAX_PAYLOAD_BYTES and len(payload.encode()) > MAX_PAYLOAD_BYTES:
+                slow.append((topic, payload.encode()))
+                continue
+            mi = len(msgs_seen)
+            start = len(ts)
+            try:
+                if info[0] == "frame":  # column by column: each pass a comprehension or a map over the items
+                    site, gw = info[1], info[2]
+                    items = _FRAME.decode(payload).readings
+                    ms = [it.metric for it in items]
+                    fs = list(map(factors_get, zip([it.family for it in items], ms, [it.unit for it in items])))
+                    if None in fs:
+                        fs = [_factor((it.family, it.metric, it.unit)) for it in items]
+                        if None in fs:
+                            raise ValueError
+                    dks = [(site, it.device, it.family, gw) for it in items]
+                    idx = list(map(devs_get, dks))
+                    if None in idx:
+                        for k, dk in enumerate(dks):
+                            if idx[k] is None:
+                                if not _id_ok(dk[1]):
+                                    raise ValueError
+                                i = devs_get(dk)
+                                idx[k] = devs[dk] = len(devs) if i is None else i
+                    d += idx
+                    metric += ms
+                    ts += [it.ts for it in items]
+                    val += [it.value for it in items]
+                    fac += fs
+                else:
+                    _, site, family, device, met = info
+                    one = _ONE.decode(payload)
+                    f = factors_get((family, met, one.unit)) or _factor((family, met, one.unit))
+                    if f is None:
+                        raise ValueError
+                    dk = (site, device, family, None)
+                    i = devs_get(dk)
+                    if i is None:
+                        i = devs[dk] = len(devs)
+                    d.append(i)
+                    metric.append(met)
+                    ts.append(one.ts)
+                    val.append(one.value)
+                    fac.append(f)
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+                del d[start:], metric[start:], ts[start:], val[start:], fac[start:]
+                slow.append((topic, payload.encode()))
+                continue
+            msgs_seen.append((topic, payload))
+            msg_of.extend([mi] * (len(ts) - start))
+    t = np.array(ts, dtype=np.int64)
+    v = np.array(val, dtype=np.float64) * np.array(fac, dtype=np.float64)
+    bad = (t > hi) | (t < lo) | ~np.isfinite(v)
+    keep = slice(None)
+    if bad.any():  # out of the time window: the reference says why (future_timestamp, too_late …)
+        mo = np.array(msg_of, dtype=np.int64)
+        bad_msgs = np.unique(mo[bad])
+        keep = ~np.isin(mo, bad_msgs)
+        slow.extend((msgs_seen[i][0], msgs_seen[i][1].encode()) for i in bad_msgs.tolist())
+    out.d = np.array(d, dtype=np.int64)[keep]
+    out.metric = np.array(metric, dtype=object)[keep]
+    out.ts, out.value = t[keep], v[keep]
+    out.devs = list(devs)
+    if slow:
+        _add_slow(out, slow, devs, now, max_age_ms)
+    return out
+
+
+def _add_slow(out: ReadingColumns, slow: list[tuple[str, bytes]], devs: dict[tuple, int], now: int,
+              max_age_ms: int) -> None:
+    """Messages the batch path did not accept outright, judged by ``validate_message``."""
+    v = Validated()
+    for topic, payload in slow:
+        validate_message(topic, payload, now, v, max_age_ms)
+    out.statuses += v.statuses
+    out.device_statuses += v.device_statuses
+    out.rejected += v.rejected
+    if v.readings:
+        idx = []
+        for r in v.readings:
+            dk = (r.site, r.device, r.family, r.gateway)
+            i = devs.get(dk)
+            if i is None:
+                i = devs[dk] = len(devs)
+            idx.append(i)
+        out.devs = list(devs)
+        out.d = np.concatenate([out.d, np.array(idx, dtype=np.int64)])
+        out.metric = np.concatenate([out.metric, np.array([r.metric for r in v.readings], dtype=object)])
+        out.ts = np.concatenate([out.ts, np.array([r.ts for r in v.readings], dtype=np.int64)])
+        out.value = np.concatenate([out.value, np.array([r.value for r in v.readings], dtype=np.float64)])
+
+
+# ---------------------------------------------------------------------------------------------- sw.readings decode
+class _ReadingsRec(msgspec.Struct, tag_field="type", tag="readings", gc=False):
+    d: list[int] | None = None
+    devs: list[list[str | None]] | None = None
+    m: list[str] = []
+    ts: list[int] = []
+    val: list[float] = []
+    site: str = ""  # v1: one device per record
+    device: str = ""
+    family: str = ""
+
+
+class _StatusRec(msgspec.Struct, tag_field="type", tag="status"):
+    site: str
+    gateway: str
+    ts: int
+    online: bool
+    detail: dict[str, Any] = {}
+
+
+class _DStatusRec(msgspec.Struct, tag_field="type", tag="dstatus"):
+    site: str
+    family: str
+    device: str
+    ts: int
+    online: bool
+    reason: str = ""
+
+
+_READINGS_RECORD = msgspec.json.Decoder(_ReadingsRec | _StatusRec | _DStatusRec)
+
+
+@dataclass
+class ReadingsBatch:
+    """Many ``sw.readings`` records as columns (``devs`` entries are (site, device, family, gateway-or-None))."""
+
+    devs: list[tuple]
+    d: np.ndarray
+    metric: np.ndarray
+    ts: np.ndarray
+    value: np.ndarray
+    statuses: list[GatewayStatus]
+    device_statuses: list[DeviceStatus]
+
+
+def _readings_record(data: bytes):
+    try:
+        return _READINGS_RECORD.decode(data)
+    except msgspec.ValidationError:  # a record without "type" (early v1): read it by its fields
+        rec = json.loads(data)
+        return _ReadingsRec(rec.get("d"), rec.get("devs"), rec["m"], rec["ts"], rec["val"], rec.get("site", ""),
+                            rec.get("device", ""), rec.get("family", ""))
+
+
+def decode_readings_records(records: Iterable[bytes]) -> ReadingsBatch:
+    """Decode ``sw.readings`` records (v2 and v1 readings, gateway and device status) into one columnar batch."""
+    devs: list[tuple] = []
+    d_parts: list[np.ndarray] = []
+    metric: list[str] = []
+    ts: list[int] = []
+    val: list[float] = []
+    statuses: list[GatewayStatus] = []
+    dstatuses: list[DeviceStatus] = []
+    for data in records:
+        rec = _readings_record(data)
+        if type(rec) is _StatusRec:
+            statuses.append(GatewayStatus(rec.site, rec.gateway, rec.ts, rec.online, rec.detail))
+            continue
+        if type(rec) is _DStatusRec:
+            dstatuses.append(DeviceStatus(rec.site, rec.family, rec.device, rec.ts, rec.online, rec.reason))
+            continue
+        base = len(devs)
+        if rec.devs is not None:
+            devs.extend((dv[0], dv[1], dv[2], dv[3] if len(dv) > 3 else None) for dv in rec.devs)
+            d_parts.append(np.array(rec.d, dtype=np.int64) + base)
+        else:  # v1: one device per record
+            devs.append((rec.site, rec.device, rec.family, None))
+            d_parts.append(np.full(len(rec.ts), base, dtype=np.int64))
+        metric.extend(rec.m)
+        ts.extend(rec.ts)
+        val.extend(rec.val)
+    return ReadingsBatch(devs, np.concatenate(d_parts) if d_parts else np.zeros(0, np.int64),
+                         np.array(metric, dtype=object), np.array(ts, dtype=np.int64),
+                         np.array(val, dtype=np.float64), statuses, dstatuses)

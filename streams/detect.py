@@ -31,7 +31,8 @@ from detectors import DetectorEngine, RuleSet, load_rules
 from detectors.deadman import DeadlineIndex
 from sitewatch.findings import Finding
 from detectors.model import ReadingBatch
-from sitewatch.contracts import SCHEMA_VERSION, TOPIC_READINGS, DeviceStatus, GatewayStatus, now_ms, partition_of
+from sitewatch.contracts import (SCHEMA_VERSION, TOPIC_READINGS, DeviceStatus, GatewayStatus, decode_readings_records,
+                                 now_ms, partition_of)
 from streams.pipeline import Pipeline
 
 log = logging.getLogger("sitewatch.detect")
@@ -48,41 +49,19 @@ def load_rule_set(pipe: Pipeline) -> RuleSet:
     return rules
 
 
-def decode_batch(records: list[bytes]) -> tuple[ReadingBatch, list[GatewayStatus], list[DeviceStatus]]:
-    """Many ``sw.readings`` records → one columnar batch (plus the gateway and device status records)."""
-    devs: list[list[str]] = []
-    d_idx: list[np.ndarray] = []
-    metric: list[str] = []
-    ts: list[int] = []
-    value: list[float] = []
-    statuses: list[GatewayStatus] = []
-    dstatuses: list[DeviceStatus] = []
-    for data in records:
-        rec = json.loads(data)
-        kind = rec.get("type")
-        if kind == "status":
-            statuses.append(GatewayStatus(rec["site"], rec["gateway"], rec["ts"], rec["online"], rec.get("detail", {})))
-            continue
-        if kind == "dstatus":
-            dstatuses.append(DeviceStatus(rec["site"], rec["family"], rec["device"], rec["ts"], rec["online"],
-                                          rec.get("reason", "")))
-            continue
-        if "devs" in rec:
-            rec_devs, rec_d = [(dv + [None])[:4] for dv in rec["devs"]], rec["d"]
-        else:  # v1: one device per record
-            rec_devs, rec_d = [[rec["site"], rec["device"], rec["family"], None]], [0] * len(rec["ts"])
-        d_idx.append(np.asarray(rec_d, dtype=np.int64) + len(devs))
-        devs.extend(rec_devs)
-        metric.extend(rec["m"])
-        ts.extend(rec["ts"])
-        value.extend(rec["val"])
-    if not devs:
-        return ReadingBatch.from_columns([], [], [], [], [], []), statuses, dstatuses
-    table = np.array(devs, dtype=object).reshape(-1, 4)
-    rows = np.concatenate(d_idx)
-    gw = table[rows, 3] if any(dv[3] for dv in devs) else None
-    batch = ReadingBatch.from_columns(table[rows, 0], table[rows, 1], table[rows, 2], metric, ts, value, gw)
-    return batch, statuses, dstatuses
+def decode_batch(records: list[bytes]) -> tuple[ReadingBatch, list[GatewayStatus], list[DeviceStatus], list[str]]:
+    """Many ``sw.readings`` records → one columnar batch, the gateway and device status records, and the keys
+    (``site/device``) of the devices in the batch — taken from the records' device lists, not row by row."""
+    rb = decode_readings_records(records)
+    if not rb.devs:
+        return ReadingBatch.from_columns([], [], [], [], [], []), rb.statuses, rb.device_statuses, []
+    table = np.empty((len(rb.devs), 4), dtype=object)
+    table[:] = rb.devs
+    site, device, family, gw = (table[rb.d, c] for c in range(4))
+    has_gw = any(dv[3] for dv in rb.devs)
+    batch = ReadingBatch.from_columns(site, device, family, rb.metric, rb.ts, rb.value, gw if has_gw else None)
+    keys = list({f"{dv[0]}/{dv[1]}" for dv in rb.devs})
+    return batch, rb.statuses, rb.device_statuses, keys
 
 
 def encode_finding(f: Finding) -> bytes:
@@ -148,11 +127,11 @@ class Detection:
 
     # ------------------------------------------------------------------------------------ stages
     def run_batch(self, records: list[bytes]) -> list[Finding]:
-        batch, statuses, dstatuses = decode_batch(records)
+        batch, statuses, dstatuses, keys = decode_batch(records)
         findings: list[Finding] = []
         self.pipe.count("readings_detected", len(batch))
         if len(batch):
-            states = self._load(set(batch.key.tolist()))
+            states = self._load(keys)
             before = dict(self.engine.stats)
             found = self.engine.process(batch, states, now_ms())
             self._keep(states, {f.key for f in found})

@@ -1,51 +1,26 @@
-"""Stage 1: sw.raw → sw.readings (valid, packed per device) + sw.readings.dlq (rejected, with reason)."""
+"""Stage 1: sw.raw → sw.readings (valid, packed per partition) + sw.readings.dlq (rejected, with reason).
+
+A batch of envelopes is validated into columns (``sitewatch.contracts.validate_envelopes``: schema-checked
+decoding, no object per reading) and leaves as one ``sw.readings`` record per partition. ``Topic.send`` inside
+an agent only attaches the record to the source offset (Faust publishes attached records when it commits that
+offset), so a batch's few sends cost no round trip each.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 
 from sitewatch.contracts import (
-    Reading,
-    Rejected,
-    Validated,
-    device_key,
-    now_ms,
     DEFAULT_ALLOWED_LATENESS_MS,
+    ReadingColumns,
+    device_key,
     pack_device_status,
-    pack_readings,
     pack_status,
-    unpack_raw,
-    partition_of,
-    validate_message,
+    validate_envelopes,
 )
 from streams.pipeline import Pipeline
 
 log = logging.getLogger("sitewatch.validate")
-
-
-def validate_envelopes(
-    envelopes: list[bytes], partitions: int, now: int | None = None,
-    max_age_ms: int = DEFAULT_ALLOWED_LATENESS_MS,
-) -> tuple[dict[int, list[Reading]], Validated, int]:
-    """Validate a batch of bridge envelopes. Returns readings grouped by the ``sw.readings`` partition their
-    device key maps to (one record per partition downstream), the rest, and the latest bridge receive time."""
-    now = now if now is not None else now_ms()
-    out = Validated()
-    rx_max = 0
-    for data in envelopes:
-        try:
-            rx, msgs = unpack_raw(data)
-        except (ValueError, KeyError, TypeError) as e:  # not a bridge envelope: keep the bytes anyway
-            out.rejected.append(Rejected("bad_envelope", str(e), "", data))
-            continue
-        rx_max = max(rx_max, rx)
-        for topic, payload in msgs:
-            validate_message(topic, payload, now, out, max_age_ms)
-    by_partition: dict[int, list[Reading]] = defaultdict(list)
-    for r in out.readings:
-        by_partition[partition_of(device_key(r.site, r.device).encode(), partitions)].append(r)
-    return by_partition, out, rx_max
 
 
 def allowed_lateness_ms(pipe: Pipeline) -> int:
@@ -58,6 +33,19 @@ def allowed_lateness_ms(pipe: Pipeline) -> int:
     return int(lateness.allowed * 1000) if lateness is not None else DEFAULT_ALLOWED_LATENESS_MS
 
 
+def outgoing(out: ReadingColumns, partitions: int) -> tuple[list[dict], list[dict]]:
+    """What a validated batch sends: ``sw.readings`` records (one per partition, then the status records) and
+    DLQ records, as keyword arguments of ``Topic.send``."""
+    rx = out.rx
+    readings = [dict(value=v, partition=p) for p, v in out.by_partition(partitions).items()]
+    readings += [dict(key=device_key(st.site, f"gateway:{st.gateway}").encode(), value=pack_status(st))
+                 for st in out.statuses]
+    readings += [dict(key=device_key(ds.site, ds.device).encode(), value=pack_device_status(ds))
+                 for ds in out.device_statuses]
+    dlq = [dict(key=rej.topic.encode(), value=rej.to_dlq(rx)) for rej in out.rejected]
+    return readings, dlq
+
+
 def register(pipe: Pipeline) -> None:
     s = pipe.settings
     max_age_ms = allowed_lateness_ms(pipe)
@@ -65,17 +53,14 @@ def register(pipe: Pipeline) -> None:
     @pipe.app.agent(pipe.raw, name="validate")
     async def validate(stream):
         async for batch in stream.take(s.batch_size, within=s.batch_within_s):
-            by_partition, out, rx = validate_envelopes(batch, s.kafka_partitions, max_age_ms=max_age_ms)
-            for partition, readings in by_partition.items():
-                await pipe.readings.send(value=pack_readings(readings, rx), partition=partition)
-            for st in out.statuses:
-                await pipe.readings.send(key=device_key(st.site, f"gateway:{st.gateway}").encode(), value=pack_status(st))
-            for ds in out.device_statuses:
-                await pipe.readings.send(key=device_key(ds.site, ds.device).encode(), value=pack_device_status(ds))
+            out = validate_envelopes(batch, max_age_ms=max_age_ms)
+            readings, dlq = outgoing(out, s.kafka_partitions)
+            for kw in readings:
+                await pipe.readings.send(**kw)
+            for kw in dlq:
+                await pipe.dlq.send(**kw)
             for rej in out.rejected:
-                await pipe.dlq.send(key=rej.topic.encode(), value=rej.to_dlq(rx))
                 log.warning("DLQ %s on %r: %s", rej.reason, rej.topic, rej.detail)
-            pipe.count("readings_valid", len(out.readings))
+            pipe.count("readings_valid", len(out))
             pipe.count("readings_rejected", len(out.rejected))
             pipe.count("readings_too_late", sum(r.reason == "too_late" for r in out.rejected))
-

@@ -13,6 +13,7 @@ import click
 
 from app.bench.detect import bench_deadman, bench_detect
 from app.bench.pipeline import bench_pipeline
+from app.bench.worker import bench_worker
 
 
 @click.group()
@@ -43,6 +44,19 @@ def deadman_cmd(devices, silent, repeat):
 def pipeline_cmd(readings):
     """End to end on the local stack: gateway frames vs one message per reading, and alert latency."""
     bench_pipeline(readings)
+
+
+@bench.command("worker")
+@click.option("--readings", default=1_000_000, show_default=True, help="readings in gateway frames (0: skip)")
+@click.option("--single-readings", default=200_000, show_default=True, help="one-reading messages (0: skip)")
+@click.option("--singles-per-record", default=1, show_default=True, help="one-reading messages per sw.raw record")
+@click.option("--profile", help="sample both Faust processes with py-spy (else cProfile), files PREFIX-*.txt")
+@click.option("--baseline-src", type=click.Path(exists=True, file_okay=False),
+              help="also time the worker of this source tree (e.g. `git archive` of an older commit) on the same data")
+def worker_cmd(readings, single_readings, singles_per_record, profile, baseline_src):
+    """One worker draining a preloaded sw.raw, beside the bare Faust take() and kafka-python ceilings."""
+    bench_worker(readings, single_readings, singles_per_envelope=singles_per_record, profile=profile,
+                 baseline_src=baseline_src)
 
 
 __all__ = ["bench"]
