@@ -28,6 +28,7 @@ from sqlalchemy import (JSON, BigInteger, Boolean, Integer, String, Text, Unique
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from blackbox import chain as blackbox_chain, schema as blackbox_schema
 from sitewatch.db import make_engine
 from sitewatch.migrations import Migrations, ensure_sqlite_dir
 
@@ -165,6 +166,7 @@ class DeliveryLog:
         ensure_sqlite_dir(url)
         self.engine = make_engine(url)
         MIGRATIONS.upgrade(self.engine)
+        blackbox_schema.upgrade(self.engine)  # every delivery also goes into the site's tamper-evident record
         self.session = sessionmaker(self.engine, expire_on_commit=False)
 
     # -------------------------------------------------------------------------------------------- items
@@ -310,6 +312,12 @@ class DeliveryLog:
             s.execute(update(Delivery).where(Delivery.notification_id == n.id)
                       .values(status="delivered", channel=channel, delivered_ms=at_ms, last_error=None,
                               attempts=Delivery.attempts + 1))
+            for d in s.scalars(select(Delivery).where(Delivery.notification_id == n.id).order_by(Delivery.id)):
+                site = ((d.payload or {}).get("ticket") or {}).get("site") or (d.payload or {}).get("site")
+                if site:
+                    blackbox_chain.stage(s, site, "delivery", at_ms, {
+                        "item": d.alert_id, "kind": d.kind, "ticket": d.ticket_id, "receiver": d.receiver,
+                        "channel": channel, "notification": n.id, "key": n.key})
 
     def retry_later(self, n: Notification, owner: str, next_ms: int) -> None:
         with self.session.begin() as s:

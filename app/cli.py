@@ -32,6 +32,8 @@ ROOM_COMMANDS: dict[str, str] = {
     "rules": "tuning.rules_cli:rules",
     "backtest": "tuning.backtest:backtest",
     "bench": "app.bench:bench",
+    "verify": "blackbox.cli:verify",
+    "evidence": "blackbox.cli:evidence",
 }
 
 

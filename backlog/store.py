@@ -40,6 +40,7 @@ from backlog.inhibit import Inhibitor, finding_labels, source_kinds, ticket_labe
 from backlog.models import (HEALTH_STATES, STATUSES, AlertOutbox, AppliedLateFinding, Attachment, CreditDeduction,
                             DeviceHealth, InhibitedFinding, OrgUnit, Project, Ticket, TicketEvent)
 from backlog.policy import Policy
+from blackbox import chain as blackbox_chain, schema as blackbox_schema
 from sitewatch.findings import Finding, Level
 from sitewatch.tickets import TicketState
 from sitewatch.contracts import SCHEMA_VERSION, now_ms
@@ -189,6 +190,10 @@ class Backlog:
         self.engine = make_engine(url)
         if create:
             migrate.upgrade(self.engine)
+            blackbox_schema.upgrade(self.engine)
+        # Every finding and ticket event also goes into the site's tamper-evident record, in the same transaction
+        # (blackbox.chain.stage); a handle that does not migrate records once the record's tables exist.
+        self.blackbox = create or blackbox_schema.present(self.engine)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
         self.policy = policy or Policy.from_env()
         self.clock = clock
@@ -233,6 +238,10 @@ class Backlog:
                 queued = 0
                 ctx = _Batch(inhibitor)
                 with self.session.begin() as s:
+                    if self.blackbox:
+                        at = self.clock()
+                        blackbox_chain.stage_many(s, [blackbox_chain.NewEntry(f.site, "finding", at, f.to_dict())
+                                                      for f in batch])
                     for f in batch:
                         queued += self._apply(s, f, ctx)
                     queued += self._flush_deferred(s, ctx)
@@ -536,8 +545,13 @@ class Backlog:
         if f is not None:
             detail.update(reading_ts=f.ts, value=f.value, threshold=f.threshold, rule=f.rule)
         detail.update(extra)
-        s.add(TicketEvent(ticket_id=t.id, at_ms=self.clock(), actor=actor, action=action, from_level=from_level,
+        at = self.clock()
+        s.add(TicketEvent(ticket_id=t.id, at_ms=at, actor=actor, action=action, from_level=from_level,
                           to_level=to_level, detail=detail))
+        if self.blackbox:
+            blackbox_chain.stage(s, t.site, "ticket", at, {"ticket": t.id, "action": action, "actor": actor,
+                                                           "from_level": from_level, "to_level": to_level,
+                                                           "status": t.status, "detail": detail})
 
     def _change(self, s: Session, t: Ticket, actor: Actor, action: str, f: Finding | None = None,
                 **changes: Any) -> None:

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     bridge_session_expiry_s: int = Field(7 * 24 * 3600, description="how long the broker keeps a bridge's session "
                                          "(and queues its share) while it is down")
 
+    # The tamper-evident record (blackbox/, docs/evidence.md). Keys are files outside the repository.
+    blackbox_key_dir: Path | None = Field(None, description="Ed25519 keys per site: <site>.pem, <site>.pub.pem")
+    blackbox_checkpoint_s: float = Field(300.0, description="sign each site's head at most this often")
+    blackbox_export_dir: Path | None = Field(None, description="folder of exported checkpoints a third party holds")
+    blackbox_export_url: str | None = Field(None, description="webhook of the third party receiving checkpoints")
+    blackbox_readings_every_s: float = Field(1.0, description="one readings entry per site per window (0: per batch)")
+
     worker_id: str = "sitewatch-worker"
     batch_size: int = 5000
     batch_within_s: float = 0.2
