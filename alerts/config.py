@@ -599,9 +599,12 @@ def webhook_only(url: str, secret: str | None) -> AlertsConfig:
 
 
 def _exactly(url: str) -> dict[str, Any]:
+    """The policy admitting just ``url``: its scheme, and its own address when that is written in it."""
     try:
         u = urlsplit(url)
-        ip = ipaddress.ip_address(u.hostname or "")
+        host = (u.hostname or "").rstrip(".").lower()
+        ips = ([ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")] if host == "localhost"
+               else [ipaddress.ip_address(host)])
     except ValueError:
         return {"allow_http": url.startswith("http://")}
-    return {"allow_http": u.scheme == "http", "allowed_networks": [f"{ip}/{ip.max_prefixlen}"]}
+    return {"allow_http": u.scheme == "http", "allowed_networks": [f"{ip}/{ip.max_prefixlen}" for ip in ips]}

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Path as PathParam, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from backlog import orgs, render, reports
+from backlog.api import redact
 from backlog.api.ratelimit import RESPONSES as LIMITED, Limiter, RateLimited, RateLimitSettings, too_many
 from backlog.api.schemas import (AttachmentOut, AuditOut, Category, CreateTicketIn, EscalationOut, EventOut,
                                  LiftIn, MajorIn, Me, NoteIn, ReopenIn, RectifyIn, Status, TicketOut, TicketPage,
@@ -45,10 +47,18 @@ def create_app(backlog: Backlog, evidence_root: Path, rate_limits: RateLimitSett
     evidence = EvidenceStore(backlog, evidence_root)
     bearer = HTTPBearer(auto_error=False)
     limiter = app.state.limiter = Limiter(rate_limits)
+    redact.install()  # /ack/<token> and /wall/login?k=… must not reach the access log
 
     @app.exception_handler(BacklogError)
     async def _domain_error(_request: Request, exc: BacklogError):
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError):
+        """422 naming the field and the problem, without FastAPI's echo of the submitted value: a client that
+        put a token in the wrong field must not find it copied into an error body (and a proxy's logs)."""
+        return JSONResponse({"detail": [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in exc.errors()]},
+                            status_code=422)
 
     @app.exception_handler(RateLimited)
     async def _too_many(_request: Request, exc: RateLimited):

@@ -128,6 +128,8 @@ def test_zero_config_webhook_allows_exactly_its_own_address():
     assert not cfg.outbound.allow_private
     assert url_problem("http://127.0.0.2/alerts", cfg.outbound) is not None
     assert webhook_only("https://hooks.example.cn/a", None).outbound.allowed_networks == []
+    local = webhook_only("http://localhost:8787/alerts", None).outbound
+    assert [str(n) for n in local.allowed_networks] == ["127.0.0.1/32", "::1/128"]
 
 
 # ------------------------------------------------------------------------------------------------ at send time
