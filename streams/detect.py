@@ -78,6 +78,10 @@ class Detection:
         self.cache: dict[str, dict] = {}  # device key -> latest state (authoritative while we own the partition)
         self.saved_at: dict[str, float] = {}  # device key -> monotonic time of its last table checkpoint
         self.dirty: set[str] = set()
+        # Devices with a finding: saved only once the findings are delivered (``take_pending``, ``save``). Saved
+        # first, a crash before delivery restored a state that already had those readings, so their replay was
+        # dropped as old and the findings never came (the scale-out test: a worker SIGKILLed mid-batch lost them).
+        self.pending: set[str] = set()
         self.due = DeadlineIndex()  # device key -> when the deadman must look at it next
         self.indexed: frozenset[int] = frozenset()  # partitions whose devices are in ``due``
 
@@ -99,7 +103,9 @@ class Detection:
         for k, v in states.items():
             self.cache[k] = v
             self.due.update(k, DetectorEngine.next_due(v))
-            if k in urgent or now - self.saved_at.get(k, 0.0) >= self.checkpoint_s:
+            if k in urgent:
+                self.pending.add(k)
+            elif now - self.saved_at.get(k, 0.0) >= self.checkpoint_s:
                 self._checkpoint(k, v, now)
             else:
                 self.dirty.add(k)
@@ -108,6 +114,17 @@ class Detection:
         self.pipe.device_state[k.encode()] = v
         self.saved_at[k] = now
         self.dirty.discard(k)
+
+    def take_pending(self) -> set[str]:
+        keys, self.pending = self.pending, set()
+        return keys
+
+    def save(self, keys: set[str]) -> None:
+        now = time.monotonic()
+        for k in keys:
+            v = self.cache.get(k)
+            if v is not None:  # None: the partition moved meanwhile, and its next owner replays the readings
+                self._checkpoint(k, v, now)
 
     def flush_dirty(self, older_than_s: float | None = None) -> int:
         now = time.monotonic()
@@ -122,6 +139,7 @@ class Detection:
         self.cache.clear()
         self.saved_at.clear()
         self.dirty.clear()
+        self.pending.clear()  # their findings may not be out: the next owner replays those readings
         self.due.clear()
         self.indexed = frozenset()
 
@@ -202,8 +220,11 @@ def register(pipe: Pipeline) -> None:
     pipe.detection = detection  # type: ignore[attr-defined]
 
     async def emit(findings: list[Finding]) -> None:
-        for f in findings:
-            await pipe.hazards.send(key=f.key.encode(), value=encode_finding(f))
+        keys = detection.take_pending()  # before any await: the states behind exactly these findings
+        sent = [await pipe.hazards.send(key=f.key.encode(), value=encode_finding(f)) for f in findings]
+        for fut in sent:
+            await fut  # delivered: only now may the state that produced them be saved
+        detection.save(keys)
         pipe.count("findings", len(findings))
 
     @pipe.app.agent(pipe.readings, name="detect")

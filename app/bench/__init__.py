@@ -41,9 +41,30 @@ def deadman_cmd(devices, silent, repeat):
 
 @bench.command("pipeline")
 @click.option("--readings", default=200_000, show_default=True, help="readings to push through")
-def pipeline_cmd(readings):
-    """End to end on the local stack: gateway frames vs one message per reading, and alert latency."""
-    bench_pipeline(readings)
+@click.option("--load", type=int, default=None, help="instead: alarm latency under LOAD background readings/s "
+              "(e.g. 10000, the goal's load)")
+@click.option("--alarms", default=200, show_default=True, help="with --load: overloads injected under load")
+@click.option("--workers", default=1, show_default=True, help="with --load: worker processes in the group")
+def pipeline_cmd(readings, load, alarms, workers):
+    """End to end on the local stack: gateway frames vs one message per reading, and alert latency; with --load,
+    publish → ticket / webhook percentiles under a background load."""
+    if load is None:
+        bench_pipeline(readings)
+    else:
+        from app.bench.latency import bench_latency
+
+        bench_latency(load, alarms=alarms, workers=workers)
+
+
+@bench.command("scale")
+@click.option("--readings", default=500_000, show_default=True, help="preloaded readings per round")
+@click.option("--workers", default="1,2,4", show_default=True, help="worker counts, one round each")
+@click.option("--partitions", type=int, default=None, help="partitions per topic (default $SW_KAFKA_PARTITIONS)")
+def scale_cmd(readings, workers, partitions):
+    """Readings/s of 1, 2 … N workers in one group on the same preloaded input, with worker CPU per core."""
+    from app.bench.scale import bench_scale
+
+    bench_scale(readings, tuple(int(w) for w in workers.split(",")), partitions)
 
 
 @bench.command("worker")

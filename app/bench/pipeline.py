@@ -16,24 +16,41 @@ from sitewatch.contracts import FAMILIES, TOPIC_RAW, TOPIC_READINGS, gateway_top
 
 # ---------------------------------------------------------------------------------------------- pipeline
 class GroupLag:
-    """Unprocessed records of a consumer group: end offsets minus committed offsets, summed."""
+    """Unprocessed records of a consumer group: log end offsets minus committed offsets, summed.
+
+    The end offsets come from fetch responses (their high watermark), not from ListOffsets: Tansu answers
+    ListOffsets(latest) with the base offset of a partition's last record batch, so a batch of several records
+    at the tail looked already consumed (and a group that had read it showed a negative lag).
+    """
 
     def __init__(self, bootstrap: str, group: str, topics: tuple[str, ...]):
         from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
         self.group = group
         self.admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                      fetch_max_wait_ms=50)
         self.tps = [TopicPartition(t, p) for t in topics for p in (self.consumer.partitions_for_topic(t) or ())]
+        self.consumer.assign(self.tps)
+
+    def end_offsets(self) -> dict:
+        """True log end offset per partition: seek to what ListOffsets says, fetch the tail, read the watermark."""
+        listed = self.consumer.end_offsets(self.tps)
+        for tp in self.tps:
+            self.consumer.seek(tp, listed[tp])
+        self.consumer.poll(timeout_ms=100)
+        return {tp: max(listed[tp], self.consumer.highwater(tp) or 0) for tp in self.tps}
+
+    def by_partition(self) -> dict:
+        committed = self.admin.list_group_offsets(self.group).get(self.group, {})
+        out = {}
+        for tp, end in self.end_offsets().items():
+            c = committed.get(tp)
+            out[tp] = end - (c.offset if c is not None and c.offset >= 0 else 0)
+        return out
 
     def __call__(self) -> int:
-        committed = self.admin.list_group_offsets(self.group).get(self.group, {})
-        ends = self.consumer.end_offsets(self.tps)
-        lag = 0
-        for tp in self.tps:
-            c = committed.get(tp)
-            lag += ends[tp] - (c.offset if c is not None and c.offset >= 0 else 0)
-        return lag
+        return sum(self.by_partition().values())
 
     def close(self) -> None:
         self.consumer.close()
@@ -128,7 +145,8 @@ def bench_pipeline(readings: int, echo=click.echo) -> dict[str, float]:
     rules = tmp / "bench-rules.yaml"
     rules.write_text(BENCH_RULES)
     env = {"SW_DATA_DIR": str(tmp), "SW_MQTT_PORT": str(stack.mqtt_port), "SW_KAFKA_BOOTSTRAP": stack.bootstrap,
-           "SW_WEBHOOK_URL": receiver.url, "SW_WORKER_ID": group, "SW_RULES_PATH": str(rules)}
+           "SW_WEBHOOK_URL": receiver.url, "SW_WORKER_ID": group, "SW_RULES_PATH": str(rules),
+           "SW_KAFKA_PARTITIONS": str(stack.partitions)}
     procs = [ManagedProcess("bridge", sitewatch_argv("bridge"), tmp / "logs" / "bridge.log", env).start(),
              ManagedProcess("worker", sitewatch_argv("worker"), tmp / "logs" / "worker.log", env).start()]
     out: dict[str, float] = {}
