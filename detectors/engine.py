@@ -179,6 +179,14 @@ class _Tables:
         self.consecutive = np.ones((P, _NC), np.int64)
         self.per_ms = np.ones((P, _NC))
         self.min_load = np.zeros((P, _NC))
+        # cadence and deadman
+        self.min_gaps = np.array([p.min_gaps for p in plans], dtype=np.int64)
+        self.def_iv = np.array([p.default_interval_ms for p in plans], dtype=np.int64)
+        self.silent_after = np.array([p.silent_after for p in plans], dtype=np.float64)
+        self.floor_ms = np.array([p.silent_floor_ms for p in plans], dtype=np.float64)
+        self.ceiling_ms = np.array([p.silent_ceiling_ms for p in plans], dtype=np.float64)
+        self.gw_grace = np.array([p.gateway_grace_ms for p in plans], dtype=np.int64)
+        self.follows_cal = np.array([bool(p.follows_calendar) for p in plans], dtype=bool)
         for i, p in enumerate(plans):
             for metric, s in p.sensors.items():
                 fm = FM_CODE[f"{p.family}/{metric}"]
@@ -450,7 +458,7 @@ class DetectorEngine:
                     d = where[f.key]
                     end = int(first_on[d]) if first_on[d] != big.max else int(dmax[d])
                     self._mark_late(f, olds[d] or {}, now_ms, [olds[d].get("lt") if olds[d] else None, end])
-            findings += self._upkeep(batch, first, d_, t_, dmin, dmax, plans, olds, new_states)
+            findings += self._upkeep(batch, first, d_, t_, dmin, dmax, plans, olds, new_states, dev_pid, tab)
         out = fr.out
         S_i[s_row] = np.column_stack([t_[slast], out.p1_ts, out.sus, out.frun, out.fstart, out.oor_bit, out.oor_good,
                                       out.spk_bit, out.spk_good, out.flat_bit]).astype(np.int64)
@@ -475,9 +483,14 @@ class DetectorEngine:
 
     # -------------------------------------------------------------------------------------------- upkeep
     def _upkeep(self, batch: ReadingBatch, first: np.ndarray, d_, t_, dmin, dmax, plans, olds,
-                new_states) -> list[Finding]:
+                new_states, dev_pid, tab: _Tables) -> list[Finding]:
         """Per device with fresh readings: learned cadence, covered event time, the next silent deadline, a
-        silence that ended, and device health. Python per device, numpy for the per-row part."""
+        silence that ended, and device health.
+
+        The cadence (median of the last gaps), the gap threshold and the plain deadline are computed for all
+        devices at once; a device whose batch leaves no gap in its covered time, that was not silent and does
+        not follow a site calendar (nearly all of them) then only has its new numbers written. The others take
+        the general path (``_upkeep_one``)."""
         out: list[Finding] = []
         o = np.lexsort((t_, d_))
         dd, tt = d_[o], t_[o]
@@ -485,76 +498,227 @@ class DetectorEngine:
             u = np.r_[True, (dd[1:] != dd[:-1]) | (tt[1:] != tt[:-1])]
             dd, tt = dd[u], tt[u]
         n_dev = len(plans)
-        bnd = np.searchsorted(dd, np.arange(n_dev + 1)).tolist()
+        bnd_a = np.searchsorted(dd, np.arange(n_dev + 1))
         # gaps between a device's distinct measurement times in this batch; the largest one per device
         g = np.diff(tt)
         same = dd[1:] == dd[:-1]
         gmax = np.zeros(n_dev, dtype=np.int64)
         if g.size:
             np.maximum.at(gmax, dd[1:][same], g[same])
-        gmax_l, tt_first = gmax.tolist(), tt[np.minimum(bnd[:-1], max(tt.size - 1, 0))].tolist() if tt.size else []
-        dmin_l, dmax_l = dmin.tolist(), dmax.tolist()
+        devs = [d for d in new_states if bnd_a[d + 1] > bnd_a[d]] if len(new_states) != n_dev else \
+            np.flatnonzero(bnd_a[1:] > bnd_a[:-1]).tolist()
+        if not devs:
+            return out
+        m = len(devs)
+        D = np.array(devs, dtype=np.int64)
+        nss = [new_states[d] for d in devs]
+        ts0 = tt[bnd_a[D]]
+        # ---- what the states hold (one pass of Python)
+        lt_l = [ns.get("lt") for ns in nss]
+        cads = [(ns.get("cad") or [])[-deadman.K_GAPS:] for ns in nss]
+        covs = [ns.get("cov") or [] for ns in nss]
+        sil_l = [(ns.get("sil") or (0,))[0] for ns in nss]
+        has_lt = np.fromiter((x is not None for x in lt_l), bool, m)
+        lt_old = np.fromiter((x if x is not None else 0 for x in lt_l), np.int64, m)
+        cov_n = np.fromiter(map(len, covs), np.int64, m)
+        cov_b = np.fromiter((c[-1][1] if c else 0 for c in covs), np.int64, m)
+        silent = np.fromiter(sil_l, np.int64, m) != 0
+        # ---- old cadence: the gap threshold (while learning, the largest gap seen counts as normal)
+        c_n = np.fromiter(map(len, cads), np.int64, m)
+        c_flat = np.fromiter(chain.from_iterable(cads), np.int64, int(c_n.sum()))
+        c_own = np.repeat(np.arange(m), c_n)
+        pid = dev_pid[D]
+        min_gaps, def_iv = tab.min_gaps[pid], tab.def_iv[pid]
+
+        def cadence(own, vals, count):
+            """Per device: the interval as ``DevicePlan.cadence_ms`` decides, and the largest gap."""
+            K = deadman.K_GAPS
+            mat = np.full((m, K), np.iinfo(np.int64).max, dtype=np.int64)
+            start = np.searchsorted(own, np.arange(m))
+            mat[own, np.arange(own.shape[0]) - start[own]] = vals
+            mat.sort(axis=1)
+            med = mat[np.arange(m), np.maximum(count - 1, 0) // 2]
+            learned = (count > 0) & (count >= min_gaps) & (med > 0)
+            big = np.where(count > 0, mat[np.arange(m), np.maximum(count - 1, 0)], 0)
+            return np.where(learned, med, def_iv), big
+
+        iv_old, gbig = cadence(c_own, c_flat, c_n)
+        iv_old = np.where((c_n < min_gaps) & (c_n > 0), np.maximum(iv_old, gbig), iv_old)
+        thr = np.floor(np.maximum(self.gap_factor * iv_old, 2_000)).astype(np.int64)
+        first_gap = np.where(has_lt, ts0 - lt_old, 0)
+        # ---- new cadence: the old gaps, then the one from the last reading, then this batch's, the last K kept
+        gi = np.flatnonzero(same)
+        pos_of = np.full(n_dev, -1, dtype=np.int64)
+        pos_of[D] = np.arange(m)
+        fg = np.flatnonzero(has_lt & (first_gap > 0))
+        own = np.concatenate([c_own, fg, pos_of[dd[1:][gi]]])
+        seq = np.concatenate([np.arange(c_own.shape[0]) - c_own.shape[0] - 1 - m, fg - m, gi])
+        vals = np.concatenate([c_flat, first_gap[fg], g[gi]])
+        keep = own >= 0
+        own, seq, vals = own[keep], seq[keep], vals[keep]
+        so = np.lexsort((seq, own))
+        own, vals = own[so], vals[so]
+        ends = np.searchsorted(own, np.arange(m), side="right")
+        tail = (ends[own] - np.arange(own.shape[0])) <= deadman.K_GAPS
+        own, vals = own[tail], vals[tail]
+        nc_start = np.searchsorted(own, np.arange(m + 1))
+        nc_n = np.diff(nc_start)
+        iv_new, _ = cadence(own, vals, nc_n)
+        sa, lo, hi = tab.silent_after[pid], tab.floor_ms[pid], tab.ceiling_ms[pid]
+        lim = np.rint(np.minimum(np.maximum(iv_new * sa, lo), hi)).astype(np.int64)
+        hi_t, lo_t = dmax[D], dmin[D]
+        lt_new = np.where(has_lt, np.maximum(hi_t, lt_old), hi_t)
+        # ---- covered time, all devices at once (what ``coverage.extend`` then ``coverage.prune`` do one by one):
+        # a reading opens a new interval where it is further than the threshold from the end of what is covered
+        vec = ~silent  # a silence that ends takes the general path
+        fast = (gmax[D] <= thr) & (first_gap <= thr) & (cov_n > 0) & (ts0 - cov_b <= thr)  # no gap at all
+        r_i = pos_of[dd]
+        rows = np.flatnonzero(r_i >= 0)
+        r_i = r_i[rows]
+        r_t = tt[rows]
+        r_first = rows == bnd_a[dd[rows]]
+        r_prev = np.empty_like(r_t)
+        r_prev[1:] = r_t[:-1]
+        e0 = np.where(cov_n > 0, cov_b, np.iinfo(np.int64).min // 2)[r_i]
+        prev_end = np.where(r_first, e0, np.maximum(e0, r_prev))
+        brk = (r_t - prev_end > thr[r_i]) | (r_first & (cov_n[r_i] == 0))
+        # outages as heard live (from the device's last reading, then between this batch's readings)
+        prev_x = np.where(r_first, lt_old[r_i], r_prev)
+        ogp = np.flatnonzero((r_t - prev_x > thr[r_i]) & (~r_first | has_lt[r_i]))
+        nb = np.flatnonzero(brk)
+        r_end = np.r_[r_i[1:] != r_i[:-1], True]  # last row per device
+        dev_last = np.flatnonzero(r_end)
+        last_of = np.empty(m, dtype=np.int64)
+        last_of[r_i[dev_last]] = dev_last
+        nb_end = np.minimum(np.r_[nb[1:], rows.shape[0]], last_of[r_i[nb]] + 1) - 1
+        # the first stretch of a device's readings that opens no interval extends its last covered one
+        first_brk = np.full(m, rows.shape[0], dtype=np.int64)
+        np.minimum.at(first_brk, r_i[nb], nb)
+        first_of = np.full(m, 0, dtype=np.int64)
+        first_of[r_i[r_first]] = np.flatnonzero(r_first)
+        seg0_last = np.minimum(first_brk, last_of + 1) - 1
+        merge = (cov_n > 0) & (seg0_last >= first_of)
+        cov_flat = np.fromiter(chain.from_iterable(chain.from_iterable(covs)), np.int64, 2 * int(cov_n.sum()))
+        ca, cb = cov_flat[0::2].copy(), cov_flat[1::2].copy()
+        c_last = np.cumsum(cov_n) - 1
+        mi = np.flatnonzero(merge)
+        cb[c_last[mi]] = np.maximum(cb[c_last[mi]], r_t[seg0_last[mi]])
+        own = np.concatenate([np.repeat(np.arange(m), cov_n), r_i[nb]])
+        a_ = np.concatenate([ca, r_t[nb]])
+        b_ = np.concatenate([cb, r_t[nb_end]])
+        so = np.argsort(own, kind="stable")
+        own, a_, b_ = own[so], a_[so], b_[so]
+        ends = np.searchsorted(own, np.arange(m), side="right")
+        keep = ~(~fast[own] & ((ends[own] - np.arange(own.shape[0])) > self.max_intervals))
+        own, a_, b_ = own[keep], a_[keep], b_[keep]
+        older = hi_t - self.allowed_lateness_ms
+        kept = b_ >= older[own]
+        any_kept = np.zeros(m, dtype=bool)
+        any_kept[own[kept]] = True
+        is_last = np.r_[own[1:] != own[:-1], True]
+        keep = kept | (is_last & ~any_kept[own])
+        own, a_, b_ = own[keep], a_[keep], b_[keep]
+        cov_pairs = np.column_stack([a_, b_]).tolist()
+        cvs = np.searchsorted(own, np.arange(m + 1)).tolist()
+        og_new: dict[int, list] = {}
+        for i, x, y in zip(r_i[ogp].tolist(), prev_x[ogp].tolist(), r_t[ogp].tolist()):
+            og_new.setdefault(i, []).append((x, y))
+        # ---- write back
+        cad_vals = vals.tolist()
+        ncs = nc_start.tolist()
         gw_l = batch.gateway[first].tolist() if batch.gateway is not None else None
-        for d, ns in new_states.items():
-            a, b = bnd[d], bnd[d + 1]
-            if a == b:
-                continue
+        older_l = older.tolist()
+        for i, (d, ns, vec_i, lt, lim_i, lo_i, hi_i, grace) in enumerate(zip(
+                devs, nss, vec.tolist(), lt_new.tolist(), lim.tolist(), lo_t.tolist(), hi_t.tolist(),
+                tab.gw_grace[pid].tolist())):
             p = plans[d]
-            ts0 = tt_first[d]
-            lt_old = ns.get("lt")
-            cad_old = ns.get("cad") or []
-            gaps = g[max(a, b - 1 - deadman.K_GAPS):b - 1].tolist()  # the last ones are all the cadence keeps
-            if lt_old is not None and b - 1 - a < deadman.K_GAPS:
-                gaps.insert(0, ts0 - lt_old)
-            thr = deadman.gap_threshold_ms(p, cad_old, self.gap_factor)
-            cad = ns["cad"] = deadman.learn(cad_old, gaps)
-            hi_t, lo_t = dmax_l[d], dmin_l[d]
-            first_gap = ts0 - lt_old if lt_old is not None else 0
-            cov = ns.get("cov") or []
-            if gmax_l[d] <= thr and first_gap <= thr and cov and ts0 - cov[-1][1] <= thr:
-                # the usual case: no gap, the last covered stretch grows
-                cov = [list(iv) for iv in cov]
-                cov[-1][1] = max(cov[-1][1], tt_first[d] if b - a == 1 else int(tt[b - 1]))
-            else:
-                ts_d = tt[a:b].tolist()
-                if first_gap > thr or gmax_l[d] > thr:  # outages as heard live: late findings inside one name it
-                    prev = [lt_old] + ts_d[:-1] if lt_old is not None else ts_d[:-1]
-                    nxt = ts_d if lt_old is not None else ts_d[1:]
-                    # with the rate samples from before the outage: the live history moves on past them, the
-                    # late lane will need them to judge a rate inside the outage
-                    old = olds[d]
-                    pre = {cid: cs["hist"] for cid, cs in old["c"].items() if cs and cs.get("hist")} if old else {}
-                    og = (ns.get("og") or []) + [[x, y, pre] for x, y in zip(prev, nxt) if y - x > thr]
-                    ns["og"] = [o for o in og if o[1] >= hi_t - self.allowed_lateness_ms][-self.max_intervals:]
-                cov = coverage.extend(cov, ts_d, thr, self.max_intervals)
-            ns["cov"] = coverage.prune(cov, hi_t - self.allowed_lateness_ms)
-            via = getattr(p, "gateway", None) or (gw_l[d] if gw_l is not None else None) or ns.get("via")
+            cad = cad_vals[ncs[i]:ncs[i + 1]]
+            if not vec_i:
+                out += self._upkeep_one(d, ns, p, cad, tt[bnd_a[d]:bnd_a[d + 1]], int(thr[i]), int(gmax[d]),
+                                        olds[d], lo_i, hi_i, gw_l)
+                continue
+            ns["cov"] = cov_pairs[cvs[i]:cvs[i + 1]]
+            gaps = og_new.get(i)
+            if gaps is not None:
+                # with the rate samples from before the outage: the live history moves on past them, the
+                # late lane will need them to judge a rate inside the outage
+                old = olds[d]
+                pre = {cid: cs["hist"] for cid, cs in old["c"].items() if cs and cs.get("hist")} if old else {}
+                og = (ns.get("og") or []) + [[x, y, pre] for x, y in gaps]
+                ns["og"] = [o for o in og if o[1] >= older_l[i]][-self.max_intervals:]
+            ns["cad"] = cad
+            via = p.gateway or (gw_l[d] if gw_l is not None else None) or ns.get("via")
             ns["via"] = via
-            lt = max(hi_t, lt_old if lt_old is not None else hi_t)
             ns["lt"] = lt
             ns["off"] = None  # a reading says it is on
-            sil = ns.get("sil") or [0, 0, 0]
-            if sil[0]:
-                quiet_from = lt_old if lt_old is not None else lo_t
-                quiet_ms = max(0, lo_t - quiet_from)
-                # measured within its limit after all (the silence was data held up on the way): retract it
-                retracted = quiet_ms <= deadman.limit_ms(p, cad_old)
-                f = self._silent_finding(p, Level.CLEAR, lo_t, quiet_ms, ns)
-                f.evidence.update(cleared_by={"ts": lo_t, "value": quiet_ms / 1000}, retracted=retracted,
-                                  measured_during=[quiet_from, lo_t])
-                if retracted:
-                    f = replace(f, rule="retracted: readings show the device was measuring (data arrived late)")
-                out.append(f)
-                ns["sil"] = [0, 0, 0]
-                ns["sx"] = None if retracted else [quiet_from, lo_t, sil[1]]
-            dl, offat = deadman.deadlines(p, self.calendar(p.site), lt, cad, via)
-            ns["dl"], ns["offat"] = dl, offat
-            ns["due"] = min(dl, offat) if offat is not None else dl
-            faulty = any(k in _FAULT_KIND_NAMES and ks.get("l") for k, ks in ns["k"].items())
-            h = self._health(p, ns, _FAULTY if faulty else _OK, lo_t if not faulty else hi_t,
-                             "sensor fault raised" if faulty else "reporting")
-            if h is not None:
-                out.append(h)
+            if p.follows_calendar:
+                dl, offat = deadman.deadlines(p, self.calendar(p.site), lt, cad, via)
+                ns["dl"], ns["offat"] = dl, offat
+                ns["due"] = min(dl, offat) if offat is not None else dl
+            else:
+                ns["dl"] = ns["due"] = lt + lim_i + grace if via else lt + lim_i
+                ns["offat"] = None
+            ks = ns["k"]
+            faulty = bool(ks) and any(k in _FAULT_KIND_NAMES and s.get("l") for k, s in ks.items())
+            if (ns.get("hs") or (_OK,))[0] != (_FAULTY if faulty else _OK):
+                h = self._health(p, ns, _FAULTY if faulty else _OK, lo_i if not faulty else hi_i,
+                                 "sensor fault raised" if faulty else "reporting")
+                if h is not None:
+                    out.append(h)
+        return out
+
+    def _upkeep_one(self, d: int, ns: dict, p: DevicePlan, cad: list, tt: np.ndarray, thr: int, gmax: int, old,
+                    lo_t: int, hi_t: int, gw_l) -> list[Finding]:
+        """One device whose batch leaves a gap in its covered time, ends a silence or follows a calendar."""
+        out: list[Finding] = []
+        ts_d = tt.tolist()
+        ts0 = ts_d[0]
+        lt_old = ns.get("lt")
+        cad_old = ns.get("cad") or []
+        ns["cad"] = cad
+        first_gap = ts0 - lt_old if lt_old is not None else 0
+        cov = ns.get("cov") or []
+        if gmax <= thr and first_gap <= thr and cov and ts0 - cov[-1][1] <= thr:
+            # no gap, the last covered stretch grows
+            cov = cov[:-1] + [[cov[-1][0], max(cov[-1][1], ts_d[-1])]]
+        else:
+            if first_gap > thr or gmax > thr:  # outages as heard live: late findings inside one name it
+                prev = [lt_old] + ts_d[:-1] if lt_old is not None else ts_d[:-1]
+                nxt = ts_d if lt_old is not None else ts_d[1:]
+                # with the rate samples from before the outage: the live history moves on past them, the
+                # late lane will need them to judge a rate inside the outage
+                pre = {cid: cs["hist"] for cid, cs in old["c"].items() if cs and cs.get("hist")} if old else {}
+                og = (ns.get("og") or []) + [[x, y, pre] for x, y in zip(prev, nxt) if y - x > thr]
+                ns["og"] = [o for o in og if o[1] >= hi_t - self.allowed_lateness_ms][-self.max_intervals:]
+            cov = coverage.extend(cov, ts_d, thr, self.max_intervals)
+        ns["cov"] = coverage.prune(cov, hi_t - self.allowed_lateness_ms)
+        via = p.gateway or (gw_l[d] if gw_l is not None else None) or ns.get("via")
+        ns["via"] = via
+        lt = max(hi_t, lt_old if lt_old is not None else hi_t)
+        ns["lt"] = lt
+        ns["off"] = None  # a reading says it is on
+        sil = ns.get("sil") or [0, 0, 0]
+        if sil[0]:
+            quiet_from = lt_old if lt_old is not None else lo_t
+            quiet_ms = max(0, lo_t - quiet_from)
+            # measured within its limit after all (the silence was data held up on the way): retract it
+            retracted = quiet_ms <= deadman.limit_ms(p, cad_old)
+            f = self._silent_finding(p, Level.CLEAR, lo_t, quiet_ms, ns)
+            f.evidence.update(cleared_by={"ts": lo_t, "value": quiet_ms / 1000}, retracted=retracted,
+                              measured_during=[quiet_from, lo_t])
+            if retracted:
+                f = replace(f, rule="retracted: readings show the device was measuring (data arrived late)")
+            out.append(f)
+            ns["sil"] = [0, 0, 0]
+            ns["sx"] = None if retracted else [quiet_from, lo_t, sil[1]]
+        dl, offat = deadman.deadlines(p, self.calendar(p.site), lt, cad, via)
+        ns["dl"], ns["offat"] = dl, offat
+        ns["due"] = min(dl, offat) if offat is not None else dl
+        faulty = any(k in _FAULT_KIND_NAMES and ks.get("l") for k, ks in ns["k"].items())
+        h = self._health(p, ns, _FAULTY if faulty else _OK, lo_t if not faulty else hi_t,
+                         "sensor fault raised" if faulty else "reporting")
+        if h is not None:
+            out.append(h)
         return out
 
     @staticmethod
