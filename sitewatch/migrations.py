@@ -45,7 +45,23 @@ def _engine(url_or_engine: str | Engine) -> Engine:
 
 @contextmanager
 def _one_at_a_time(engine: Engine, key: int) -> Iterator[None]:
-    """Workers, sinks and the API start together; on PostgreSQL only one of them migrates at a time."""
+    """Workers, sinks and the API start together; only one of them migrates at a time (two processes running the
+    same migration at once fail with e.g. "duplicate column name"). PostgreSQL: an advisory lock; SQLite: an
+    exclusive lock on a file beside the database."""
+    if engine.dialect.name == "sqlite":
+        db = engine.url.database
+        if not db or db == ":memory:":
+            yield
+            return
+        import fcntl
+
+        with open(f"{db}.migrate.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return
     if engine.dialect.name != "postgresql":
         yield
         return
