@@ -1,8 +1,12 @@
 """``sitewatch bench``: throughput and latency, measured against a baseline taken in the same run.
 
-- ``bench detect``: the numpy detector engine vs a plain per-reading Python loop over the same readings.
-- ``bench pipeline``: the real pipeline (mosquitto → bridge → Tansu → Faust worker) fed gateway frames vs
-  one MQTT message per reading, then publish → webhook latency of crane overloads.
+- ``bench detect``: the numpy detector engine vs the scalar reference detector on the same readings; state size.
+- ``bench deadman``: the deadline index vs a walk over every device.
+- ``bench worker``: one worker draining a preloaded ``sw.raw`` vs the bare Faust and kafka-python consumers.
+- ``bench pipeline``: end to end on the local stack; ``--load R``: alarm latency percentiles under R readings/s.
+- ``bench scale``: 1, 2 … N workers in one group on the same input.
+- ``bench chain``: the tamper-evident record's cost against the detector engine alone.
+- ``bench all``: all of them, and the README's benchmark table rewritten from the run.
 
 Numbers are printed, not asserted: speed targets live here, not in timed unit tests.
 """
@@ -11,6 +15,8 @@ from __future__ import annotations
 
 import click
 
+from app.bench.all import all_cmd
+from app.bench.chain import chain_cmd
 from app.bench.detect import bench_deadman, bench_detect
 from app.bench.pipeline import bench_pipeline
 from app.bench.worker import bench_worker
@@ -26,7 +32,7 @@ def bench():
 @click.option("--devices", default=[2_000, 10_000], multiple=True, show_default=True, help="fleet sizes (repeatable)")
 @click.option("--repeat", default=7, show_default=True, help="batches to time (median reported)")
 def detect_cmd(readings, devices, repeat):
-    """Detector engine (numpy batches) vs a per-reading Python loop, single core."""
+    """Detector engine (numpy batches) vs the scalar reference detector, one core; state per device."""
     bench_detect(readings, devices, repeat)
 
 
@@ -79,5 +85,8 @@ def worker_cmd(readings, single_readings, singles_per_record, profile, baseline_
     bench_worker(readings, single_readings, singles_per_envelope=singles_per_record, profile=profile,
                  baseline_src=baseline_src)
 
+
+bench.add_command(chain_cmd)
+bench.add_command(all_cmd)
 
 __all__ = ["bench"]
