@@ -57,6 +57,16 @@ def _low_latency_fetch() -> None:
             kwargs["fetch_max_wait_ms"] = min(kwargs.get("fetch_max_wait_ms", FETCH_MAX_WAIT_MS), FETCH_MAX_WAIT_MS)
             super().__init__(*args, **kwargs)
 
+        async def end_offsets(self, partitions):
+            """Faust's table recovery reads each changelog partition up to ``end_offsets() - 1``; Tansu's
+            ListOffsets answer falls short by up to a batch, so a new owner restored stale state
+            (``streams.offsets``). Raised to the Fetch high watermark here, the one place Faust asks."""
+            from streams.offsets import READ_COMMITTED, READ_UNCOMMITTED, fetched_end_offsets
+
+            listed = await super().end_offsets(partitions)
+            level = READ_COMMITTED if self._isolation_level == "read_committed" else READ_UNCOMMITTED
+            return await fetched_end_offsets(self._client, listed, level)
+
     aiokafka.AIOKafkaConsumer = LowLatencyConsumer
 
 

@@ -18,28 +18,23 @@ from sitewatch.contracts import FAMILIES, TOPIC_RAW, TOPIC_READINGS, gateway_top
 class GroupLag:
     """Unprocessed records of a consumer group: log end offsets minus committed offsets, summed.
 
-    The end offsets come from fetch responses (their high watermark), not from ListOffsets: Tansu answers
-    ListOffsets(latest) with the base offset of a partition's last record batch, so a batch of several records
-    at the tail looked already consumed (and a group that had read it showed a negative lag).
+    The end offsets are ``streams.offsets.EndOffsets`` (the Fetch high watermark, not ListOffsets alone): Tansu
+    answers ListOffsets(latest) with the last record batch's base offset + 1, so a batch of several records at
+    the tail looked already consumed (and a group that had read it showed a negative lag).
     """
 
     def __init__(self, bootstrap: str, group: str, topics: tuple[str, ...]):
-        from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+        from kafka import KafkaAdminClient
+
+        from streams.offsets import EndOffsets
 
         self.group = group
         self.admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                      fetch_max_wait_ms=50)
-        self.tps = [TopicPartition(t, p) for t in topics for p in (self.consumer.partitions_for_topic(t) or ())]
-        self.consumer.assign(self.tps)
+        self.ends = EndOffsets(bootstrap, topics)
+        self.tps = self.ends.tps
 
     def end_offsets(self) -> dict:
-        """True log end offset per partition: seek to what ListOffsets says, fetch the tail, read the watermark."""
-        listed = self.consumer.end_offsets(self.tps)
-        for tp in self.tps:
-            self.consumer.seek(tp, listed[tp])
-        self.consumer.poll(timeout_ms=100)
-        return {tp: max(listed[tp], self.consumer.highwater(tp) or 0) for tp in self.tps}
+        return self.ends()
 
     def by_partition(self) -> dict:
         committed = self.admin.list_group_offsets(self.group).get(self.group, {})
@@ -53,7 +48,7 @@ class GroupLag:
         return sum(self.by_partition().values())
 
     def close(self) -> None:
-        self.consumer.close()
+        self.ends.close()
         self.admin.close()
 
 

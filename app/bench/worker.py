@@ -122,21 +122,10 @@ def _preload(bootstrap: str, records: list[tuple[int, bytes]]) -> float:
 
 
 def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """Log end offset per partition. Tansu answers ListOffsets(latest) with the base offset of the last record
-    batch, so the tail is fetched and its high watermark read."""
-    from kafka import KafkaConsumer, TopicPartition
+    """Log end offset per partition (``streams.offsets``: Tansu's ListOffsets alone falls short of the end)."""
+    from streams.offsets import end_offsets
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
-        listed = c.end_offsets(tps)
-        c.assign(tps)
-        for tp in tps:
-            c.seek(tp, listed[tp])
-        c.poll(timeout_ms=200)
-        return {tp.partition: max(listed[tp], c.highwater(tp) or 0) for tp in tps}
-    finally:
-        c.close()
+    return {tp.partition: end for tp, end in end_offsets(bootstrap, [topic]).items()}
 
 
 def kafka_python_ceiling(bootstrap: str, start: dict[int, int], end: dict[int, int]) -> float:
