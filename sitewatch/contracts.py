@@ -19,6 +19,11 @@ Kafka (inside)
     ``sw.hazards``      detector findings (key ``site/device``)
     ``sw.alerts``       notifications to deliver (key = ticket dedup key)
     ``sw.config``       rule configuration updates
+
+Validation (docs/validation.md) rejects only what cannot be a reading, with a reason from ``REJECT_REASONS``. Any
+finite value passes however far outside its metric's physical range: a broken sensor must be reported (the
+detectors raise ``fault.out_of_range`` against the rules' per-site ranges), not parked in the DLQ where nobody is
+paged. Unknown extra fields are ignored: gateway firmware adds fields before the contract knows them.
 """
 
 from __future__ import annotations
@@ -107,6 +112,16 @@ class InvalidReading(ValueError):
         self.detail = detail
 
 
+# Every reason a DLQ record can carry (docs/validation.md says what each means). Only what cannot be a reading
+# is rejected: a finite value outside a metric's physical range is accepted, and the detectors report the sensor
+# (``fault.out_of_range``); unknown extra fields in a reading, a frame or a frame item are ignored.
+REJECT_REASONS = frozenset({
+    "oversized", "bad_topic", "bad_identifier", "bad_json", "bad_schema", "unknown_family", "unknown_metric",
+    "missing_field", "missing_unit", "wrong_unit", "non_numeric_value", "non_finite_value", "bad_timestamp",
+    "future_timestamp", "too_late", "bad_envelope",
+})
+
+
 @dataclass(frozen=True, slots=True)
 class Reading:
     site: str
@@ -187,10 +202,15 @@ def pack_raw(messages: Iterable[tuple[str, bytes]], received_ms: int | None = No
 
 
 def unpack_raw(data: bytes) -> tuple[int, list[tuple[str, bytes]]]:
+    """Raises (ValueError, KeyError, TypeError, …) on anything no bridge could have written; the worker keeps such
+    bytes as ``bad_envelope``."""
     env = json.loads(data)
     msgs = []
     for m in env["msgs"]:
         payload = m["p"].encode("utf-8") if "p" in m else base64.b64decode(m["b64"])
+        if not isinstance(m["t"], str):
+            raise TypeError(f"topic {m['t']!r} is not a string")
+        m["t"].encode("utf-8")  # lone surrogates: no MQTT topic, and no Kafka key for the DLQ record
         msgs.append((m["t"], payload))
     return int(env.get("rx", 0)), msgs
 
@@ -219,7 +239,7 @@ def parse_ts(raw: Any) -> int:
 
 
 def _check_id(kind: str, value: Any) -> str:
-    if not isinstance(value, str) or not _ID_RE.match(value):
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
         raise InvalidReading("bad_identifier", f"{kind} {value!r} must match {_ID_RE.pattern}")
     return value
 
@@ -244,13 +264,15 @@ def _canonical_value(family: str, metric: str, value: Any, unit: Any) -> float:
     factor = UNIT_CONVERSIONS.get((unit, want))
     if factor is None:
         raise InvalidReading("wrong_unit", f"{family}.{metric} is measured in {want!r}, got {unit!r}")
+    if not math.isfinite(v * factor):  # 1e308 m is no number of mm
+        raise InvalidReading("non_finite_value", f"{value!r} {unit} is beyond any float in {want!r}")
     return v * factor
 
 
 def _check_family_metric(family: Any, metric: Any) -> None:
-    if family not in FAMILIES:
+    if not isinstance(family, str) or family not in FAMILIES:  # a list or object would not even hash
         raise InvalidReading("unknown_family", f"{family!r} is not one of {sorted(FAMILIES)}")
-    if metric not in FAMILIES[family]:
+    if not isinstance(metric, str) or metric not in FAMILIES[family]:
         raise InvalidReading("unknown_metric", f"{family} has no metric {metric!r}; known: {sorted(FAMILIES[family])}")
 
 
@@ -333,6 +355,8 @@ def validate_message(topic: str, payload: bytes, now: int | None = None, out: Va
             body = json.loads(payload)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise InvalidReading("bad_json", str(e)) from None
+        except RecursionError:  # "[[[[…" nested deeper than the parser goes: fits in 64 KiB
+            raise InvalidReading("bad_json", "nested too deep") from None
         if not isinstance(body, dict):
             raise InvalidReading("bad_schema", f"payload must be a JSON object, got {type(body).__name__}")
         if family == GATEWAY:
@@ -340,6 +364,9 @@ def validate_message(topic: str, payload: bytes, now: int | None = None, out: Va
             if metric == "status":
                 online, ts = _status_fields(body, now)
                 detail = {k: v for k, v in body.items() if k not in ("ts", "online")}
+                if not _plain_json(detail):
+                    raise InvalidReading("bad_schema", "status fields must be plain JSON: finite numbers, UTF-8 "
+                                                       f"text, nested at most {_MAX_DETAIL_DEPTH} deep")
                 out.statuses.append(GatewayStatus(site, device, ts, online, detail))
                 return out
             if metric != "readings":
@@ -362,7 +389,7 @@ def validate_message(topic: str, payload: bytes, now: int | None = None, out: Va
             _check_id("device", device)
             online, ts = _status_fields(body, now)
             reason = body.get("reason", "")
-            if not isinstance(reason, str) or len(reason) > 64:
+            if not isinstance(reason, str) or len(reason) > 64 or not _plain_json(reason):
                 raise InvalidReading("bad_schema", "status 'reason' must be a short string")
             out.device_statuses.append(DeviceStatus(site, family, device, ts, online, reason))
             return out
@@ -379,7 +406,32 @@ def _status_fields(body: dict, now: int) -> tuple[bool, int]:
     ts = parse_ts(body["ts"]) if "ts" in body else now
     if ts > now + MAX_FUTURE_SKEW_MS:
         raise InvalidReading("future_timestamp", f"ts {ts} is {(ts - now) / 1000:.0f} s ahead of the clock")
+    if ts < MIN_TS_MS:  # as for readings; and -1e30 ms would be no int64 for the detect stage
+        raise InvalidReading("bad_timestamp", f"ts {ts} is before 2000-01-01 (unset clock?)")
     return online, ts
+
+
+_MAX_DETAIL_DEPTH = 16
+
+
+def _plain_json(x: Any, depth: int = 0) -> bool:
+    """Whether a status field survives ``sw.readings``: strict JSON (no NaN/Infinity, no lone surrogates) that the
+    detect stage's schema decoder reads back, not nested deep enough to reach a recursion limit there."""
+    if depth > _MAX_DETAIL_DEPTH:
+        return False
+    if isinstance(x, float):
+        return math.isfinite(x)
+    if isinstance(x, str):
+        try:
+            x.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(x, dict):
+        return all(_plain_json(k, depth + 1) and _plain_json(v, depth + 1) for k, v in x.items())
+    if isinstance(x, list):
+        return all(_plain_json(v, depth + 1) for v in x)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------- sw.readings
@@ -494,7 +546,7 @@ _good_ids: set[str] = set()
 def _id_ok(value: str) -> bool:
     if value in _good_ids:
         return True
-    if not _ID_RE.match(value):
+    if not _ID_RE.fullmatch(value):
         return False
     if len(_good_ids) >= _CACHE_LIMIT * 16:
         _good_ids.clear()
@@ -627,10 +679,12 @@ def validate_envelopes(envelopes: Iterable[bytes], now: int | None = None,
                 raise ValueError("binary payload")
             msgs = env.msgs
             rx = env.rx
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError):  # skipping a deep
+            # unknown field recurses too: the reference (or bad_envelope) judges it
             try:
                 rx, raw = unpack_raw(data)
-            except (ValueError, KeyError, TypeError) as e:  # not a bridge envelope: keep the bytes anyway
+            except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
+                # not a bridge envelope (p not a string, rx Infinity, nested past the parser): keep the bytes anyway
                 out.rejected.append(Rejected("bad_envelope", str(e), "", data))
                 continue
             out.rx = max(out.rx, rx)
@@ -684,7 +738,7 @@ def validate_envelopes(envelopes: Iterable[bytes], now: int | None = None,
                     ts.append(one.ts)
                     val.append(one.value)
                     fac.append(f)
-            except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError):
                 del d[start:], metric[start:], ts[start:], val[start:], fac[start:]
                 slow.append((topic, payload.encode()))
                 continue
