@@ -223,8 +223,12 @@ class Bridge:
             log.warning("MQTT disconnected (%s); paho reconnects, broker redelivers unacked messages", reason_code)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage):
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # paho raises on a non-UTF-8 topic; its loop thread would die with it
+            topic = msg._topic.decode("utf-8", "backslashreplace")  # kept readable, rejected downstream
         with self._lock:
-            self._pending.append((msg.topic, msg.payload, msg.mid, msg.qos))
+            self._pending.append((topic, msg.payload, msg.mid, msg.qos))
             self.stats.received += 1
             if msg.qos > 0:
                 self._unacked += 1
