@@ -75,6 +75,9 @@ BRIDGE_HEADER = "sw-bridge"
 _MAX_SLOTS = 64
 
 
+_Item = tuple[str, bytes, int, int, int]  # topic, payload, packet id, qos, connection it arrived on
+
+
 @dataclass
 class BridgeStats:
     received: int = 0
@@ -153,7 +156,8 @@ class Bridge:
         self.drain = drain
         self.linger_s = linger_s
         self.stats = BridgeStats()
-        self._pending: list[tuple[str, bytes, int, int]] = []  # topic, payload, mid, qos
+        self._pending: list[_Item] = []
+        self._connection = 0  # bumped on every disconnect: a packet id is acknowledged only on its own connection
         self._unacked = 0  # QoS 1 messages received and not yet acknowledged to the broker
         self._last_rx = time.monotonic()
         self._lock = threading.Lock()
@@ -218,6 +222,7 @@ class Bridge:
         self._unsubscribed.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self._connection += 1
         self.connected.clear()
         if not self._stop.is_set():
             log.warning("MQTT disconnected (%s); paho reconnects, broker redelivers unacked messages", reason_code)
@@ -228,7 +233,7 @@ class Bridge:
         except UnicodeDecodeError:  # paho raises on a non-UTF-8 topic; its loop thread would die with it
             topic = msg._topic.decode("utf-8", "backslashreplace")  # kept readable, rejected downstream
         with self._lock:
-            self._pending.append((topic, msg.payload, msg.mid, msg.qos))
+            self._pending.append((topic, msg.payload, msg.mid, msg.qos, self._connection))
             self.stats.received += 1
             if msg.qos > 0:
                 self._unacked += 1
@@ -242,11 +247,11 @@ class Bridge:
             return 0
         rx = now_ms()
         partitions = self._partitions()
-        groups: dict[int, list[tuple[str, bytes, int, int]]] = defaultdict(list)
+        groups: dict[int, list[_Item]] = defaultdict(list)
         for item in batch:
             groups[partition_of(kafka_key_for_mqtt_topic(item[0]).encode(), partitions)].append(item)
         for partition, items in groups.items():
-            chunk: list[tuple[str, bytes, int, int]] = []
+            chunk: list[_Item] = []
             size = 0
             for item in items:
                 if chunk and size + len(item[1]) > MAX_RECORD_BYTES:
@@ -263,17 +268,22 @@ class Bridge:
             self._n_partitions = len(found)
         return self._n_partitions
 
-    def _send(self, partition: int, items: list[tuple[str, bytes, int, int]], rx: int) -> None:
-        value = pack_raw(((t, p) for t, p, _, _ in items), rx)
+    def _send(self, partition: int, items: list[_Item], rx: int) -> None:
+        value = pack_raw(((item[0], item[1]) for item in items), rx)
         future = self._producer.send(TOPIC_RAW, value=value, partition=partition, headers=self._header)
-        mids = [(mid, qos) for _, _, mid, qos in items if qos > 0]
+        mids = [(mid, qos, conn) for _, _, mid, qos, conn in items if qos > 0]
         future.add_callback(self._acked, mids)
         future.add_errback(self._failed, len(items))
         self.stats.produced_records += 1
 
-    def _acked(self, mids: list[tuple[int, int]], _metadata) -> None:
-        for mid, qos in mids:
-            self._mqtt.ack(mid, qos)
+    def _acked(self, mids: list[tuple[int, int, int]], _metadata) -> None:
+        # After a reconnect the broker resends what was in flight under the same packet ids and may reuse an id
+        # once it is acknowledged: a late PUBACK from the old connection could then acknowledge a different,
+        # not yet written message. Old ones are left to their redelivered copies instead (a duplicate, not a loss).
+        current = self._connection
+        for mid, qos, conn in mids:
+            if conn == current:
+                self._mqtt.ack(mid, qos)
         with self._lock:
             self._unacked -= len(mids)
         self.stats.acked += len(mids)
@@ -308,6 +318,7 @@ class Bridge:
                 if self._reconnect.is_set():
                     self._reconnect.clear()
                     self._producer.flush(30)
+                    self._connection += 1  # paho's reconnect() does not call on_disconnect
                     self._mqtt.reconnect()
                 if self.drain and self._unsubscribed.is_set() and self._idle_for(2.0):
                     log.info("drained session %s: %d messages written to Kafka", self.client_id, self.stats.acked)
