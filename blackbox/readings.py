@@ -1,15 +1,14 @@
 """Reading batches as record entries: per site, how many readings arrived, their time range and a digest.
 
 A ``readings`` entry covers what one worker received for one site during one window (``every_s``; 0: every
-worker batch). The digest lets anyone holding the readings (Kafka ``sw.readings``, a Parquet recording) show
+worker batch); the window's readings of the site, in arrival order, are one chunk. The digest lets anyone holding the readings (Kafka ``sw.readings``, a Parquet recording) show
 that exactly these readings, in this order, were received — recipe ``sw-readings-v1``:
 
     sha256( b"sw-readings-v1\\n" + for each chunk: len(c).to_bytes(8, "big") + c )
     c = "\\x1f".join(devices).encode() + b"\\n" + "\\x1f".join(metrics).encode() + b"\\n"
         + ts as little-endian int64 + value as little-endian float64
 
-A chunk is the site's readings of one worker batch in arrival order; the payload lists the chunk sizes, so the
-readings can be cut back into chunks. Ids cannot contain ``\\x1f`` or newlines (``sitewatch.contracts``).
+The payload lists the chunk sizes (one per entry today), so the readings can be cut back into chunks. Ids cannot contain ``\\x1f`` or newlines (``sitewatch.contracts``).
 
 Why columns, not the raw Kafka records: a ``sw.readings`` record carries every site of a partition, so a site's
 digest over raw records would hash (and disclose) its neighbours' readings too. The grouping is numpy over the
@@ -20,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -28,14 +27,6 @@ import numpy as np
 from blackbox.chain import NewEntry, Recorder
 
 ALG = "sw-readings-v1"
-
-
-@dataclass
-class _Site:
-    hasher: Any = field(default_factory=lambda: hashlib.sha256(b"sw-readings-v1\n"))
-    chunks: list[int] = field(default_factory=list)
-    ts_min: int = 0
-    ts_max: int = 0
 
 
 def chunk_bytes(devices: Sequence[str], metrics: Sequence[str], ts: np.ndarray, value: np.ndarray) -> bytes:
@@ -52,8 +43,58 @@ def readings_digest(chunks: Sequence[bytes]) -> str:
     return h.hexdigest()
 
 
+def site_digests(devs: Sequence[Sequence[Any]], d: np.ndarray, metric: np.ndarray, ts: np.ndarray,
+                 value: np.ndarray) -> list[tuple[str, int, int, int, str]]:
+    """(site, readings, first ts, last ts, digest of one chunk) per site, for dictionary-encoded readings as
+    ``sitewatch.contracts.ReadingsBatch`` holds them: ``devs[k]`` = (site, device, …), ``d[i]`` the device of
+    reading ``i``. Per reading only numpy and C loops; per site a few hash updates."""
+    n = int(len(ts))
+    if not n:
+        return []
+    site_of = list(map(itemgetter(0), devs))
+    names = list(dict.fromkeys(site_of))
+    index = {s: i for i, s in enumerate(names)}
+    dev_site = np.fromiter(map(index.__getitem__, site_of), np.int64, len(devs))
+    dev_name = np.empty(len(devs), dtype=object)
+    dev_name[:] = list(map(itemgetter(1), devs))
+    d = np.asarray(d)
+    code = dev_site[d]
+    if len(index) < 32_000:
+        code = code.astype(np.int16)  # a stable sort of small integers is a radix sort
+    order = np.argsort(code, kind="stable")
+    sc = code[order]
+    cuts = (np.flatnonzero(sc[1:] != sc[:-1]) + 1).tolist()
+    dn, met = dev_name[d[order]], np.asarray(metric, dtype=object)[order]
+    tso, val = np.asarray(ts)[order].astype("<i8"), np.asarray(value)[order].astype("<f8")
+    # One join and one encode for everything, cut per site by byte offsets (ids and metric names are ASCII by
+    # contract, so characters are bytes; anything else takes the per-site join below).
+    dev_all, met_all = "\x1f".join(dn).encode(), "\x1f".join(met).encode()
+    dev_off = np.concatenate(([0], np.cumsum(np.fromiter(map(len, dn), np.int64, n) + 1)))
+    met_off = np.concatenate(([0], np.cumsum(np.fromiter(map(len, met), np.int64, n) + 1)))
+    ascii_ = len(dev_all) == dev_off[-1] - 1 and len(met_all) == met_off[-1] - 1
+    starts, ends = [0, *cuts], [*cuts, n]
+    lo_all, hi_all = np.minimum.reduceat(tso, starts).tolist(), np.maximum.reduceat(tso, starts).tolist()
+    dv, mv, tv, vv = memoryview(dev_all), memoryview(met_all), memoryview(tso.tobytes()), memoryview(val.tobytes())
+    dev_off, met_off, codes = dev_off.tolist(), met_off.tolist(), sc[starts].tolist()
+    out = []
+    for j, (s, e) in enumerate(zip(starts, ends)):
+        if ascii_:
+            dpart, mpart = dv[dev_off[s]:dev_off[e] - 1], mv[met_off[s]:met_off[e] - 1]
+        else:
+            dpart, mpart = "\x1f".join(dn[s:e]).encode(), "\x1f".join(met[s:e]).encode()
+        h = hashlib.sha256(b"sw-readings-v1\n")
+        h.update((len(dpart) + len(mpart) + 2 + 16 * (e - s)).to_bytes(8, "big"))
+        for part in (dpart, b"\n", mpart, b"\n", tv[8 * s:8 * e], vv[8 * s:8 * e]):
+            h.update(part)
+        out.append((names[codes[j]], e - s, lo_all[j], hi_all[j], h.hexdigest()))
+    return out
+
+
 class ReadingLog:
-    """Accumulates reading batches per site and turns them into ``readings`` entries once per window."""
+    """Collects reading batches and turns them into ``readings`` entries once per window.
+
+    ``add`` only keeps references to the batch's columns (the worker's hot path pays nothing per site); the
+    window's readings are grouped and digested per site once, in ``take``/``flush`` — one chunk per window."""
 
     def __init__(self, recorder: Recorder | None = None, every_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, extra: dict[str, Any] | None = None):
@@ -61,43 +102,17 @@ class ReadingLog:
         self.every_s = every_s
         self.clock = clock
         self.extra = dict(extra or {})
-        self.sites: dict[str, _Site] = {}
+        self.pending: list[tuple] = []
         self.since: float | None = None
 
     def add(self, devs: Sequence[Sequence[Any]], d: np.ndarray, metric: np.ndarray, ts: np.ndarray,
             value: np.ndarray) -> None:
-        """One worker batch, dictionary-encoded as ``sitewatch.contracts.ReadingsBatch`` is: ``devs[k]`` =
-        (site, device, …) and ``d[i]`` the device of reading ``i``."""
-        n = int(len(ts))
-        if not n:
+        """One worker batch, dictionary-encoded (see ``site_digests``)."""
+        if not len(ts):
             return
         if self.since is None:
             self.since = self.clock()
-        index: dict[str, int] = {}
-        dev_site = np.fromiter((index.setdefault(dv[0], len(index)) for dv in devs), np.int64, len(devs))
-        dev_name = np.empty(len(devs), dtype=object)
-        dev_name[:] = [dv[1] for dv in devs]
-        d = np.asarray(d)
-        code = dev_site[d]
-        if len(index) < 32_000:
-            code = code.astype(np.int16)  # a stable sort of small integers is a radix sort
-        order = np.argsort(code, kind="stable")
-        sc = code[order]
-        cuts = (np.flatnonzero(sc[1:] != sc[:-1]) + 1).tolist()
-        names = list(index)
-        dn, met = dev_name[d[order]], np.asarray(metric, dtype=object)[order]
-        tso, val = np.asarray(ts)[order].astype("<i8"), np.asarray(value)[order].astype("<f8")
-        for s, e in zip([0, *cuts], [*cuts, n]):
-            site = names[int(sc[s])]
-            st = self.sites.get(site)
-            if st is None:
-                st = self.sites[site] = _Site()
-            c = chunk_bytes(dn[s:e], met[s:e], tso[s:e], val[s:e])
-            st.hasher.update(len(c).to_bytes(8, "big"))
-            st.hasher.update(c)
-            lo, hi = int(tso[s:e].min()), int(tso[s:e].max())
-            st.ts_min, st.ts_max = (lo, hi) if not st.chunks else (min(st.ts_min, lo), max(st.ts_max, hi))
-            st.chunks.append(e - s)
+        self.pending.append((devs, d, metric, ts, value))
 
     def add_batch(self, rb: Any) -> None:
         """A decoded ``sitewatch.contracts.ReadingsBatch``."""
@@ -108,11 +123,21 @@ class ReadingLog:
 
     def take(self, at_ms: int) -> list[NewEntry]:
         """The window's entries (one per site), and a fresh window."""
-        out = [NewEntry(site, "readings", at_ms, {
-            **self.extra, "alg": ALG, "readings": sum(st.chunks), "chunks": st.chunks, "ts_min": st.ts_min,
-            "ts_max": st.ts_max, "digest": st.hasher.hexdigest()}) for site, st in sorted(self.sites.items())]
-        self.sites, self.since = {}, None
-        return out
+        pending, self.pending, self.since = self.pending, [], None
+        if not pending:
+            return []
+        if len(pending) == 1:
+            devs, d, metric, ts, value = pending[0]
+        else:
+            offsets = np.cumsum([0] + [len(p[0]) for p in pending[:-1]])
+            devs = [dv for p in pending for dv in p[0]]
+            d = np.concatenate([np.asarray(p[1]) + off for p, off in zip(pending, offsets.tolist())])
+            metric = np.concatenate([np.asarray(p[2], dtype=object) for p in pending])
+            ts = np.concatenate([np.asarray(p[3]) for p in pending])
+            value = np.concatenate([np.asarray(p[4]) for p in pending])
+        return [NewEntry(site, "readings", at_ms, {**self.extra, "alg": ALG, "readings": n, "chunks": [n],
+                                                   "ts_min": lo, "ts_max": hi, "digest": dg})
+                for site, n, lo, hi, dg in sorted(site_digests(devs, d, metric, ts, value))]
 
     def flush(self, at_ms: int | None = None) -> int:
         """Append the window's entries with the recorder; returns how many."""

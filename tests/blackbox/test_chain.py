@@ -149,25 +149,32 @@ def test_reading_batch_entries_digest_per_site():
     changed[2] = 3.5
     again = {e.site: e for e in reading_batch_entries(devs, d, metric, ts, changed, at_ms=100)}
     assert again["s-1"].payload["digest"] != s1["digest"] and again["s-2"].payload["digest"] == es["s-2"].payload["digest"]
+    wide = np.array(["载荷"] * 7, dtype=object)  # not ASCII: the per-site path gives the same recipe
+    (w1,) = [e for e in reading_batch_entries(devs, d, wide, ts, value, at_ms=1) if e.site == "s-1"]
+    assert w1.payload["digest"] == readings_digest([chunk_bytes([devs[d[i]][1] for i in rows1], ["载荷"] * 5,
+                                                                ts[rows1], value[rows1])])
 
 
 def test_reading_log_windows_batches_into_one_entry_per_site(recorder):
     clock = [0.0]
     log = ReadingLog(recorder, every_s=1.0, clock=lambda: clock[0])
-    devs = [("s-1", "crane-1", "crane")]
-    b1 = (np.array([0, 0]), np.array(["load", "load"], dtype=object), np.array([10, 11]), np.array([1.0, 2.0]))
-    b2 = (np.array([0]), np.array(["wind"], dtype=object), np.array([12]), np.array([3.0]))
-    log.add(devs, *b1)
+    devs1 = [("s-1", "crane-1", "crane")]
+    devs2 = [("s-2", "pit-1", "pit"), ("s-1", "crane-1", "crane")]  # each batch has its own device table
+    log.add(devs1, np.array([0, 0]), np.array(["load", "load"], dtype=object), np.array([10, 11]),
+            np.array([1.0, 2.0]))
     clock[0] = 0.5
-    log.add(devs, *b2)
+    log.add(devs2, np.array([1, 0]), np.array(["wind", "depth"], dtype=object), np.array([12, 9]),
+            np.array([3.0, 4.0]))
     assert not log.due()
     clock[0] = 1.2
-    assert log.due() and log.flush(at_ms=5000) == 1
-    (e,) = rows(recorder.engine).values()
-    p = json.loads(e["payload"])
-    assert e["kind"] == "readings" and (p["readings"], p["chunks"], p["ts_min"], p["ts_max"]) == (3, [2, 1], 10, 12)
-    assert p["digest"] == readings_digest([chunk_bytes(["crane-1"] * 2, ["load"] * 2, b1[2], b1[3]),
-                                           chunk_bytes(["crane-1"], ["wind"], b2[2], b2[3])])
+    assert log.due() and log.flush(at_ms=5000) == 2
+    e1, e2 = rows(recorder.engine, "s-1")[1], rows(recorder.engine, "s-2")[1]
+    p = json.loads(e1["payload"])
+    assert e1["kind"] == "readings" and (p["readings"], p["chunks"], p["ts_min"], p["ts_max"]) == (3, [3], 10, 12)
+    assert p["digest"] == readings_digest([chunk_bytes(["crane-1"] * 3, ["load", "load", "wind"],
+                                                       np.array([10, 11, 12]), np.array([1.0, 2.0, 3.0]))])
+    p2 = json.loads(e2["payload"])
+    assert p2["digest"] == readings_digest([chunk_bytes(["pit-1"], ["depth"], np.array([9]), np.array([4.0]))])
     assert not log.due() and log.flush() == 0
 
 
