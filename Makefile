@@ -1,6 +1,7 @@
 # SiteWatch — everything a fresh machine needs, from the project's own files.
 #   make demo   the whole pipeline locally (brokers, bridge, worker, simulator, webhook receiver)
 #   make test   the test suite against real brokers and databases started by the tests
+#   make faults the fault suite at full length (kills and outages under load); updates README's table
 SHELL := /bin/bash
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
@@ -9,7 +10,7 @@ APT_PACKAGES := mosquitto influxdb postgresql chromium fonts-wqy-zenhei
 WALL_JS := backlog/api/wall_static/vendor/echarts.min.js
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test deps system-deps bench clean
+.PHONY: demo test faults deps system-deps bench clean
 
 demo: deps
 	$(VENV)/bin/sitewatch demo $(ARGS)
@@ -17,6 +18,11 @@ demo: deps
 test: deps
 	$(VENV)/bin/lint-imports  # the layering of the house (pyproject.toml, docs/architecture.md)
 	$(PY) -m pytest $(ARGS)
+
+# tests/faults at the issue's durations and volumes (the short versions run inside `make test`)
+faults: deps
+	SW_FAULTS_FULL=1 SW_FAULTS_README=1 $(PY) -m pytest tests/faults $(ARGS)
+	SW_FUZZ_EXAMPLES=100000 $(PY) -m pytest -q tests/fuzz  # payload fuzzing, 10x the CI examples
 
 bench: deps
 	$(VENV)/bin/sitewatch bench $(ARGS)

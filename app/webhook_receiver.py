@@ -24,14 +24,19 @@ class Received:
 
 @dataclass
 class WebhookReceiver:
-    """Serve on 127.0.0.1:<port>; ``fail_next`` makes the next N requests answer 500 (outage simulation)."""
+    """Serve on 127.0.0.1:<port>. Outage simulation: ``fail_next`` makes the next N requests answer 500,
+    ``fail_for(seconds)`` every request for a window of time; ``delay_s`` holds every answer that long (a slow
+    receiver, so a sender can be killed while its request is in flight)."""
 
     port: int = 0
     secret: str | None = None
     on_alert: Callable[[Received], None] | None = None
     received: list[Received] = field(default_factory=list)
     fail_next: int = 0
+    fail_until: float = 0.0  # time.monotonic() before which every request answers 500
+    delay_s: float = 0.0
     requests: int = 0
+    refused: int = 0  # requests answered 500
 
     def __post_init__(self):
         receiver = self
@@ -41,8 +46,11 @@ class WebhookReceiver:
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length)
                 receiver.requests += 1
-                if receiver.fail_next > 0:
-                    receiver.fail_next -= 1
+                if receiver.delay_s:
+                    time.sleep(receiver.delay_s)
+                if receiver.fail_next > 0 or time.monotonic() < receiver.fail_until:
+                    receiver.fail_next = max(0, receiver.fail_next - 1)
+                    receiver.refused += 1
                     self.send_response(500)
                     self.end_headers()
                     return
@@ -69,6 +77,10 @@ class WebhookReceiver:
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def fail_for(self, seconds: float) -> None:
+        """Answer 500 to everything for the next ``seconds`` (a receiver outage of known length)."""
+        self.fail_until = time.monotonic() + seconds
 
     @property
     def url(self) -> str:

@@ -4,6 +4,10 @@ The notifier is handed in (``app.worker`` builds it from ``$SW_ALERTS_CONFIG`` o
 the backlog's ticket readers). A timer on every worker runs escalation every few seconds (items are unique per
 receiver, so a second worker queues nothing twice); sending never blocks the stream (one flush task at a time,
 kicked by new alerts and by a 1 s timer), so a slow receiver does not hold up the next alert.
+
+The delivery log lives in the backlog's database. While that database is unreachable the stage holds its batch
+(retried in place with backoff, offsets not committed: ``streams.resilience``), and the flush and escalation
+timers skip their turn with one warning every 10 s; nothing of that reaches the rest of the worker.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 from typing import Any, Protocol
 
 from streams.pipeline import Pipeline
+from streams.resilience import Quiet, describe, storage_unavailable, until_stored
 
 log = logging.getLogger("sitewatch.notify")
 
@@ -34,14 +39,21 @@ class AlertDispatcher(Protocol):
 
 def register(pipe: Pipeline, notifier: AlertDispatcher) -> None:
     state: dict = {"task": None, "again": False}
+    quiet = Quiet()
 
     async def _flush_loop() -> None:
         while True:
             state["again"] = False
             try:
                 pipe.count("alerts_sent", await notifier.flush())
-            except Exception:  # a bug here must not stop the worker; the timer tries again
+            except Exception as e:  # a bug here must not stop the worker; the timer tries again
+                if storage_unavailable(e):
+                    quiet.warn(log, "flush", "backlog database unavailable (alert flush: %s), retrying in %.0f s",
+                               describe(e), FLUSH_S)
+                    return
                 log.exception("alert flush failed")
+            else:
+                quiet.clear(log, "flush", "alert flush: backlog database reachable again")
             if not state["again"]:
                 return
 
@@ -59,11 +71,17 @@ def register(pipe: Pipeline, notifier: AlertDispatcher) -> None:
             for data in batch:
                 # queued durably before the offsets commit: a crash after this never loses the alert
                 try:
-                    notifier.ingest(json.loads(data))
+                    # a database outage holds this alert (and the batch's offsets) until it is stored
+                    await until_stored("alert", _ingest(data), log)
                 except Exception:  # one malformed alert must not stop the stage for every other one
                     log.exception("could not queue alert %r", data[:300])
                     pipe.count("alerts_rejected")
             kick()
+
+    def _ingest(data: bytes):
+        async def call():
+            return notifier.ingest(json.loads(data))  # idempotent: a retry after a half-done one queues nothing twice
+        return call
 
     @pipe.app.timer(FLUSH_S, name="alerts-flush")
     async def flush():
@@ -71,5 +89,14 @@ def register(pipe: Pipeline, notifier: AlertDispatcher) -> None:
 
     @pipe.app.timer(TICK_S, name="alerts-escalation")  # every worker: items are unique, a copy is refused
     async def escalation():
-        notifier.escalate()  # escalation, red reminders, resolution notices (reads the backlog)
+        try:
+            notifier.escalate()  # escalation, red reminders, resolution notices (reads the backlog)
+        except Exception as e:  # an exception out of a timer would crash the worker
+            if not storage_unavailable(e):
+                log.exception("escalation failed")
+            else:
+                quiet.warn(log, "escalation", "backlog database unavailable (escalation: %s), retrying in %.0f s",
+                           describe(e), TICK_S)
+        else:
+            quiet.clear(log, "escalation", "escalation: backlog database reachable again")
         kick()

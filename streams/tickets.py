@@ -5,6 +5,10 @@ ticket write and the alert it announces are one database transaction on the ledg
 outbox to ``sw.alerts`` and marks rows published only after Kafka acknowledged them. A crash in between
 re-publishes, and the notifier's delivery log drops the duplicate. The timer also picks up alerts a crashed
 worker committed but never published.
+
+A database outage holds the stage, not the worker: the batch that could not be stored is retried in place with
+backoff (``streams.resilience``) and its offsets are not committed until it is; the publisher timer skips its
+turn while either the database or Kafka is unreachable (the rows wait in the outbox).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Protocol, Sequence
 
 from sitewatch.findings import Finding
 from streams.pipeline import Pipeline
+from streams.resilience import Quiet, describe, storage_unavailable, until_stored
 
 log = logging.getLogger("sitewatch.tickets")
 
@@ -33,17 +38,33 @@ class TicketLedger(Protocol):
 
 def register(pipe: Pipeline, ledger: TicketLedger) -> None:
     db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backlog-db")  # one writer: SQLite-friendly
+    quiet = Quiet()
 
     @pipe.app.agent(pipe.hazards, name="tickets")
     async def tickets(stream):
         async for batch in stream.take(1000, within=0.1):
             findings = [Finding.from_dict(json.loads(b)) for b in batch]
-            queued = await asyncio.get_running_loop().run_in_executor(db, ledger.apply_findings, findings)
+            loop = asyncio.get_running_loop()
+            # the next batch (and so this batch's offset commit) waits until this one is stored
+            queued = await until_stored(f"{len(findings)} finding(s)",
+                                        lambda: loop.run_in_executor(db, ledger.apply_findings, findings), log)
             pipe.count("alerts_queued", queued)
             if queued:
-                await publish_outbox()
+                await publish_safely()
 
     publishing = asyncio.Lock()
+
+    async def publish_safely() -> None:
+        """The alerts are in the outbox already: a failure here only delays them to the timer's next turn."""
+        try:
+            await publish_outbox()
+        except Exception as e:  # noqa: BLE001 - the stage and the worker must outlive the outage
+            if storage_unavailable(e):
+                quiet.warn(log, "outbox", "backlog database unavailable (outbox: %s), retrying in 1 s", describe(e))
+            else:
+                quiet.warn(log, "outbox", "outbox not published (%s), retrying in 1 s", describe(e))
+        else:
+            quiet.clear(log, "outbox", "outbox publisher: database and Kafka reachable again")
 
     async def publish_outbox() -> None:
         async with publishing:
@@ -65,4 +86,4 @@ def register(pipe: Pipeline, ledger: TicketLedger) -> None:
     # alert unsent). Two workers publishing the same row is harmless: the delivery log drops the copy.
     @pipe.app.timer(1.0, name="outbox-publisher")
     async def outbox():
-        await publish_outbox()
+        await publish_safely()  # an exception out of a timer would crash the worker
