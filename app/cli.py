@@ -125,6 +125,14 @@ def up(ctx, partitions):
                 if not p.running:
                     raise click.ClickException(f"{p.name} exited unexpectedly:\n{p.tail()}")
     finally:
+        # Kafka is in memory here: give a worker still consuming from it the chance to finish (bounded); a bridge
+        # running against this stack should be stopped first (what `sitewatch demo` does itself).
+        from app.localstack import drain
+
+        click.echo("stopping: waiting (at most 30 s) for a running worker to drain Kafka")
+        left = drain(stack.bootstrap, s.worker_id, timeout=30)
+        if left:
+            click.echo(f"{left} record(s) were still unconsumed: lost with the in-memory Kafka")
         stack.stop()
         click.echo("stack stopped")
 

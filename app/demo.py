@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from sitewatch.contracts import TOPIC_READINGS
-from app.localstack import LocalStack, ManagedProcess, StackError, free_port, sitewatch_argv, wait_for_port
+from app.localstack import (LocalStack, ManagedProcess, StackError, free_port, sitewatch_argv, stop_pipeline,
+                            wait_for_port)
 from sitewatch.settings import Settings
 from app.webhook_receiver import Received, WebhookReceiver
 
@@ -132,8 +133,9 @@ class Demo:
                       + (f", InfluxDB on :{self.influx_port}" if self.influx_port is not None else ""))
             stack.start()
             self.echo("▶ starting bridge and Faust worker (logs in %s)" % s.log_dir)
-            procs.append(ManagedProcess("bridge", sitewatch_argv("bridge"), s.log_dir / "bridge.log", env).start())
-            procs.append(ManagedProcess("worker", sitewatch_argv("worker"), s.log_dir / "worker.log", env).start())
+            bridge = ManagedProcess("bridge", sitewatch_argv("bridge"), s.log_dir / "bridge.log", env)
+            worker = ManagedProcess("worker", sitewatch_argv("worker"), s.log_dir / "worker.log", env)
+            procs += [bridge.start(), worker.start()]
             if self.influx_port is not None:
                 procs.append(ManagedProcess("sink", sitewatch_argv("sink", "run"), s.log_dir / "sink.log", env).start())
                 self.echo(f"▶ readings and hazards → InfluxDB database 'sitewatch' at {env['SW_INFLUX_URL']} "
@@ -172,9 +174,10 @@ class Demo:
         finally:
             sim_stop.set()
             counter.stop.set()
-            for p in reversed(procs):
-                p.stop()
-            stack.stop()
+            # bridge first, the worker drains Kafka (in memory) and snapshots its detector state, then the rest
+            stop_pipeline([p for p in procs if p.name == "bridge"], [p for p in procs if p.name == "worker"],
+                          [p for p in procs if p.name not in ("bridge", "worker")], stack, group=s.worker_id,
+                          echo=self.echo)
             if receiver:
                 receiver.stop()
             if self.latencies_ms:

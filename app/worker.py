@@ -18,6 +18,7 @@ from backlog.store import Backlog
 from sitewatch.settings import Settings
 from streams import detect, notify, report, tickets, validate
 from streams.pipeline import Pipeline, create_app
+from streams.state_snapshots import StateSnapshots, wanted
 
 log = logging.getLogger("sitewatch.worker")
 
@@ -58,11 +59,21 @@ def build_notifier(settings: Settings) -> Notifier:
     return Notifier(log_db, cfg, ticket_state=readers.ticket_state, company_of=readers.company_of)
 
 
+def build_snapshots(settings: Settings) -> StateSnapshots | None:
+    """The detect stage's state snapshots in the backlog database (``SW_STATE_SNAPSHOTS``, see
+    streams/state_snapshots.py): on for the local stack, whose in-memory Kafka loses the state changelog on a full
+    stop; off-able where the Kafka changelog is replicated."""
+    if not wanted(settings.state_snapshots, settings.backlog_url, settings.kafka_bootstrap):
+        log.info("state snapshots off: detector state lives in the Kafka changelog only")
+        return None
+    return StateSnapshots(settings.backlog_url)
+
+
 def build_worker(settings: Settings) -> Pipeline:
     """The Faust app with every stage registered: validate → detect → tickets → notify, and the progress report."""
     pipe = create_app(settings)
     validate.register(pipe)
-    detect.register(pipe)
+    detect.register(pipe, build_snapshots(settings))
     tickets.register(pipe, Backlog(settings.backlog_url, inhibit_rules=inhibit_rules(settings)))
     notify.register(pipe, build_notifier(settings))
     report.register(pipe)

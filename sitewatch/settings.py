@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     blackbox_export_url: str | None = Field(None, description="webhook of the third party receiving checkpoints")
     blackbox_readings_every_s: float = Field(1.0, description="one readings entry per site per window (0: per batch)")
 
+    state_snapshots: Literal["auto", "on", "off"] = Field(
+        "auto", description="detector state also snapshotted to the backlog database and read back when the state "
+        "table has none (streams/state_snapshots.py); auto: on with a SQLite backlog or Kafka on loopback")
+
     worker_id: str = "sitewatch-worker"
     batch_size: int = 5000
     batch_within_s: float = 0.2

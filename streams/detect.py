@@ -17,13 +17,23 @@ A clock tick (each worker, over the partitions it owns) runs the silence (deadma
 trigger by definition. It asks a ``DeadlineIndex`` which devices are due instead of walking the state table, so
 its cost follows the number of devices falling silent, not the size of the fleet; the index is rebuilt from the
 table (one walk) when partitions are assigned.
+
+Snapshots (``streams.state_snapshots``, handed in by ``app.worker``; on for the local stack, whose Kafka is in
+memory and loses the changelog on a full stop): every state written to the table is also queued for an upsert
+into the backlog database, written by a timer on a worker thread; a clean shutdown writes every device's current
+state. When neither the cache nor the table knows a device of a batch, its snapshot is read (one query per
+batch, devices without one remembered) and used as its state. A state is never saved, to the table or a
+snapshot, while findings it produced are not yet delivered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Mapping, Protocol
 
 import numpy as np
 
@@ -38,6 +48,17 @@ from streams.pipeline import Pipeline
 log = logging.getLogger("sitewatch.detect")
 
 STATE_CHECKPOINT_S = 5.0
+SNAPSHOT_FLUSH_S = 1.0
+NO_SNAPSHOT_MAX = 1_000_000  # devices remembered as having no snapshot (then forgotten all at once)
+
+
+class SnapshotStore(Protocol):
+    """What this stage needs of a snapshot store (``streams.state_snapshots.StateSnapshots`` is one); blocking
+    calls, run on a worker thread."""
+
+    def save(self, states: Mapping[str, dict]) -> int: ...
+
+    def load(self, keys: Iterable[str]) -> dict[str, dict]: ...
 
 
 def load_rule_set(pipe: Pipeline) -> RuleSet:
@@ -71,7 +92,7 @@ def encode_finding(f: Finding) -> bytes:
 
 
 class Detection:
-    def __init__(self, pipe: Pipeline, checkpoint_s: float = STATE_CHECKPOINT_S):
+    def __init__(self, pipe: Pipeline, checkpoint_s: float = STATE_CHECKPOINT_S, snapshots: SnapshotStore | None = None):
         self.pipe = pipe
         self.engine = DetectorEngine(load_rule_set(pipe))
         self.checkpoint_s = checkpoint_s
@@ -82,21 +103,94 @@ class Detection:
         # first, a crash before delivery restored a state that already had those readings, so their replay was
         # dropped as old and the findings never came (the scale-out test: a worker SIGKILLed mid-batch lost them).
         self.pending: set[str] = set()
+        self.sending: dict[str, int] = {}  # device key -> emits delivering its findings right now
         self.due = DeadlineIndex()  # device key -> when the deadman must look at it next
         self.indexed: frozenset[int] = frozenset()  # partitions whose devices are in ``due``
+        self.snapshots = snapshots
+        self.to_snapshot: dict[str, dict] = {}  # checkpointed, not yet written to the snapshot store
+        self.restored: dict[str, dict] = {}  # read from snapshots for the coming batch (table misses)
+        self.no_snapshot: set[str] = set()
+        self.generation = 0  # bumped by ``forget``: a snapshot read begun before a rebalance is dropped
+        self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-snapshots") if snapshots else None
+        self._warned_at = -1e9
 
     # ------------------------------------------------------------------------------------ state
     def _load(self, keys) -> dict[str, dict]:
-        """Cache first, then the table (keys there are bytes, see streams.pipeline)."""
+        """Cache first, then the table (keys there are bytes, see streams.pipeline), then a snapshot read for
+        this batch (``restore``)."""
         table = self.pipe.device_state
         out = {}
         for k in keys:
             v = self.cache.get(k)
             if v is None:
                 v = table.get(k.encode())
+                if v is None and self.restored:
+                    v = self.restored.pop(k, None)
             if v is not None:
                 out[k] = v
         return out
+
+    async def restore(self, keys: Iterable[str]) -> int:
+        """Read the snapshots of the devices neither the cache nor the table knows (one query), for ``_load``.
+
+        Only a miss consults a snapshot, so with a durable changelog (production Kafka) the table's state always
+        wins. A failed read is retried with the next batch (the device starts fresh meanwhile, as without
+        snapshots)."""
+        if self.snapshots is None:
+            return 0
+        table = self.pipe.device_state
+        miss = [k for k in keys if k not in self.cache and k not in self.restored and k not in self.no_snapshot
+                and table.get(k.encode()) is None]
+        if not miss:
+            return 0
+        gen = self.generation
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(self.db, self.snapshots.load, miss)
+        except Exception as e:  # noqa: BLE001 - detection goes on without the snapshots
+            self._warn("state snapshots not readable (%s: %s); %d device(s) start without their saved state",
+                       type(e).__name__, e, len(miss))
+            return 0
+        if gen != self.generation:  # partitions moved while reading: the table is the truth for what we get next
+            return 0
+        if len(self.no_snapshot) > NO_SNAPSHOT_MAX:
+            self.no_snapshot.clear()
+        for k in miss:
+            v = found.get(k)
+            if v is None:
+                self.no_snapshot.add(k)
+            else:
+                self.restored[k] = v
+        if found:
+            log.warning("restored the state of %d device(s) from snapshots (the state table had none)", len(found))
+        return len(found)
+
+    async def flush_snapshots(self, everything: bool = False) -> int:
+        """Write the queued states (``everything``: every state in the cache whose findings are out, on a clean
+        shutdown) to the snapshot store on its thread."""
+        if self.snapshots is None:
+            return 0
+        if everything:
+            for k, v in self.cache.items():
+                if k not in self.pending and k not in self.sending:
+                    self.to_snapshot[k] = v
+        batch, self.to_snapshot = self.to_snapshot, {}
+        if not batch:
+            return 0
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.db, self.snapshots.save, batch)
+        except Exception as e:  # noqa: BLE001 - a timer must not crash the worker; the states wait for the next turn
+            for k, v in batch.items():
+                self.to_snapshot.setdefault(k, v)  # a newer checkpoint queued meanwhile wins
+            self._warn("state snapshots not written (%s: %s); %d device state(s) kept for the next try",
+                       type(e).__name__, e, len(self.to_snapshot))
+            return 0
+        return len(batch)
+
+    def _warn(self, msg: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= 10.0:
+            self._warned_at = now
+            log.warning(msg, *args)
 
     def _keep(self, states: dict[str, dict], urgent: set[str]) -> None:
         now = time.monotonic()
@@ -111,17 +205,29 @@ class Detection:
                 self.dirty.add(k)
 
     def _checkpoint(self, k: str, v: dict, now: float) -> None:
+        if k in self.pending or k in self.sending:
+            # This state holds readings whose findings are not delivered yet (the tick and a batch can overlap):
+            # the emit delivering them saves it (``save``); until then it waits as dirty.
+            self.dirty.add(k)
+            return
         self.pipe.device_state[k.encode()] = v
+        if self.snapshots is not None:
+            self.to_snapshot[k] = v
         self.saved_at[k] = now
         self.dirty.discard(k)
 
     def take_pending(self) -> set[str]:
         keys, self.pending = self.pending, set()
+        for k in keys:
+            self.sending[k] = self.sending.get(k, 0) + 1
         return keys
 
     def save(self, keys: set[str]) -> None:
         now = time.monotonic()
         for k in keys:
+            n = self.sending.pop(k, 0) - 1
+            if n > 0:
+                self.sending[k] = n
             v = self.cache.get(k)
             if v is not None:  # None: the partition moved meanwhile, and its next owner replays the readings
                 self._checkpoint(k, v, now)
@@ -129,7 +235,8 @@ class Detection:
     def flush_dirty(self, older_than_s: float | None = None) -> int:
         now = time.monotonic()
         limit = self.checkpoint_s if older_than_s is None else older_than_s
-        due = [k for k in self.dirty if now - self.saved_at.get(k, 0.0) >= limit]
+        due = [k for k in self.dirty if now - self.saved_at.get(k, 0.0) >= limit
+               and k not in self.pending and k not in self.sending]
         for k in due:
             self._checkpoint(k, self.cache[k], now)
         return len(due)
@@ -140,12 +247,26 @@ class Detection:
         self.saved_at.clear()
         self.dirty.clear()
         self.pending.clear()  # their findings may not be out: the next owner replays those readings
+        self.sending.clear()
         self.due.clear()
         self.indexed = frozenset()
+        self.restored.clear()
+        self.no_snapshot.clear()
+        self.generation += 1
 
     # ------------------------------------------------------------------------------------ stages
     def run_batch(self, records: list[bytes]) -> list[Finding]:
-        batch, statuses, dstatuses, keys = decode_batch(records)
+        return self.run_decoded(decode_batch(records))
+
+    @staticmethod
+    def keys_of(decoded) -> list[str]:
+        """Every state key a decoded batch touches (devices, announced devices, gateways)."""
+        _, statuses, dstatuses, keys = decoded
+        return [*keys, *(f"{ds.site}/{ds.device}" for ds in dstatuses),
+                *(f"{st.site}/gateway:{st.gateway}" for st in statuses)]
+
+    def run_decoded(self, decoded) -> list[Finding]:
+        batch, statuses, dstatuses, keys = decoded
         findings: list[Finding] = []
         self.pipe.count("readings_detected", len(batch))
         if len(batch):
@@ -214,9 +335,9 @@ class Detection:
         return True
 
 
-def register(pipe: Pipeline) -> None:
+def register(pipe: Pipeline, snapshots: SnapshotStore | None = None) -> None:
     s = pipe.settings
-    detection = Detection(pipe)
+    detection = Detection(pipe, snapshots=snapshots)
     pipe.detection = detection  # type: ignore[attr-defined]
 
     async def emit(findings: list[Finding]) -> None:
@@ -230,7 +351,22 @@ def register(pipe: Pipeline) -> None:
     @pipe.app.agent(pipe.readings, name="detect")
     async def detect(stream):
         async for batch in stream.take(s.batch_size, within=s.batch_within_s):
-            await emit(detection.run_batch(batch))
+            decoded = decode_batch(batch)
+            if snapshots is not None:
+                await detection.restore(Detection.keys_of(decoded))
+            await emit(detection.run_decoded(decoded))
+
+    if snapshots is not None:
+        @pipe.app.timer(SNAPSHOT_FLUSH_S, name="state-snapshots")
+        async def write_snapshots():
+            await detection.flush_snapshots()
+
+        @pipe.app.on_before_shutdown.connect
+        async def final_snapshots(sender, **kwargs):
+            # The consumer has stopped: every state in the cache whose findings are out is written, so a restart
+            # on a fresh broker (local Kafka is in memory) picks up exactly where this worker stopped.
+            n = await detection.flush_snapshots(everything=True)
+            log.warning("shutdown: state of %d device(s) written to snapshots", n)
 
     @pipe.app.timer(5.0, name="deadman-tick")
     async def tick():
