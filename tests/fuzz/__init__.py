@@ -12,6 +12,8 @@ import os
 from hypothesis import HealthCheck, settings
 
 TOTAL_EXAMPLES = int(os.environ.get("SW_FUZZ_EXAMPLES", "10000"))
+# the suite's per-test timeout (300 s) scaled with the examples: a 100k run is long, not hung
+TIMEOUT_S = round(300 * max(1.0, TOTAL_EXAMPLES / 10_000))
 
 
 def fuzz_settings(weight: float) -> settings:

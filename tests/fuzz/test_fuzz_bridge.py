@@ -24,9 +24,10 @@ from kafka.errors import MessageSizeTooLargeError
 import ingest.bridge as bridge_mod
 from sitewatch.contracts import TOPIC_RAW, kafka_key_for_mqtt_topic, partition_of, unpack_raw
 
-from . import fuzz_settings
+from . import TIMEOUT_S, fuzz_settings
 from .strategies import MQTT_MESSAGE_LIMIT, SEED, Gen, check_stage
 
+pytestmark = pytest.mark.timeout(TIMEOUT_S)
 PARTITIONS = 6
 
 

@@ -30,8 +30,10 @@ from sitewatch.contracts import (
     validate_message,
 )
 
-from . import fuzz_settings
+from . import TIMEOUT_S, fuzz_settings
 from .strategies import BATCHES, NOW, check_dlq_record, check_message, check_stage
+
+pytestmark = pytest.mark.timeout(TIMEOUT_S)
 
 
 @fuzz_settings(0.55)
