@@ -60,6 +60,8 @@ class SnapshotStore(Protocol):
 
     def load(self, keys: Iterable[str]) -> dict[str, dict]: ...
 
+    def load_all(self) -> dict[str, dict]: ...
+
 
 def load_rule_set(pipe: Pipeline) -> RuleSet:
     path = pipe.settings.rules_path
@@ -111,6 +113,7 @@ class Detection:
         self.restored: dict[str, dict] = {}  # read from snapshots for the coming batch (table misses)
         self.no_snapshot: set[str] = set()
         self.generation = 0  # bumped by ``forget``: a snapshot read begun before a rebalance is dropped
+        self.snap_indexed: frozenset[int] = frozenset()  # partitions whose snapshots are in ``due``
         self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-snapshots") if snapshots else None
         self._warned_at = -1e9
 
@@ -125,7 +128,7 @@ class Detection:
             if v is None:
                 v = table.get(k.encode())
                 if v is None and self.restored:
-                    v = self.restored.pop(k, None)
+                    v = self.restored.get(k)  # until ``_keep`` caches its successor
             if v is not None:
                 out[k] = v
         return out
@@ -164,6 +167,38 @@ class Detection:
             log.warning("restored the state of %d device(s) from snapshots (the state table had none)", len(found))
         return len(found)
 
+    async def restore_assigned(self) -> int:
+        """On a new assignment: the snapshots of the assigned devices the table does not know go into ``restored``
+        and the deadman index, so a device that fell silent while the stack was down is still found silent —
+        no reading of it will come to trigger ``restore``. One read of the snapshot table per assignment."""
+        if self.snapshots is None:
+            return 0
+        assigned = {tp.partition for tp in self.pipe.app.assignor.assigned_actives() if tp.topic == TOPIC_READINGS}
+        if not assigned or assigned == self.snap_indexed:
+            return 0
+        gen = self.generation
+        try:
+            rows = await asyncio.get_running_loop().run_in_executor(self.db, self.snapshots.load_all)
+        except Exception as e:  # noqa: BLE001 - tried again on the next tick
+            self._warn("state snapshots not readable (%s: %s); silent devices are indexed later",
+                       type(e).__name__, e)
+            return 0
+        if gen != self.generation:
+            return 0
+        table, parts, n = self.pipe.device_state, self.pipe.settings.kafka_partitions, 0
+        for k, v in rows.items():
+            kb = k.encode()
+            if (k in self.cache or k in self.restored or partition_of(kb, parts) not in assigned
+                    or table.get(kb) is not None):
+                continue
+            self.restored[k] = v
+            self.due.update(k, DetectorEngine.next_due(v))
+            n += 1
+        self.snap_indexed = frozenset(assigned)
+        if n:
+            log.warning("restored the state of %d device(s) of partitions %s from snapshots", n, sorted(assigned))
+        return n
+
     async def flush_snapshots(self, everything: bool = False) -> int:
         """Write the queued states (``everything``: every state in the cache whose findings are out, on a clean
         shutdown) to the snapshot store on its thread."""
@@ -196,6 +231,8 @@ class Detection:
         now = time.monotonic()
         for k, v in states.items():
             self.cache[k] = v
+            if self.restored:
+                self.restored.pop(k, None)
             self.due.update(k, DetectorEngine.next_due(v))
             if k in urgent:
                 self.pending.add(k)
@@ -253,6 +290,7 @@ class Detection:
         self.restored.clear()
         self.no_snapshot.clear()
         self.generation += 1
+        self.snap_indexed = frozenset()
 
     # ------------------------------------------------------------------------------------ stages
     def run_batch(self, records: list[bytes]) -> list[Finding]:
@@ -370,6 +408,8 @@ def register(pipe: Pipeline, snapshots: SnapshotStore | None = None) -> None:
 
     @pipe.app.timer(5.0, name="deadman-tick")
     async def tick():
+        if snapshots is not None:
+            await detection.restore_assigned()
         await emit(detection.run_tick(now_ms()))
 
     @pipe.app.on_partitions_revoked.connect

@@ -100,6 +100,18 @@ class StateSnapshots:
                 conn.execute(stmt)
         return len(rows)
 
+    def load_all(self) -> dict[str, dict]:
+        """Every snapshot (a new partition assignment on a fresh broker: devices that fall silent must still be
+        watched by the deadman, though no reading brings them back)."""
+        out: dict[str, dict] = {}
+        with self.engine.connect() as conn:
+            for key, state in conn.execute(select(snapshots.c.key, snapshots.c.state)):
+                try:
+                    out[key] = json.loads(state)
+                except ValueError:
+                    log.warning("unreadable state snapshot of %s ignored", key)
+        return out
+
     def load(self, keys: Iterable[str]) -> dict[str, dict]:
         """The snapshots of these devices (absent keys: no snapshot, or one that cannot be read)."""
         keys = list(keys)

@@ -147,3 +147,30 @@ def test_state_with_undelivered_findings_is_not_snapshotted(tmp_path):
     assert b"sc/jc-01" in table
     assert asyncio.run(det.flush_snapshots()) == 1
     assert store.load(["sc/jc-01"])["sc/jc-01"]["lt"] == T0 + 40_000
+
+
+def test_device_silent_across_the_stop_is_still_found_silent(tmp_path):
+    """A device heard before the stop and never again: no reading brings its snapshot back, so the new
+    assignment itself must (``restore_assigned``) or the deadman would never look at it."""
+    from sitewatch.contracts import TOPIC_READINGS, device_key, partition_of
+
+    store = StateSnapshots(f"sqlite:///{tmp_path / 'b.db'}")
+    first = detection(store)
+    run(first, [pit_record("sd", range(5))])
+    asyncio.run(first.flush_snapshots(everything=True))
+
+    part = partition_of(device_key("sd", "jc-01").encode(), 4)
+    tps = [SimpleNamespace(topic=TOPIC_READINGS, partition=p) for p in range(4)]
+    second = detection(store)  # empty table, nothing heard from the device since the restart
+    second.pipe.app = SimpleNamespace(assignor=SimpleNamespace(assigned_actives=lambda: tps))
+    assert asyncio.run(second.restore_assigned()) == 1
+    assert asyncio.run(second.restore_assigned()) == 0  # same assignment: not read again
+    later = T0 + 10 * 24 * 3600 * 1000
+    found = second.run_tick(later)
+    assert [(f.key, f.kind) for f in found if f.level > 0] == [("sd/jc-01", "fault.silent")]
+    assert second.cache["sd/jc-01"]["lt"] == T0 + 4000  # the restored state, now the stage's own
+
+    other = detection(store)  # a worker given the other partitions only: not its device
+    others = [tp for tp in tps if tp.partition != part]
+    other.pipe.app = SimpleNamespace(assignor=SimpleNamespace(assigned_actives=lambda: others))
+    assert asyncio.run(other.restore_assigned()) == 0
