@@ -1,9 +1,11 @@
-"""The commit guard patched into Faust (``streams.pipeline._commit_never_skips_head``): an offset is committed only
-once every record before it was acknowledged; a single unacknowledged record at the committed offset used to be
-committed over (faust-streaming issue #606) and was never processed."""
+"""The Faust fixes in ``streams.pipeline``, each against the loss it prevents: the commit guard (an offset is
+committed only once every record before it was acknowledged; a single unacknowledged record at the committed offset
+used to be committed over, faust-streaming issue #606) and the recovery order (stream partitions resumed only after
+the seek to committed offsets, so nothing fetched meanwhile is cleared from the stream queues)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from types import SimpleNamespace
 
@@ -49,3 +51,68 @@ def test_patch_is_applied_once():
     patched = Consumer._new_offset
     _commit_never_skips_head()
     assert Consumer._new_offset is patched
+
+
+# ------------------------------------------------------------------------------------------ resume after seek
+class FakeConsumer:
+    """Records what a fetcher would hand to the streams while the recovery awaits the seek."""
+
+    def __init__(self, assignment: set[TP]):
+        self._assignment = assignment
+        self.paused = set(assignment)
+        self.queue: list[TP] = []  # records handed to the streams, not yet taken
+        self.dropped: list[TP] = []
+
+    def assignment(self):
+        return self._assignment
+
+    def resume_partitions(self, tps):
+        self.paused -= set(tps)
+
+    async def perform_seek(self):
+        await asyncio.sleep(0)  # the offset fetch: the fetcher runs meanwhile
+        self.queue.extend(tp for tp in self._assignment if tp not in self.paused)  # it delivers what is resumed
+        await asyncio.sleep(0)
+
+    def resume_flow(self):
+        pass
+
+
+def fake_recovery(consumer: FakeConsumer) -> SimpleNamespace:
+    async def nothing(*a, **k):
+        return None
+
+    async def wait(coro, timeout=None):
+        return await coro
+
+    def resume_flow_control():  # mode's FlowControlEvent.resume clears every stream queue
+        consumer.dropped.extend(consumer.queue)
+        consumer.queue.clear()
+
+    app = SimpleNamespace(consumer=consumer, consumer_generation_id=7,
+                          on_rebalance_complete=SimpleNamespace(send=nothing),
+                          flow_control=SimpleNamespace(resume=resume_flow_control),
+                          conf=SimpleNamespace(broker_request_timeout=1.0),
+                          _fetcher=SimpleNamespace(maybe_start=nothing),
+                          assignor=SimpleNamespace(assigned_standbys=lambda: set()), on_rebalance_end=lambda: None)
+    log = SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None, dev=lambda *a, **k: None)
+    return SimpleNamespace(app=app, log=log, _set_recovery_ended=lambda: None, _wait=wait,
+                           tables=SimpleNamespace(values=lambda: [], on_actives_ready=lambda: None,
+                                                  on_standbys_ready=lambda: None),
+                           actives_for_table={}, standbys_for_table={},
+                           _is_changelog_tp=lambda tp: tp.topic.endswith("-changelog"),
+                           completed=SimpleNamespace(set=lambda: None))
+
+
+def test_recovery_drops_nothing_fetched_while_seeking():
+    """Faust resumed the stream partitions, awaited the seek, then cleared the stream queues: what the fetcher
+    delivered meanwhile was dropped past the fetch position (a taken-over partition vanished)."""
+    from faust.tables.recovery import Recovery
+
+    from streams.pipeline import _resume_streams_after_seek
+
+    _resume_streams_after_seek()
+    consumer = FakeConsumer({TP("sw.raw", 2), TP("sw.readings", 2), TP("sitewatch-worker-device-state-changelog", 2)})
+    asyncio.run(Recovery.on_recovery_completed(fake_recovery(consumer), 7))
+    assert consumer.dropped == []
+    assert consumer.paused == {TP("sitewatch-worker-device-state-changelog", 2)}  # streams resumed, changelog not
