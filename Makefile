@@ -22,6 +22,7 @@ test: deps
 # tests/faults at the issue's durations and volumes (the short versions run inside `make test`)
 faults: deps
 	SW_FAULTS_FULL=1 SW_FAULTS_README=1 $(PY) -m pytest tests/faults $(ARGS)
+	SW_FUZZ_EXAMPLES=100000 $(PY) -m pytest -q tests/fuzz  # payload fuzzing, 10x the CI examples
 
 bench: deps
 	$(VENV)/bin/sitewatch bench $(ARGS)
