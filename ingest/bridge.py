@@ -53,6 +53,7 @@ from typing import IO
 
 import paho.mqtt.client as mqtt
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -270,7 +271,11 @@ class Bridge:
 
     def _send(self, partition: int, items: list[_Item], rx: int) -> None:
         value = pack_raw(((item[0], item[1]) for item in items), rx)
-        future = self._producer.send(TOPIC_RAW, value=value, partition=partition, headers=self._header)
+        try:
+            future = self._producer.send(TOPIC_RAW, value=value, partition=partition, headers=self._header)
+        except KafkaError as e:  # buffer full or no metadata during a long Kafka outage: not acked, redelivered
+            self._failed(len(items), e)
+            return
         mids = [(mid, qos, conn) for _, _, mid, qos, conn in items if qos > 0]
         future.add_callback(self._acked, mids)
         future.add_errback(self._failed, len(items))
@@ -316,8 +321,10 @@ class Bridge:
                 if self._flush() == 0:
                     time.sleep(self.linger_s)
                 if self._reconnect.is_set():
+                    if not self._flushed(30):
+                        time.sleep(1.0)  # Kafka still away: hold the MQTT messages unacknowledged, try again
+                        continue
                     self._reconnect.clear()
-                    self._producer.flush(30)
                     self._connection += 1  # paho's reconnect() does not call on_disconnect
                     self._mqtt.reconnect()
                 if self.drain and self._unsubscribed.is_set() and self._idle_for(2.0):
@@ -339,6 +346,17 @@ class Bridge:
     def stop(self) -> None:
         self._stop.set()
 
+    def _flushed(self, timeout_s: float) -> bool:
+        """Wait for Kafka to acknowledge what was sent; False (logged) while Kafka stays unreachable — the bridge
+        keeps running and its unacknowledged MQTT messages wait in the broker's session (an outage longer than the
+        producer's delivery timeout used to kill the bridge here)."""
+        try:
+            self._producer.flush(timeout_s)
+            return True
+        except KafkaError as e:
+            log.warning("Kafka still unreachable (%s); MQTT messages stay unacknowledged, retrying", e)
+            return False
+
     def close(self, drain_timeout_s: float = 30.0) -> None:
         """Graceful stop: leave the share group first so the broker routes everything to the other members, then
         write and acknowledge what this instance already holds before disconnecting. What is still queued in the
@@ -352,12 +370,13 @@ class Bridge:
         deadline = time.monotonic() + drain_timeout_s
         while time.monotonic() < deadline and self.connected.is_set():
             self._flush()
-            self._producer.flush(30)
+            if not self._flushed(30):
+                break
             if self._idle_for(0.3):
                 break
             time.sleep(self.linger_s)
         self._flush()
-        self._producer.flush(30)
+        self._flushed(30)  # what Kafka did not take stays unacknowledged in the session for the next start
         time.sleep(0.05)  # let paho's loop send the last PUBACKs
         props = None
         if self.drain and self._idle_for(0):
