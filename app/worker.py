@@ -14,6 +14,8 @@ import os
 from alerts.config import AlertsConfig, load_config, webhook_only
 from alerts.delivery_log import DeliveryLog
 from alerts.notifier import Notifier
+from blackbox.chain import Recorder
+from blackbox.readings import ReadingLog
 from backlog.store import Backlog
 from sitewatch.settings import Settings
 from streams import detect, notify, report, tickets, validate
@@ -59,6 +61,13 @@ def build_notifier(settings: Settings) -> Notifier:
     return Notifier(log_db, cfg, ticket_state=readers.ticket_state, company_of=readers.company_of)
 
 
+def build_reading_record(settings: Settings) -> ReadingLog:
+    """The tamper-evident record of every batch of readings received: per site, once per window
+    (``SW_BLACKBOX_READINGS_EVERY_S``), a digest, the count and the time range appended to the site's chain."""
+    return ReadingLog(Recorder(settings.backlog_url), every_s=settings.blackbox_readings_every_s,
+                      extra={"worker": settings.worker_id})
+
+
 def build_snapshots(settings: Settings) -> StateSnapshots | None:
     """The detect stage's state snapshots in the backlog database (``SW_STATE_SNAPSHOTS``, see
     streams/state_snapshots.py): on for the local stack, whose in-memory Kafka loses the state changelog on a full
@@ -73,7 +82,7 @@ def build_worker(settings: Settings) -> Pipeline:
     """The Faust app with every stage registered: validate → detect → tickets → notify, and the progress report."""
     pipe = create_app(settings)
     validate.register(pipe)
-    detect.register(pipe, build_snapshots(settings))
+    detect.register(pipe, build_snapshots(settings), build_reading_record(settings))
     tickets.register(pipe, Backlog(settings.backlog_url, inhibit_rules=inhibit_rules(settings)))
     notify.register(pipe, build_notifier(settings))
     report.register(pipe)

@@ -139,6 +139,12 @@ class ReadingLog:
                                                    "ts_min": lo, "ts_max": hi, "digest": dg})
                 for site, n, lo, hi, dg in sorted(site_digests(devs, d, metric, ts, value))]
 
+    def append(self, entries: list[NewEntry]) -> None:
+        """Append entries taken earlier (``take``) with the recorder: the worker takes on its event loop, where
+        batches are added, and appends on a thread, retrying entries a database outage left behind."""
+        if entries and self.recorder is not None:
+            self.recorder.record(entries)
+
     def flush(self, at_ms: int | None = None) -> int:
         """Append the window's entries with the recorder; returns how many."""
         from sitewatch.contracts import now_ms

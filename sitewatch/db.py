@@ -1,4 +1,10 @@
-"""One way to open a database: SQLite (embedded default, WAL so readers never block the worker) or PostgreSQL."""
+"""One way to open a database: SQLite (embedded default, WAL so readers never block the worker) or PostgreSQL.
+
+SQLite through Python's sqlite3 needs one more thing: the driver starts transactions itself and does not start
+one before a SAVEPOINT, so a savepoint (``Session.begin_nested``, used where a concurrent writer may win a race)
+ran in autocommit mode and its RELEASE committed at once — a ticket could be committed without the journal entry
+and the alert of the same transaction, and a crash in between lost the alert. SQLAlchemy's documented remedy:
+switch the driver's transaction handling off and emit BEGIN ourselves."""
 
 from __future__ import annotations
 
@@ -12,11 +18,16 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
+            dbapi_conn.isolation_level = None  # the driver emits no BEGIN/COMMIT of its own (see above)
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):
+            conn.exec_driver_sql("BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True)

@@ -33,7 +33,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Mapping, Protocol
+from typing import Any, Iterable, Mapping, Protocol
 
 import numpy as np
 
@@ -50,6 +50,20 @@ log = logging.getLogger("sitewatch.detect")
 STATE_CHECKPOINT_S = 5.0
 SNAPSHOT_FLUSH_S = 1.0
 NO_SNAPSHOT_MAX = 1_000_000  # devices remembered as having no snapshot (then forgotten all at once)
+
+
+class ReadingRecord(Protocol):
+    """The tamper-evident record of readings received (``blackbox.readings.ReadingLog`` is one): a batch is added
+    by reference on the hot path; once per window the window's entries are taken (a digest per site) and appended
+    to the chain."""
+
+    def add_batch(self, rb: Any) -> None: ...
+
+    def due(self) -> bool: ...
+
+    def take(self, at_ms: int) -> list: ...
+
+    def append(self, entries: list) -> None: ...
 
 
 class SnapshotStore(Protocol):
@@ -75,7 +89,11 @@ def load_rule_set(pipe: Pipeline) -> RuleSet:
 def decode_batch(records: list[bytes]) -> tuple[ReadingBatch, list[GatewayStatus], list[DeviceStatus], list[str]]:
     """Many ``sw.readings`` records → one columnar batch, the gateway and device status records, and the keys
     (``site/device``) of the devices in the batch — taken from the records' device lists, not row by row."""
-    rb = decode_readings_records(records)
+    return for_detectors(decode_readings_records(records))
+
+
+def for_detectors(rb) -> tuple[ReadingBatch, list[GatewayStatus], list[DeviceStatus], list[str]]:
+    """A decoded ``sw.readings`` batch (``sitewatch.contracts.decode_readings_records``) as the detectors take it."""
     if not rb.devs:
         return ReadingBatch.from_columns([], [], [], [], [], []), rb.statuses, rb.device_statuses, []
     table = np.empty((len(rb.devs), 4), dtype=object)
@@ -373,9 +391,23 @@ class Detection:
         return True
 
 
-def register(pipe: Pipeline, snapshots: SnapshotStore | None = None) -> None:
+def register(pipe: Pipeline, snapshots: SnapshotStore | None = None, record: ReadingRecord | None = None) -> None:
     s = pipe.settings
     detection = Detection(pipe, snapshots=snapshots)
+    record_db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record-db")  # appends off the event loop
+    unrecorded: list = []  # entries a database outage left behind, appended first next time
+
+    async def write_record() -> None:
+        entries = unrecorded + record.take(now_ms())  # taken on the loop, where batches are added
+        unrecorded.clear()
+        if not entries:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(record_db, record.append, entries)
+            pipe.count("record_entries", len(entries))
+        except Exception:  # noqa: BLE001 - the database is away: keep the entries, try again next window
+            unrecorded.extend(entries)
+            log.exception("could not append %d readings record entries; retrying with the next window", len(entries))
     pipe.detection = detection  # type: ignore[attr-defined]
 
     async def emit(findings: list[Finding]) -> None:
@@ -389,10 +421,15 @@ def register(pipe: Pipeline, snapshots: SnapshotStore | None = None) -> None:
     @pipe.app.agent(pipe.readings, name="detect")
     async def detect(stream):
         async for batch in stream.take(s.batch_size, within=s.batch_within_s):
-            decoded = decode_batch(batch)
+            rb = decode_readings_records(batch)
+            if record is not None:
+                record.add_batch(rb)  # references only; digested per site once per window
+            decoded = for_detectors(rb)
             if snapshots is not None:
                 await detection.restore(Detection.keys_of(decoded))
             await emit(detection.run_decoded(decoded))
+            if record is not None and record.due():
+                await write_record()
 
     if snapshots is not None:
         @pipe.app.timer(SNAPSHOT_FLUSH_S, name="state-snapshots")
@@ -406,6 +443,16 @@ def register(pipe: Pipeline, snapshots: SnapshotStore | None = None) -> None:
             n = await detection.flush_snapshots(everything=True)
             log.warning("shutdown: state of %d device(s) written to snapshots", n)
 
+    if record is not None:
+        @pipe.app.timer(1.0, name="readings-record")
+        async def record_window():
+            if record.due() or unrecorded:  # a quiet stream's last window closes without a next batch
+                await write_record()
+
+        @pipe.app.on_before_shutdown.connect
+        async def final_record(sender, **kwargs):
+            await write_record()  # a clean stop leaves no received batch off the record
+
     @pipe.app.timer(5.0, name="deadman-tick")
     async def tick():
         if snapshots is not None:
@@ -416,6 +463,8 @@ def register(pipe: Pipeline, snapshots: SnapshotStore | None = None) -> None:
     async def revoked(sender, revoked, **kwargs):
         detection.flush_dirty(older_than_s=0.0)  # hand over the latest state, not the last checkpoint
         detection.forget()
+        if record is not None:
+            await write_record()  # what this worker received is on the record before another takes over
 
     @pipe.app.task
     async def follow_config():
