@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from sitewatch.contracts import FAMILIES, GATEWAY, MQTT_ROOT, InvalidReading, _check_id
+from sitewatch.contracts import FAMILIES, GATEWAY, MQTT_ROOT, InvalidReading, check_id
 
 DEFAULT_PASSWD_FILE = Path("/etc/mosquitto/sitewatch.passwd")
 DEFAULT_ACL_FILE = Path("/etc/mosquitto/sitewatch.acl")
@@ -65,7 +65,7 @@ class Gateway:
     def __post_init__(self) -> None:
         for kind, value in (("site", self.site), ("gateway", self.gateway)):
             try:
-                _check_id(kind, value)
+                check_id(kind, value)
             except InvalidReading as e:
                 raise ProvisionError(f"{kind} id {value!r} is not a valid SiteWatch id ({e.detail})") from None
 

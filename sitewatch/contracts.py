@@ -238,7 +238,7 @@ def parse_ts(raw: Any) -> int:
     raise InvalidReading("bad_timestamp", f"ts must be epoch ms or RFC 3339, got {type(raw).__name__}")
 
 
-def _check_id(kind: str, value: Any) -> str:
+def check_id(kind: str, value: Any) -> str:
     if not isinstance(value, str) or not _ID_RE.fullmatch(value):
         raise InvalidReading("bad_identifier", f"{kind} {value!r} must match {_ID_RE.pattern}")
     return value
@@ -279,7 +279,7 @@ def _check_family_metric(family: Any, metric: Any) -> None:
 def _reading(site: str, family: Any, device: Any, metric: Any, body: dict, now: int,
              gateway: str | None = None, max_age_ms: int = DEFAULT_ALLOWED_LATENESS_MS) -> Reading:
     _check_family_metric(family, metric)
-    _check_id("device", device)
+    check_id("device", device)
     if "ts" not in body:
         raise InvalidReading("missing_field", "reading has no 'ts'")
     if "value" not in body:
@@ -350,7 +350,7 @@ def validate_message(topic: str, payload: bytes, now: int | None = None, out: Va
         if len(parts) != 5 or parts[0] != MQTT_ROOT:
             raise InvalidReading("bad_topic", f"{topic!r} is not sw/{{site}}/{{family}}/{{device}}/{{metric}}")
         _, site, family, device, metric = parts
-        _check_id("site", site)
+        check_id("site", site)
         try:
             body = json.loads(payload)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -360,7 +360,7 @@ def validate_message(topic: str, payload: bytes, now: int | None = None, out: Va
         if not isinstance(body, dict):
             raise InvalidReading("bad_schema", f"payload must be a JSON object, got {type(body).__name__}")
         if family == GATEWAY:
-            _check_id("gateway", device)
+            check_id("gateway", device)
             if metric == "status":
                 online, ts = _status_fields(body, now)
                 detail = {k: v for k, v in body.items() if k not in ("ts", "online")}
@@ -386,7 +386,7 @@ def validate_message(topic: str, payload: bytes, now: int | None = None, out: Va
         if metric == "status":
             if family not in FAMILIES:
                 raise InvalidReading("unknown_family", f"{family!r} is not one of {sorted(FAMILIES)}")
-            _check_id("device", device)
+            check_id("device", device)
             online, ts = _status_fields(body, now)
             reason = body.get("reason", "")
             if not isinstance(reason, str) or len(reason) > 64 or not _plain_json(reason):
