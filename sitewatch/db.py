@@ -4,7 +4,11 @@ SQLite through Python's sqlite3 needs one more thing: the driver starts transact
 one before a SAVEPOINT, so a savepoint (``Session.begin_nested``, used where a concurrent writer may win a race)
 ran in autocommit mode and its RELEASE committed at once — a ticket could be committed without the journal entry
 and the alert of the same transaction, and a crash in between lost the alert. SQLAlchemy's documented remedy:
-switch the driver's transaction handling off and emit BEGIN ourselves."""
+switch the driver's transaction handling off and emit BEGIN ourselves. A plain (deferred) BEGIN: readers keep
+WAL's snapshots and never wait for writers (``BEGIN IMMEDIATE`` made every read take the write lock, and a page
+holding a session open stalled the API). The price: a transaction that reads first and writes later can fail with
+"database is locked" when another writer committed in between; the worker's writers retry (streams.resilience,
+the notifier's flush loop, the record's next window)."""
 
 from __future__ import annotations
 
