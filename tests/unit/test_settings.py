@@ -61,7 +61,10 @@ def test_faust_form_and_client_options_say_the_same(protocol, mechanism):
 def test_aiokafka_accepts_the_options():
     import inspect
 
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    # aiokafka's own classes: the worker swaps ``aiokafka.AIOKafkaConsumer`` for its low-latency subclass (which
+    # takes ``**kwargs``) when an earlier test built the Faust app, so the package attribute may not be aiokafka's
+    from aiokafka.consumer.consumer import AIOKafkaConsumer
+    from aiokafka.producer.producer import AIOKafkaProducer
 
     opts = Settings(kafka_security_protocol="SASL_SSL", kafka_username="u", kafka_password="p").kafka_options()
     for cls in (AIOKafkaProducer, AIOKafkaConsumer):
