@@ -24,7 +24,7 @@ from pathlib import Path
 
 import click
 
-from app.bench.pipeline import GroupLag
+from app.bench.pipeline import GroupLag, stop_on_sigterm
 from sitewatch.contracts import TOPIC_RAW, TOPIC_READINGS, gateway_topic, reading_topic
 
 BENCH_RULES = "version: 1\nfaults:\n  silent_after_intervals: 1000000\n"  # the flood stops at the end: no deadman
@@ -175,15 +175,10 @@ def _measure(label: str, port: int, db: Path, receiver, prefix: str, n: int, per
 
 def bench_latency(load: int = 10_000, alarms: int = 200, alarms_per_s: float = 5.0, baseline_alarms: int = 50,
                   workers: int = 1, warmup_s: float = 5.0, echo=click.echo) -> dict:
-    import signal
-
     from app.localstack import LocalStack, ManagedProcess, free_port, sitewatch_argv
     from app.webhook_receiver import WebhookReceiver
 
-    def _interrupt(signum, frame):  # SIGTERM too must run the finally below: the children live in own sessions
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     tmp = Path(tempfile.mkdtemp(prefix="sitewatch-bench-latency-"))
     stack = LocalStack(tmp, free_port(), free_port()).start()
     receiver = WebhookReceiver().start()

@@ -15,6 +15,18 @@ from sitewatch.contracts import FAMILIES, TOPIC_RAW, TOPIC_READINGS, gateway_top
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM runs a benchmark's ``finally`` like Ctrl-C does: the brokers and workers it started live in their
+    own sessions and would outlive it otherwise."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 class GroupLag:
     """Unprocessed records of a consumer group: log end offsets minus committed offsets, summed.
 
@@ -127,12 +139,7 @@ def bench_pipeline(readings: int, echo=click.echo) -> dict[str, float]:
     from app.localstack import LocalStack, ManagedProcess, free_port, sitewatch_argv
     from app.webhook_receiver import WebhookReceiver
 
-    import signal
-
-    def _interrupt(signum, frame):  # SIGTERM too must run the finally below: the children live in own sessions
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     tmp = Path(tempfile.mkdtemp(prefix="sitewatch-bench-"))
     stack = LocalStack(tmp, free_port(), free_port()).start()
     receiver = WebhookReceiver().start()

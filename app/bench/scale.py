@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from app.bench.pipeline import GroupLag
+from app.bench.pipeline import GroupLag, stop_on_sigterm
 from sitewatch.contracts import TOPIC_RAW, TOPIC_READINGS
 
 BENCH_RULES = "version: 1\nfaults:\n  silent_after_intervals: 1000000\n"
@@ -117,15 +117,10 @@ def _round(k: int, records, readings: int, partitions: int, echo) -> dict[str, f
 
 def bench_scale(readings: int = 500_000, workers: tuple[int, ...] = (1, 2, 4), partitions: int | None = None,
                 echo=click.echo) -> dict:
-    import signal
-
     from app.bench.worker import gateway_envelopes
     from sitewatch.settings import Settings
 
-    def _interrupt(signum, frame):  # SIGTERM too must run the finally blocks: the children live in own sessions
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     parts = partitions or Settings().kafka_partitions
     records, n = gateway_envelopes(readings, sites=50, per_frame=200, frames_per_envelope=10, partitions=parts)
     cores = os.cpu_count() or 1

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import click
 
-from app.bench.pipeline import GroupLag
+from app.bench.pipeline import GroupLag, stop_on_sigterm
 from sitewatch.contracts import (FAMILIES, TOPIC_DLQ, TOPIC_HAZARDS, TOPIC_RAW, TOPIC_READINGS, gateway_topic,
                                  kafka_key_for_mqtt_topic, pack_raw, partition_of, reading_topic)
 
@@ -320,14 +320,9 @@ def _round(label: str, key: str, records: list[tuple[int, bytes]], readings: int
 def bench_worker(readings: int = 1_000_000, single_readings: int = 200_000, sites: int = 50, per_frame: int = 200,
                  frames_per_envelope: int = 10, singles_per_envelope: int = 1, profile: str | None = None,
                  baseline_src: str | None = None, echo=click.echo) -> dict[str, float]:
-    import signal
-
     from app.localstack import LocalStack, free_port
 
-    def _interrupt(signum, frame):  # SIGTERM too must run the finally below: the children live in own sessions
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     tmp = Path(tempfile.mkdtemp(prefix="sitewatch-bench-worker-"))
     stack = LocalStack(tmp, free_port(), free_port()).start()
     rules = tmp / "bench-rules.yaml"
