@@ -13,7 +13,7 @@ from typing import Callable
 import paho.mqtt.client as mqtt
 import pytest
 
-from app.localstack import LocalStack, ManagedProcess, free_port, sitewatch_argv
+from app.localstack import LocalStack, ManagedProcess, free_port, sitewatch_argv, start_kafka
 from app.webhook_receiver import WebhookReceiver
 
 
@@ -167,3 +167,12 @@ def wait_for_readings(bootstrap: str, site: str, device: str, n: int, timeout: f
         return got if len(got) >= n else None
 
     return wait_until(seen, timeout, f"{n} readings of {site}/{device} in sw.readings", interval=1.0)
+
+
+@pytest.fixture
+def tansu(tmp_path):
+    """A bare Tansu broker (no MQTT, no topics) for tests of Kafka client behaviour; its bootstrap address."""
+    port = free_port()
+    proc = start_kafka(port, tmp_path)
+    yield f"127.0.0.1:{port}"
+    proc.stop()

@@ -8,17 +8,7 @@ import asyncio
 
 import pytest
 
-from app.localstack import free_port, start_kafka
-
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def tansu(tmp_path):
-    port = free_port()
-    proc = start_kafka(port, tmp_path)
-    yield f"127.0.0.1:{port}"
-    proc.stop()
 
 
 def test_end_offsets_count_every_record_of_the_last_batch(tansu):
