@@ -476,8 +476,38 @@ def _unique_names(rules: list[InhibitRule]) -> list[InhibitRule]:
     return rules
 
 
+class ProposalRule(_Model):
+    """A finding of one of ``kinds`` at ``min_level`` or above proposes ``action`` on the device that raised it
+    (the commands room makes it a ``proposed`` command linked to the ticket). A person approves it; only a site's
+    own file may set ``auto: true`` for a rule, and only then is it sent without one."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+    kinds: Annotated[list[str], Field(min_length=1)]
+    min_level: LevelName = "red"
+    action: Annotated[str, Field(min_length=1, max_length=32)]
+    args: dict[str, Any] = Field(default_factory=dict)
+    auto: bool = False
+
+
+def _default_proposals() -> list[ProposalRule]:
+    return [ProposalRule(name="battery-runaway-cut-power", kinds=["battery.temp", "battery.temp_rise"],
+                         min_level="red", action="cut_power")]
+
+
 class Defaults(_Model):
     version: Literal[1] = 1
+    proposals: list[ProposalRule] = Field(default_factory=_default_proposals)
+
+    @field_validator("proposals")
+    @classmethod
+    def _no_auto_by_default(cls, v: list[ProposalRule]) -> list[ProposalRule]:
+        if len({r.name for r in v}) != len(v):
+            raise ValueError("two proposal rules share a name")
+        for r in v:
+            if r.auto:
+                raise ValueError(f"proposal {r.name}: auto: true belongs in a site's own file, never in the defaults")
+        return v
+
     reassert: PositiveDuration = 60.0  # a raised finding is repeated this often (reading time)
     faults: FaultRules = FaultRules()
     lateness: LatenessRules = LatenessRules()
@@ -639,6 +669,8 @@ class SiteDoc(_Model):
     calendar: CalendarConfig | None = None
     charging_points: list[str] = Field(default_factory=list)  # non-empty: charging elsewhere is a violation
     inhibit_rules: list[InhibitRule] = Field(default_factory=list)  # appended to the global ones, this site only
+    # merged by name over the defaults' proposal rules (``- {name: battery-runaway-cut-power, auto: true}``)
+    proposals: list[dict[str, Any]] = Field(default_factory=list)
     family_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     devices: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -702,6 +734,7 @@ class _Site:
     charging_points: frozenset[str] = frozenset()
     inhibit_rules: list[InhibitRule] = field(default_factory=list)  # already restricted to this site
     gateways: dict[str, str] = field(default_factory=dict)  # device -> gateway (devices blocks' ``gateway:``)
+    proposals: list[ProposalRule] | None = None  # None: the defaults' proposal rules
 
 
 _DEFAULT_CALENDAR = CalendarConfig()
@@ -813,6 +846,18 @@ class RuleSet:
                 out += s.inhibit_rules
         return out
 
+    def proposals(self, site: str | None = None) -> list[ProposalRule]:
+        """The proposal rules of ``site`` (the defaults merged with its file); without a site, every rule any site
+        uses (to know which finding kinds to look at)."""
+        if site is not None:
+            s = self.sites.get(site)
+            return list(s.proposals) if s is not None and s.proposals is not None else list(self.defaults.proposals)
+        out = {r.name: r for r in self.defaults.proposals}
+        for s in self.sites.values():
+            for r in s.proposals or ():
+                out.setdefault(f"{s.site}:{r.name}", r)
+        return list(out.values())
+
     def configured_devices(self, site: str | None = None) -> list[tuple[str, str, str]]:
         """(site, device, family) of every device named in a site file."""
         return [(s.site, d, fam) for s in self.sites.values() if site in (None, s.site)
@@ -834,6 +879,8 @@ class RuleSet:
             h.update(b"gateways" + ",".join(f"{d}={g}" for d, g in sorted(s.gateways.items())).encode())
             for r in s.inhibit_rules:
                 h.update(b"inhibit" + r.model_dump_json().encode())
+            for r in s.proposals or ():
+                h.update(b"proposal" + r.model_dump_json().encode())
         return h.hexdigest()[:16]
 
 
@@ -1015,7 +1062,20 @@ def _build_site(defaults: Defaults, filename: str, node: Any, data: Any) -> _Sit
                                  f"a site file's inhibit rule applies to its own site {doc.site!r} only"))
         inhibit.append(r.model_copy(update={"source_match": {**r.source_match, "site": doc.site},
                                             "target_match": {**r.target_match, "site": doc.site}}))
+    proposals: list[ProposalRule] | None = None
+    if doc.proposals:
+        merged = {r.name: r.model_dump() for r in defaults.proposals}
+        for i, over in enumerate(doc.proposals):
+            name = over.get("name")
+            merged[name] = _deep_merge(merged.get(name, {}), over)
+        proposals = []
+        for i, (name, data) in enumerate(merged.items()):
+            try:
+                proposals.append(ProposalRule.model_validate(data))
+            except ValidationError as e:
+                at = next((j for j, o in enumerate(doc.proposals) if o.get("name") == name), None)
+                problems += _problems_from(e, filename, node, ["proposals", at] if at is not None else ["proposals"])
     if problems:
         raise RulesError(problems)
     return _Site(doc.site, filename, doc.source, families, devices, doc.calendar or _DEFAULT_CALENDAR,
-                 frozenset(doc.charging_points), inhibit, gateways)
+                 frozenset(doc.charging_points), inhibit, gateways, proposals)
