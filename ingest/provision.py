@@ -40,8 +40,8 @@ DEFAULT_ACL_FILE = Path("/etc/mosquitto/sitewatch.acl")
 BRIDGE_USER = "sitewatch-bridge"
 COMMAND_USER = "sitewatch-command"
 SERVICE_USERS = (BRIDGE_USER, COMMAND_USER)
-CMD = "cmd"  # sw/<site>/cmd/#: commands to a site (only the command service publishes)
-ACK = "ack"  # sw/<site>/ack/#: acknowledgements from a site's gateways
+CMD = "cmd"  # sw/<site>/cmd/<gateway>/<device>: commands (only the command service publishes; sitewatch.commands)
+ACK = "ack"  # sw/<site>/ack/<gateway>/<device>: a gateway's acknowledgements
 SEPARATOR = "@"
 MANAGED_MARKER = "# --- gateways: written by `sitewatch gateway`, do not edit below this line ---"
 FILE_MODE = 0o600
@@ -81,16 +81,18 @@ class Gateway:
         return cls(site, gateway)
 
     def acl_lines(self) -> list[str]:
-        """What this gateway may do: publish its own site's readings, its own frames/status and acknowledgements,
-        read its own site's commands. Allow-lists only: mosquitto's ``deny`` would also block the reads."""
+        """What this gateway may do: publish its own site's readings, its own frames/status and its own
+        acknowledgements, read its own commands (``sw/<site>/cmd/<gateway>/#``: not another gateway's, so one
+        stolen gateway cannot learn what the others are told). Allow-lists only: mosquitto's ``deny`` would also
+        block the reads."""
         s = f"{MQTT_ROOT}/{self.site}"
         return [
             f"# gateway {self.gateway} of site {self.site}",
             f"user {self.username}",
             f"topic write {s}/{GATEWAY}/{self.gateway}/+",
             *(f"topic write {s}/{family}/+/+" for family in FAMILIES),
-            f"topic write {s}/{ACK}/#",
-            f"topic read {s}/{CMD}/#",
+            f"topic write {s}/{ACK}/{self.gateway}/#",
+            f"topic read {s}/{CMD}/{self.gateway}/#",
         ]
 
 

@@ -131,11 +131,17 @@ class SimConfig:
     speed: float = 1.0  # >1 compresses the scenario's ramps and holds (tests, demos); the start stays at `at`
 
 
+# A device whose power was cut by a command reads 0 on these (a charging cabinet's charge current, a box's phases).
+POWERED_METRICS = {"charge_current", "current_a", "current_b", "current_c"}
+
+
 @dataclass
 class Simulator:
     cfg: SimConfig
     sent_readings: int = 0
     sent_messages: int = 0
+    # site id -> its gateway's command endpoint (ingest.device): commands act on the readings that follow
+    endpoints: dict = field(default_factory=dict)
     _rng: np.random.Generator = field(init=False)
 
     def __post_init__(self):
@@ -191,6 +197,13 @@ class Simulator:
                     v[i] = start + (e.value - start) * frac + self._rng.normal(0, self._sd[i] * 0.2)
                 elif e.mode == "flatline":
                     v[i] = self._frozen.setdefault(i, round(float(v[i]), 3))
+        for s, ep in self.endpoints.items():  # devices whose power a command cut: no current any more
+            unpowered = {d for d, st in ep.state.items() if not st.power}
+            if unpowered:
+                for i, r in enumerate(self.rows):
+                    if self.site_ids[r[0]] == s and r[3] in POWERED_METRICS and \
+                            self.device_id(r[1], r[2]) in unpowered:
+                        v[i] = 0.0
         return v, mask
 
     def messages(self, t: float, ts_ms: int) -> list[tuple[str, bytes]]:
@@ -222,6 +235,8 @@ class Simulator:
         # kicking each other off the broker, and a kicked client's publishes fail with "not connected".
         client_id = f"sitewatch-sim-{self.cfg.site_prefix}{self.cfg.seed}-{os.getpid()}-{id(self) & 0xFFFFFF:06x}"
         client = connect_publisher(host, port, client_id, username, password)
+        for ep in self.endpoints.values():  # the gateway also takes its commands on its own connection
+            ep.attach(client)
         try:
             for site in self.site_ids:
                 client.publish(gateway_topic(site, "gw-01", "status"),

@@ -327,13 +327,21 @@ def test_gateway_publishing_under_another_site_delivers_0_of_n(broker: Broker, c
 def test_gateway_cannot_impersonate_another_gateway_or_publish_commands(broker: Broker, clients):
     broker.reload(admits=broker.add_gateway(SITE_A, "gw02"))
     br = bridge(clients, broker)
+    # Commands and acks never reach the bridge (deny lines); their own readers watch them here: the target
+    # gateway gw02 reads its commands, the command service reads the acks.
+    gw2 = connected(clients, broker, f"gw02@{SITE_A}")
+    gw2.subscribe(f"sw/{SITE_A}/cmd/gw02/#")
+    cmd = connected(clients, broker, provision.COMMAND_USER)
+    cmd.subscribe("sw/+/ack/#")
     gw = connected(clients, broker, f"gw01@{SITE_A}")
     forbidden = [
         f"sw/{SITE_A}/gateway/gw02/status",  # another gateway's status / last will, same site
         f"sw/{SITE_A}/gateway/gw02/readings",
-        f"sw/{SITE_A}/cmd/crane-01/stop",  # commands: only the command service
-        f"sw/{SITE_B}/cmd/crane-01/stop",
-        f"sw/{SITE_B}/ack/1",
+        f"sw/{SITE_A}/cmd/gw02/crane-01",  # commands: only the command service, to any gateway, own site too
+        f"sw/{SITE_A}/cmd/gw01/crane-01",
+        f"sw/{SITE_B}/cmd/gw01/crane-01",
+        f"sw/{SITE_B}/ack/gw01/crane-01",  # acks: only for itself
+        f"sw/{SITE_A}/ack/gw02/crane-01",
         f"sw/{SITE_A}/nofamily/dev-1/load",  # outside the topic contract
         "sw/other",
         "elsewhere/x",
@@ -341,31 +349,35 @@ def test_gateway_cannot_impersonate_another_gateway_or_publish_commands(broker: 
     for t in forbidden:
         gw.publish(t, b"x")
     allowed = [f"sw/{SITE_A}/gateway/gw01/readings", f"sw/{SITE_A}/gateway/gw01/status",
-               f"sw/{SITE_A}/pit/pit-01/status", f"sw/{SITE_A}/ack/cmd-1"]
+               f"sw/{SITE_A}/pit/pit-01/status"]
     for t in allowed:
         gw.publish(t, b"x")
-    cmd = connected(clients, broker, provision.COMMAND_USER)
-    cmd.publish(f"sw/{SITE_A}/cmd/crane-01/stop", b"by the command service")
-    wait_until(lambda: len(br.topics()) >= len(allowed) + 1, 10, "the allowed messages at the bridge")
+    gw.publish(f"sw/{SITE_A}/ack/gw01/crane-01", b"own ack")
+    cmd.publish(f"sw/{SITE_A}/cmd/gw02/crane-01", b"by the command service")
+    wait_until(lambda: len(br.topics()) >= len(allowed) and gw2.topics() and cmd.topics(), 10,
+               "the allowed messages at their readers")
     time.sleep(0.3)
-    assert sorted(br.topics()) == sorted([*allowed, f"sw/{SITE_A}/cmd/crane-01/stop"])
-    assert [p for t, p in br.messages if "/cmd/" in t] == [b"by the command service"]
+    assert sorted(br.topics()) == sorted(allowed), "the bridge got a forbidden message, a command or an ack"
+    assert gw2.messages == [(f"sw/{SITE_A}/cmd/gw02/crane-01", b"by the command service")]
+    assert cmd.messages == [(f"sw/{SITE_A}/ack/gw01/crane-01", b"own ack")]
 
 
-def test_gateway_reads_only_its_own_sites_commands(broker: Broker, clients):
+def test_gateway_reads_only_its_own_commands(broker: Broker, clients):
+    broker.reload(admits=broker.add_gateway(SITE_A, "gw02"))
     gw_a = connected(clients, broker, f"gw01@{SITE_A}")
     # Everything it might try: another site, every site's commands, the whole tree.
-    gw_a.subscribe(f"sw/{SITE_B}/#", "sw/+/cmd/#", f"sw/{SITE_B}/cmd/#", "sw/#", "#")
+    gw_a.subscribe(f"sw/{SITE_B}/#", "sw/+/cmd/#", f"sw/{SITE_B}/cmd/#", f"sw/{SITE_A}/cmd/#", "sw/#", "#")
     gw_b = connected(clients, broker, f"gw01@{SITE_B}")
     cmd = connected(clients, broker, provision.COMMAND_USER)
     for i in range(N):
         gw_b.publish(reading_topic(SITE_B, i), b'{"ts":1,"value":1}')
-        cmd.publish(f"sw/{SITE_B}/cmd/crane-01/stop", b"for B")
-    gw_b.publish(f"sw/{SITE_B}/ack/1", b"ack from B")
-    cmd.publish(f"sw/{SITE_A}/cmd/crane-01/stop", b"for A")  # last: once it is in, B's would be too
-    wait_until(lambda: gw_a.topics(), 10, "site A's own command at gateway A")
+        cmd.publish(f"sw/{SITE_B}/cmd/gw01/crane-01", b"for B")  # another site's gateway of the same name
+        cmd.publish(f"sw/{SITE_A}/cmd/gw02/crane-01", b"for A's other gateway")  # same site, other gateway
+    gw_b.publish(f"sw/{SITE_B}/ack/gw01/crane-01", b"ack from B")
+    cmd.publish(f"sw/{SITE_A}/cmd/gw01/crane-01", b"for A")  # last: once it is in, the others would be too
+    wait_until(lambda: gw_a.topics(), 10, "gateway A's own command")
     time.sleep(0.3)
-    assert set(gw_a.topics()) == {f"sw/{SITE_A}/cmd/crane-01/stop"}, gw_a.topics()
+    assert set(gw_a.topics()) == {f"sw/{SITE_A}/cmd/gw01/crane-01"}, gw_a.topics()
     assert {p for _, p in gw_a.messages} == {b"for A"}
 
 

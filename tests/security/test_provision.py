@@ -61,7 +61,7 @@ def test_add_writes_a_hash_and_an_acl_block_with_mode_0600(files):
     assert text.startswith(SHIPPED_ACL.read_text().rstrip("\n")), "the hand-written head is kept verbatim"
     block = text.split(provision.MANAGED_MARKER, 1)[1]
     assert "user gw01@cz-0412" in block and "topic write sw/cz-0412/gateway/gw01/+" in block
-    assert "topic read sw/cz-0412/cmd/#" in block and "topic write sw/cz-0412/ack/#" in block
+    assert "topic read sw/cz-0412/cmd/gw01/#" in block and "topic write sw/cz-0412/ack/gw01/#" in block
     assert "cmd" not in "".join(ln for ln in block.splitlines() if ln.startswith("topic write")), \
         "a gateway never gets write access to command topics"
     assert provision.list_gateways(acl) == [Gateway("cz-0412", "gw01")]
