@@ -24,7 +24,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 # Commands that live with their room; imported only when invoked (fast --help, no cross-room imports here).
 ROOM_COMMANDS: dict[str, str] = {
     "report": "backlog.cli:report",
-    "api": "backlog.cli:api",
+    "api": "commands.cli:api",  # the backlog's API with /commands mounted (the backlog room cannot import commands)
+    "command": "commands.cli:command",
     "backlog": "backlog.cli:backlog",
     "alerts": "alerts.cli:alerts",
     "sink": "streams.sinks.cli:sink",
