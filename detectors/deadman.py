@@ -51,13 +51,16 @@ def gap_threshold_ms(plan: Any, gaps: list[int], gap_factor: float) -> int:
     return int(max(gap_factor * iv, 2_000))
 
 
-def deadlines(plan: Any, calendar: Any, last_ts: int, gaps: list[int], gateway: str | None) -> tuple[int, int | None]:
+def deadlines(plan: Any, calendar: Any, last_ts: int, gaps: list[int], gateway: str | None,
+              lim: int | None = None) -> tuple[int, int | None]:
     """(deadline of the silent fault, time the device counts as *off* or None).
 
     For a calendar-following device the deadline only lands in working time; if it lies beyond the plain
     ``last_ts + limit``, the device is off (outside working hours) from that plain time until the deadline.
+    ``lim``: ``limit_ms(plan, gaps)`` when the caller has it already (the engine computes it for a whole batch).
     """
-    lim = limit_ms(plan, gaps)
+    if lim is None:
+        lim = limit_ms(plan, gaps)
     plain = last_ts + lim
     dl = plain
     if plan.follows_calendar and calendar is not None:

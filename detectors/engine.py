@@ -81,7 +81,7 @@ _PHASE_FM = [FM_CODE[f"electrical/{p}"] for p in PHASES]
 _IMBALANCE = next(c.index for c in CHECKS if c.mode == "imbalance")
 _NAN = float("nan")
 _PHASE_SKEW_MS = 120_000  # phase currents measured further apart than this (one before an outage, one after) are not compared
-_NO_CHECKS: dict = {}  # read-only
+_NO_HIST: list = [[], []]  # read-only: a rate check without samples yet
 _FAULT_BITS = ("fault.out_of_range", "fault.spike", "fault.flatline")
 # device health, as shown on the API, the ledger and the dashboards: off (announced, or outside working time
 # for a calendar device), silent (a deadman fault), faulty (a sensor fault raised), ok
@@ -459,7 +459,7 @@ class DetectorEngine:
         hv = np.flatnonzero(fr.valid)
         hv_fm = f_[hv]
         check_carry: dict[tuple[int, int], dict] = {}  # (device, check) -> new check state
-        cdicts = [st["c"] if st else _NO_CHECKS for st in olds]
+        cix = _check_index(olds)
         s_base = sf_old[:, 2].copy()  # baseline per series, first taken in this batch where it had none
         for fm in np.unique(hv_fm).tolist():
             checks = _CHECKS_BY_FM.get(fm)
@@ -467,12 +467,12 @@ class DetectorEngine:
                 continue
             rows_fm = hv[hv_fm == fm]
             for ci in checks:
-                res = self._run_check(ci, rows_fm, d_, sgrp, t_, v_, dev_pid, tab, cdicts, s_base, check_carry, dkeys)
+                res = self._run_check(ci, rows_fm, d_, sgrp, t_, v_, dev_pid, tab, cix, s_base, check_carry, dkeys)
                 if res is not None:
                     results.append(res)
         ph = hv[np.isin(hv_fm, _PHASE_FM)]
         if ph.size:
-            res = self._run_imbalance(ph, d_, f_, t_, v_, dev_pid, tab, cdicts, check_carry)
+            res = self._run_imbalance(ph, d_, f_, t_, v_, dev_pid, tab, cix, check_carry)
             if res is not None:
                 results.append(res)
 
@@ -692,7 +692,7 @@ class DetectorEngine:
             ns["lt"] = lt
             ns["off"] = None  # a reading says it is on
             if p.follows_calendar:
-                dl, offat = deadman.deadlines(p, self.calendar(p.site), lt, cad, via)
+                dl, offat = deadman.deadlines(p, self.calendar(p.site), lt, cad, via, lim_i)
                 ns["dl"], ns["offat"] = dl, offat
                 ns["due"] = min(dl, offat) if offat is not None else dl
             else:
@@ -923,7 +923,7 @@ class DetectorEngine:
         return ns
 
     # -------------------------------------------------------------------------------------------- checks
-    def _run_check(self, ci: int, rows: np.ndarray, d_, sgrp, t_, v_, dev_pid, tab: _Tables, cdicts, s_base,
+    def _run_check(self, ci: int, rows: np.ndarray, d_, sgrp, t_, v_, dev_pid, tab: _Tables, cix, s_base,
                    check_carry, dkeys: list[str]) -> _Res | None:
         c = CHECKS[ci]
         first, grp, first_idx, last = group_layout(sgrp[rows])
@@ -938,7 +938,7 @@ class DetectorEngine:
         gp = dev_pid[gdev]
         ts, v = t_[rows], v_[rows]
         cid = c.id
-        cstates = [cdicts[d].get(cid) for d in gdev.tolist()]
+        cstates = _sparse(cix, cid, gdev)
         extra: dict[str, Any] = {}
         if c.mode == "level":
             x = v.copy()
@@ -955,7 +955,10 @@ class DetectorEngine:
             x = np.where(dirs == 0, np.abs(diff), np.where(dirs == 1, diff, -diff))
             extra["baseline"] = base[grp]
         elif c.mode == "rate":
-            hist = [cs["hist"] if cs and cs.get("hist") else [[], []] for cs in cstates]
+            hist = [_NO_HIST] * gdev.shape[0]
+            for g, cs in zip(*cstates):
+                if cs and (h := cs.get("hist")):
+                    hist[g] = h
             x, refs, new_hist = windowed_rate(
                 v, ts, first, grp, hist, tab.window_ms[gp, ci], tab.bucket_ms[gp, ci], tab.consecutive[gp, ci],
                 tab.per_ms[gp, ci], tab.direction[gp, ci])
@@ -977,22 +980,25 @@ class DetectorEngine:
         keys = [dkeys[d] for d in gdev.tolist()]
         in_hours = np.ones(ts.shape[0], dtype=bool)
         approved_g = np.ones(len(keys), dtype=bool)
-        sites = [k.partition("/")[0] for k in keys]
+        # one site code per group (a Python comparison per site and device was quadratic in the sites)
+        site_c, sites = _code([k.partition("/")[0] for k in keys])
+        row_site = site_c[grp]
         points = getattr(self.rules, "charging_points", None)
-        for site in set(sites):
+        for si, site in enumerate(sites):
             cal = self.calendar(site)
-            g_site = np.array([s == site for s in sites])
-            rows = g_site[grp]
-            if cal is not None:
+            if cal is not None and not cal.always_charging:
+                rows = np.flatnonzero(row_site == si)
                 in_hours[rows] = cal.in_charging_window(ts[rows])
             allowed = points(site) if points is not None else frozenset()
             if allowed:
-                approved_g &= ~g_site | np.array([k.partition("/")[2] in allowed for k in keys])
+                g_rows = np.flatnonzero(site_c == si)
+                approved_g[g_rows] = np.array([keys[g].partition("/")[2] in allowed for g in g_rows.tolist()],
+                                              dtype=bool)
         approved = approved_g[grp]
         x = ((v > min_current) & (~in_hours | ~approved)).astype(np.float64)
         return x, {"outside_hours": ~in_hours, "unapproved": ~approved}
 
-    def _run_imbalance(self, rows, d_, f_, t_, v_, dev_pid, tab: _Tables, cdicts, check_carry) -> _Res | None:
+    def _run_imbalance(self, rows, d_, f_, t_, v_, dev_pid, tab: _Tables, cix, check_carry) -> _Res | None:
         ci = _IMBALANCE
         c = CHECKS[ci]
         rows = rows[tab.on[dev_pid[d_[rows]], ci]]
@@ -1002,13 +1008,17 @@ class DetectorEngine:
         first, grp, first_idx, last = group_layout(d_[rows])
         gdev = d_[rows[last]]
         gp = dev_pid[gdev]
-        cstates = [cdicts[d].get(c.id) for d in gdev.tolist()]
+        cstates = _sparse(cix, c.id, gdev)
         ts, v, f = t_[rows], v_[rows], f_[rows]
         phase_vals, phase_ts = [], []
-        carry_ph = np.array([(cs.get("ph") if cs else None) or _EMPTY_F for cs in cstates],
-                            dtype=np.float64).reshape(-1, 3)
-        carry_pt = np.array([(cs.get("pt") if cs else None) or [_NO_TS] * 3 for cs in cstates],
-                            dtype=np.int64).reshape(-1, 3)
+        carry_ph = np.full((gdev.shape[0], 3), np.nan)
+        carry_pt = np.full((gdev.shape[0], 3), _NO_TS, dtype=np.int64)
+        for g, cs in zip(*cstates):
+            if cs:
+                if ph := cs.get("ph"):
+                    carry_ph[g] = np.array(ph, dtype=np.float64)
+                if pt := cs.get("pt"):
+                    carry_pt[g] = pt
         for k, code in enumerate(_PHASE_FM):
             li = ffill_index(f == code, first_idx)
             phase_vals.append(np.where(li >= 0, v[np.maximum(li, 0)], carry_ph[grp, k]))
@@ -1034,7 +1044,7 @@ class DetectorEngine:
     def _hyst(x, ts, first, first_idx, grp, last, gp, ci, tab: _Tables, cstates):
         G = last.shape[0]
         carry = HystCarry.zeros(G)
-        busy = [(g, h) for g, cs in enumerate(cstates) if cs and (h := cs.get("h"))]
+        busy = [(g, h) for g, cs in zip(*cstates) if cs and (h := cs.get("h"))]
         if busy:
             gi = np.fromiter((g for g, _ in busy), np.int64, len(busy))
             hs = np.array([h for _, h in busy], dtype=np.int64).reshape(-1, 9)
@@ -1427,9 +1437,39 @@ class DetectorEngine:
             states[dkeys[d]] = ns
 
 
-def _store_hyst(out: HystCarry, gdev: np.ndarray, ci: int, cstates: list, check_carry: dict) -> None:
+def _check_index(olds: list) -> dict[str, tuple[list[int], list[dict]]]:
+    """Per check id: the devices (batch numbers, ascending) whose state holds that check, and the check states —
+    one pass over the states that have any, so a check then looks up only the devices that have its state."""
+    cix: dict[str, tuple[list[int], list[dict]]] = {}
+    for d, st in enumerate(olds):
+        if st and (c := st["c"]):
+            for cid, cs in c.items():
+                if cs is not None:
+                    e = cix.get(cid)
+                    if e is None:
+                        e = cix[cid] = ([], [])
+                    e[0].append(d)
+                    e[1].append(cs)
+    return cix
+
+
+def _sparse(cix: dict, cid: str, gdev: np.ndarray) -> tuple[list[int], list[dict]]:
+    """(group numbers, check states) of the groups whose device has a state for ``cid``; ``gdev`` ascending."""
+    e = cix.get(cid)
+    if not e or not gdev.shape[0]:
+        return [], []
+    devs = np.array(e[0], dtype=np.int64)
+    pos = np.searchsorted(gdev, devs)
+    hit = np.flatnonzero(pos < gdev.shape[0])
+    hit = hit[gdev[pos[hit]] == devs[hit]]
+    css = e[1]
+    return pos[hit].tolist(), [css[i] for i in hit.tolist()]
+
+
+def _store_hyst(out: HystCarry, gdev: np.ndarray, ci: int, cstates: tuple, check_carry: dict) -> None:
     """Only a latch that is set or a hold run in progress needs remembering; an idle check stores nothing."""
-    had = np.fromiter((cs is not None for cs in cstates), bool, len(cstates))
+    had = np.zeros(gdev.shape[0], dtype=bool)
+    had[cstates[0]] = True
     busy = out.bits.any(axis=1) | (out.run > 0).any(axis=1)
     sel = np.flatnonzero(busy | had)
     if not sel.size:
