@@ -37,7 +37,7 @@ from blackbox.schema import entries, heads
 log = logging.getLogger("sitewatch.blackbox")
 
 GENESIS = "0" * 64  # the "previous hash" of a site's first entry (32 zero bytes)
-# What is recorded. ``command`` is reserved for the commands sent to site devices (a later issue).
+# What is recorded. ``command``: every step of a command to a site device (commands.ledger, docs/commands.md).
 KINDS = ("readings", "finding", "ticket", "delivery", "command")
 
 
