@@ -116,3 +116,35 @@ def test_auto_only_when_the_sites_file_says_so(org, clock):
     assert [c.site for c in ledger.to_send()] == [SITE]
     with pytest.raises(Exception, match="site's own file"):
         RuleSet.from_yaml_text("proposals:\n  - {name: x, kinds: [battery.temp], action: cut_power, auto: true}\n")
+
+
+def test_migrations_up_down_models_match_and_events_are_append_only(db_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import inspect, text
+
+    from commands.schema import METADATA, MIGRATIONS
+    from sitewatch.db import make_engine
+
+    engine = make_engine(db_url)
+    try:
+        MIGRATIONS.upgrade(engine)
+        assert MIGRATIONS.current(engine) == MIGRATIONS.head() == "0001_commands"
+        own = set(METADATA.tables)
+        with engine.connect() as c:
+            ctx = MigrationContext.configure(c, opts={"version_table": "alembic_version_commands", "include_name":
+                                                      lambda name, type_, parents: type_ != "table" or name in own})
+            assert compare_metadata(ctx, METADATA) == []
+        with engine.begin() as c:
+            c.execute(text("INSERT INTO command_events (command_id, at_ms, action, actor, detail) "
+                           "VALUES ('x', 1, 'requested', 'a', '{}')"))
+        for stmt in ("UPDATE command_events SET actor = 'b'", "DELETE FROM command_events"):
+            with pytest.raises(Exception, match="append-only"):
+                with engine.begin() as c:
+                    c.execute(text(stmt))
+        MIGRATIONS.downgrade(engine, "base")
+        assert not (own & set(inspect(engine).get_table_names()))
+        MIGRATIONS.upgrade(engine)
+        assert own <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
