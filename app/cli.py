@@ -167,7 +167,8 @@ def bridge(ctx, instance, group, session_expiry, drain):
         raise click.ClickException(str(e)) from None
     b = Bridge(s.mqtt_host, s.mqtt_port, s.kafka_bootstrap, client_id, s.mqtt_username, s.mqtt_password,
                kafka_options=s.kafka_options(), group=s.bridge_group if group is None else group,
-               session_expiry_s=s.bridge_session_expiry_s if session_expiry is None else session_expiry, drain=drain)
+               session_expiry_s=s.bridge_session_expiry_s if session_expiry is None else session_expiry, drain=drain,
+               delivery_timeout_s=s.bridge_delivery_timeout_s)
     stop = threading.Event()
     _stop_on_signals(stop)
     b.run(stop)

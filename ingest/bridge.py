@@ -150,6 +150,7 @@ class Bridge:
         group: str | None = DEFAULT_GROUP,
         session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
         drain: bool = False,
+        delivery_timeout_s: float = 120.0,
     ):
         self.client_id = client_id
         self.subscription = shared_subscription(group)
@@ -174,7 +175,15 @@ class Bridge:
             acks="all",
             linger_ms=5,
             retries=2_147_483_647,
-            delivery_timeout_ms=120_000,
+            delivery_timeout_ms=int(delivery_timeout_s * 1000),
+            request_timeout_ms=min(30_000, int(delivery_timeout_s * 500)),
+            # Not idempotent: kafka-python 3.0's idempotent producer never sends again once a batch has expired
+            # (delivery timeout) while the broker was unreachable — it waits forever for a producer-epoch bump
+            # (tests/faults/test_outages.py froze Tansu past the timeout: the bridge stayed up and wrote nothing
+            # more). Idempotence would only spare duplicates from the producer's own retries; the bridge is
+            # at-least-once anyway (MQTT redelivers what it did not acknowledge) and everything downstream
+            # tolerates a reading twice.
+            enable_idempotence=False,
             max_request_size=4 * 1024 * 1024,
             **(kafka_options or {}),
         )
@@ -296,7 +305,10 @@ class Bridge:
     def _failed(self, count: int, exc: Exception) -> None:
         # Not acknowledged to MQTT: force a reconnect so the broker redelivers them (at-least-once).
         self.stats.kafka_errors += 1
-        log.error("Kafka write of %d messages failed (%s); reconnecting MQTT to get them redelivered", count, exc)
+        if not self._reconnect.is_set():  # once per outage, not once per expired batch
+            log.error("Kafka write of %d messages failed (%s); they stay unacknowledged, and MQTT reconnects once "
+                      "Kafka is back so the broker sends them again (later failures counted in kafka errors)",
+                      count, exc)
         self._reconnect.set()
 
     # --------------------------------------------------------------------------------------- lifecycle

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
                               "($share/<group>/sw/#); empty: a plain sw/# subscription")
     bridge_session_expiry_s: int = Field(7 * 24 * 3600, description="how long the broker keeps a bridge's session "
                                          "(and queues its share) while it is down")
+    bridge_delivery_timeout_s: float = Field(120.0, ge=1, description="how long the bridge's Kafka producer tries "
+                                             "one write before giving it up; its MQTT messages stay unacknowledged "
+                                             "and the broker sends them again")
 
     # The tamper-evident record (blackbox/, docs/evidence.md). Keys are files outside the repository.
     blackbox_key_dir: Path | None = Field(None, description="Ed25519 keys per site: <site>.pem, <site>.pub.pem")

@@ -43,6 +43,7 @@ class Pipeline:
     procs: dict[str, ManagedProcess] = field(default_factory=dict)
     worker_starts: int = 0
     rules_path: Path | None = None  # SW_RULES_PATH for the bridge and worker (``@pytest.mark.rules(yaml)``)
+    extra_env: dict[str, str] = field(default_factory=dict)  # more settings for the processes a test starts
 
     @property
     def env(self) -> dict[str, str]:
@@ -55,6 +56,7 @@ class Pipeline:
             "SW_WEBHOOK_SECRET": "test-secret",
             "SW_KAFKA_PARTITIONS": "4",
             **({"SW_RULES_PATH": str(self.rules_path)} if self.rules_path else {}),
+            **self.extra_env,
         }
 
     def start_bridge(self) -> None:

@@ -67,6 +67,9 @@ def rig(tmp_path: Path):
             c.execute('CREATE DATABASE "faults"')
         influx.start()
         pipe = Pipeline(stack, tmp_path / "data", receiver, pg.url("faults"))
+        # The short outage must outlast the bridge's delivery timeout too: expired writes are the path that once
+        # left the bridge up but writing nothing (kafka-python's idempotent producer, ingest/bridge.py).
+        pipe.extra_env["SW_BRIDGE_DELIVERY_TIMEOUT_S"] = str(seconds(KAFKA_DOWN_S / 3, 120))
         pipe.start_bridge()
         pipe.start_worker()
         sink_env = {"SW_KAFKA_BOOTSTRAP": stack.bootstrap, "SW_INFLUX_URL": influx.url,
