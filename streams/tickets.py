@@ -25,6 +25,8 @@ from streams.resilience import Quiet, describe, storage_unavailable, until_store
 
 log = logging.getLogger("sitewatch.tickets")
 
+TAKE_WITHIN_S = 0.05  # a finding waits at most this long for others to share its database transaction
+
 
 class TicketLedger(Protocol):
     """What this stage needs of the hazard ledger (``backlog.store.Backlog`` is one)."""
@@ -42,7 +44,7 @@ def register(pipe: Pipeline, ledger: TicketLedger) -> None:
 
     @pipe.app.agent(pipe.hazards, name="tickets")
     async def tickets(stream):
-        async for batch in stream.take(1000, within=0.1):
+        async for batch in stream.take(1000, within=TAKE_WITHIN_S):
             findings = [Finding.from_dict(json.loads(b)) for b in batch]
             loop = asyncio.get_running_loop()
             # the next batch (and so this batch's offset commit) waits until this one is stored
@@ -72,12 +74,12 @@ def register(pipe: Pipeline, ledger: TicketLedger) -> None:
             pending = await loop.run_in_executor(db, ledger.pending_alerts)
             if not pending:
                 return
-            for _, alert in pending:
-                fut = await pipe.alerts.send(
-                    key=alert["ticket"]["dedup_key"].encode(),
-                    value=json.dumps(alert, ensure_ascii=False, separators=(",", ":")).encode(),
-                )
-                await fut
+            # all handed to the producer first, then awaited together: one acknowledgement round trip for the lot,
+            # not one per alert (a storm of alerts under load queued behind each other's round trips)
+            sent = [await pipe.alerts.send(key=alert["ticket"]["dedup_key"].encode(),
+                                           value=json.dumps(alert, ensure_ascii=False, separators=(",", ":")).encode())
+                    for _, alert in pending]
+            await asyncio.gather(*sent)  # every one acknowledged by Kafka before any row is marked published
             await loop.run_in_executor(db, ledger.mark_published, [i for i, _ in pending])
             log.info("published %d alerts", len(pending))
 
