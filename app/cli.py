@@ -111,13 +111,16 @@ def main(ctx, data_dir, mqtt_port, kafka_bootstrap, db_url, verbose):
 @click.option("--partitions", type=int, default=None, help="partitions per topic (default 4)")
 @click.pass_context
 def up(ctx, partitions):
-    """Start the local MQTT broker and Kafka-compatible broker, create the topics; Ctrl-C stops them."""
+    """Start the local MQTT broker and Kafka-compatible broker, create the topics, and the command service
+    (signing key made in the data dir on first start); Ctrl-C stops them."""
     from app.localstack import LocalStack
 
     s = _settings(ctx)
     stack = LocalStack(s.data_dir, s.mqtt_port, int(s.kafka_bootstrap.rsplit(":", 1)[1]),
-                       partitions or s.kafka_partitions).start()
-    click.echo(f"MQTT   mqtt://127.0.0.1:{s.mqtt_port}\nKafka  {stack.bootstrap}\nlogs   {s.log_dir}\nCtrl-C to stop.")
+                       partitions or s.kafka_partitions, commands=True, db_url=s.backlog_url).start()
+    click.echo(f"MQTT   mqtt://127.0.0.1:{s.mqtt_port}\nKafka  {stack.bootstrap}\nlogs   {s.log_dir}\n"
+               f"commands: service running; gateways verify with {stack.command_public_key} "
+               f"(sitewatch simulate --command-key …, docs/commands.md)\nCtrl-C to stop.")
     stop = threading.Event()
     _stop_on_signals(stop)
     try:
@@ -219,10 +222,13 @@ def worker(ctx, rules, webhook_url):
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               help="field scenario: write the arrival events as a capture (JSON lines, for backtest --capture) and "
                    "the manifest next to it, instead of publishing")
+@click.option("--command-key", envvar="SW_COMMAND_PUBLIC_KEY", type=click.Path(exists=True, dir_okay=False),
+              help="the command service's public key: the simulated gateways then verify, act on and acknowledge "
+                   "commands (sitewatch up makes one in <data dir>/keys/command.pub.pem) [$SW_COMMAND_PUBLIC_KEY]")
 @click.option("--list", "list_scenarios", is_flag=True, help="list scenarios and exit")
 @click.pass_context
 def simulate(ctx, sites, devices, interval, scenario, at_s, duration, mode, speed, fast, seed, span, start, params,
-             out_path, list_scenarios):
+             out_path, command_key, list_scenarios):
     """Publish simulated site sensor readings over MQTT, with a scenario injected on cue.
 
     \b
@@ -254,12 +260,14 @@ def simulate(ctx, sites, devices, interval, scenario, at_s, duration, mode, spee
     if fast or out_path or span or start or params:
         raise click.UsageError("--fast, --out, --span, --start and --param go with field scenarios (see --list)")
     try:
-        sim = Simulator(SimConfig(sites, devices, interval, scenario, at_s, mode, seed=seed, speed=speed or 1.0))
+        sim = Simulator(SimConfig(sites, devices, interval, scenario, at_s, mode, seed=seed, speed=speed or 1.0,
+                                  command_key=command_key))
     except ValueError as e:
         raise click.BadParameter(f"{e} (or a field scenario: {', '.join(field_names())})",
                                  param_hint="--scenario") from None
     click.echo(f"simulating {sites} sites × {devices} devices/family, {len(sim.rows) / interval:.0f} readings/s; "
-               f"scenario: {describe_scenario(scenario, at_s)}")
+               f"scenario: {describe_scenario(scenario, at_s)}"
+               + (f"; gateways take commands signed by {command_key}" if command_key else ""))
     sim.run(s.mqtt_host, s.mqtt_port, duration, stop, s.mqtt_username, s.mqtt_password)
     click.echo(f"sent {sim.sent_readings} readings in {sim.sent_messages} messages")
 

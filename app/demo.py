@@ -9,6 +9,9 @@ shape compressed into minutes, on the wall clock): at ~40 s gateway gw-02 drops 
 inside its outage, and flushes its buffer at ~90 s — reverse order, one frame twice — so a back-dated alarm
 shows up late; at ~160 s gateway gw-01 with 30 devices goes offline for a minute — one gateway fault, not thirty
 silent sensors. A line is printed as each is injected so a watcher knows what to look for.
+
+The command service runs too (its key made in the demo's data dir), and the simulated gateways verify and act on
+signed commands: the demo prints how to request one from another terminal, and each device ack as it arrives.
 """
 
 from __future__ import annotations
@@ -118,7 +121,8 @@ class Demo:
 
         s = self.settings
         kafka_port = int(s.kafka_bootstrap.rsplit(":", 1)[1])
-        stack = LocalStack(s.data_dir, s.mqtt_port, kafka_port, s.kafka_partitions, influx_port=self.influx_port)
+        stack = LocalStack(s.data_dir, s.mqtt_port, kafka_port, s.kafka_partitions, influx_port=self.influx_port,
+                           commands=True, db_url=s.backlog_url)
         receiver = None if self.webhook_url else WebhookReceiver(on_alert=self._on_alert).start()
         url = self.webhook_url or receiver.url
         env = {"SW_DATA_DIR": str(s.data_dir), "SW_MQTT_PORT": str(s.mqtt_port), "SW_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
@@ -141,7 +145,8 @@ class Demo:
                 self.echo(f"▶ readings and hazards → InfluxDB database 'sitewatch' at {env['SW_INFLUX_URL']} "
                           "(Grafana: docs/dashboards.md)")
             counter.start()
-            sim = Simulator(SimConfig(self.sites, self.devices, self.interval, self.scenario, self.at_s))
+            sim = Simulator(SimConfig(self.sites, self.devices, self.interval, self.scenario, self.at_s,
+                                      command_key=str(stack.command_public_key)))
             self.echo(f"▶ simulating {self.sites} sites, {len(sim.rows) / self.interval:.0f} readings/s; "
                       f"scenario: {describe_scenario(self.scenario, self.at_s)}")
             self.echo(f"▶ alerts go to {url}\n")
@@ -151,6 +156,8 @@ class Demo:
                 self._start_field(s, sim_stop)
             backlog = Backlog(s.backlog_url)
             procs.append(start_wall(backlog, env, s.log_dir, self.echo))  # the wall page, its URL printed
+            self._command_hint(s, sim)
+            acks_seen: dict[str, int] = {}
             seen: dict[int, int] = {}
             t0 = last = time.monotonic()
             last_count = 0
@@ -163,6 +170,7 @@ class Demo:
                         verb = "OPENED  " if t.id not in seen else "ESCALATED"
                         self.echo(f"  ● ticket {verb} " + self.ticket_line(t))
                         seen[t.id] = t.peak_level
+                acks_seen = self._print_acks(sim, acks_seen)
                 now = time.monotonic()
                 if now - last >= 5:
                     rate = (counter.count - last_count) / (now - last)
@@ -186,6 +194,24 @@ class Demo:
                           f"max {lat[-1]} ms over {len(lat)} alerts")
             self.echo("stopped. `sitewatch --data-dir %s tickets --events` shows the backlog." % s.data_dir)
 
+    def _command_hint(self, s: Settings, sim) -> None:
+        """How to act on a simulated device from another terminal (the demo org's users; cut_power needs two)."""
+        site, dd = sim.site_ids[0], f"--data-dir {s.data_dir}"
+        self.echo(f"▶ COMMANDS: the command service signs, the simulated gateways verify and act. In another terminal:\n"
+                  f"    sitewatch {dd} command request --as zhao.manager --site {site} --device bc-01 --action cut_power\n"
+                  f"    sitewatch {dd} command approve <id printed above> --as sun.supervisor\n"
+                  f"  → the device acks here, and {site}/bc-01's charge_current reads 0 from then on "
+                  f"(`sitewatch {dd} command list --events`)")
+
+    def _print_acks(self, sim, seen: dict[str, int]) -> dict[str, int]:
+        """Each device ack not printed yet (``seen``: acks printed per site)."""
+        for site, ep in sim.endpoints.items():
+            acks, applied = list(ep.acks), {cid: act for cid, _, act in list(ep.applied)}
+            for a in acks[seen.get(site, 0):]:
+                self.echo(f"  ⚡ device {a.site}/{a.device} {applied.get(a.command_id, '')} {a.status.upper()}"
+                          + (f" ({a.reason})" if a.reason else "") + f" — command {a.command_id}")
+            seen[site] = len(acks)
+        return seen
 
 DEMO_ORG = Path(__file__).resolve().parents[1] / "backlog" / "fixtures" / "demo_org.yaml"
 

@@ -10,6 +10,9 @@ exactly what a developer runs. Production runs Apache Kafka and a secured mosqui
   forgets everything). So a stop is graceful (``stop_pipeline``: MQTT and the bridges first, the workers drain
   Kafka, then stop and snapshot their detector state to the backlog database), and the detector state comes back from those
   snapshots on the next start (``streams.state_snapshots``). Mosquitto persists its sessions in the data dir.
+- Commands (``commands=True``: ``sitewatch up`` and the demo): ``sitewatch command serve`` with a signing key
+  made on first start in ``<data dir>/keys`` (``ensure_command_key``) — the data dir, never the repository — so
+  the simulator's gateways can verify commands with ``keys/command.pub.pem`` (docs/commands.md, "Try it locally").
 """
 
 from __future__ import annotations
@@ -286,6 +289,46 @@ def create_topics(bootstrap: str, partitions: int, timeout: float = 30.0) -> Non
     raise StackError(f"could not create topics on {bootstrap}: {last}")
 
 
+def ensure_command_key(data_dir: Path) -> tuple[Path, Path]:
+    """The local command-signing key pair, ``<data dir>/keys/command.pem`` (0600) and ``command.pub.pem``, made
+    on first start and reused after: a new key on every start would leave gateways started earlier with a
+    public key that no longer verifies anything. Production makes its key with ``sitewatch command keygen`` on the
+    command service's host."""
+    from sitewatch import commands as wire
+
+    kdir = data_dir / "keys"
+    kdir.mkdir(parents=True, exist_ok=True)
+    priv, pub = (kdir / "command.pem").resolve(), (kdir / "command.pub.pem").resolve()
+    if priv.exists():
+        key = wire.load_private_key(priv)
+    else:
+        key = wire.generate_key()
+        fd = os.open(priv, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(wire.private_pem(key))
+        log.info("made the local command-signing key %s", priv)
+    if not pub.exists() or pub.read_bytes() != wire.public_pem(key):
+        pub.write_bytes(wire.public_pem(key))
+    return priv, pub
+
+
+def start_command_service(data_dir: Path, env: dict[str, str], tick_s: float | None = None,
+                          timeout: float = 60.0) -> ManagedProcess:
+    """``sitewatch command serve`` signing with the data dir's key, on the MQTT broker and database in ``env``
+    (``SW_MQTT_PORT``, ``SW_DB_URL``/``SW_DATA_DIR``); returns once it has connected to the broker."""
+    priv, _ = ensure_command_key(data_dir)
+    argv = sitewatch_argv("command", "serve", *(("--tick", str(tick_s)) if tick_s is not None else ()))
+    proc = ManagedProcess("commands", argv, data_dir / "logs" / "commands.log",
+                          {**env, "SW_COMMAND_KEY_FILE": str(priv)}).start()
+    deadline = time.monotonic() + timeout
+    while "command service on MQTT" not in proc.tail(50):
+        if not proc.running or time.monotonic() > deadline:
+            proc.stop()
+            raise StackError(f"the command service did not start:\n{proc.tail()}")
+        time.sleep(0.1)
+    return proc
+
+
 @dataclass
 class LocalStack:
     data_dir: Path
@@ -293,11 +336,25 @@ class LocalStack:
     kafka_port: int = 9092
     partitions: int = 4
     influx_port: int | None = None  # None: no time-series database in this stack
+    commands: bool = False  # also run the command service (key made in <data dir>/keys on first start)
+    db_url: str | None = None  # the command ledger's database (default: SQLite backlog.db in the data dir)
     procs: list[ManagedProcess] = field(default_factory=list)
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def command_public_key(self) -> Path:
+        """What gateways verify commands with (``sitewatch simulate --command-key``)."""
+        return self.data_dir / "keys" / "command.pub.pem"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Settings for ``sitewatch`` child processes working against this stack."""
+        return {"SW_DATA_DIR": str(self.data_dir), "SW_MQTT_PORT": str(self.mqtt_port),
+                "SW_KAFKA_BOOTSTRAP": self.bootstrap, "SW_KAFKA_PARTITIONS": str(self.partitions),
+                "SW_DB_URL": self.db_url or f"sqlite:///{(self.data_dir / 'backlog.db').resolve()}"}
 
     @property
     def influx_url(self) -> str | None:
@@ -314,6 +371,8 @@ class LocalStack:
             create_topics(self.bootstrap, self.partitions)
             if self.influx_port is not None:
                 self.procs.append(start_influxdb(self.influx_port, self.data_dir))
+            if self.commands:
+                self.procs.append(start_command_service(self.data_dir, self.env))
         except BaseException:
             self.stop()
             raise

@@ -61,9 +61,13 @@ def build_notifier(settings: Settings) -> Notifier:
     return Notifier(log_db, cfg, ticket_state=readers.ticket_state, company_of=readers.company_of)
 
 
-def build_reading_record(settings: Settings) -> ReadingLog:
+def build_reading_record(settings: Settings) -> ReadingLog | None:
     """The tamper-evident record of every batch of readings received: per site, once per window
-    (``SW_BLACKBOX_READINGS_EVERY_S``), a digest, the count and the time range appended to the site's chain."""
+    (``SW_BLACKBOX_READINGS_EVERY_S``), a digest, the count and the time range appended to the site's chain.
+    ``SW_BLACKBOX_RECORD=false`` exists for one reason: the baseline of ``sitewatch bench chain``."""
+    if not settings.blackbox_record:
+        log.warning("tamper-evident record OFF (SW_BLACKBOX_RECORD=false): readings and findings are not recorded")
+        return None
     return ReadingLog(Recorder(settings.backlog_url), every_s=settings.blackbox_readings_every_s,
                       extra={"worker": settings.worker_id})
 
@@ -83,7 +87,9 @@ def build_worker(settings: Settings) -> Pipeline:
     pipe = create_app(settings)
     validate.register(pipe)
     detect.register(pipe, build_snapshots(settings), build_reading_record(settings))
-    tickets.register(pipe, Backlog(settings.backlog_url, inhibit_rules=inhibit_rules(settings)))
+    ledger = Backlog(settings.backlog_url, inhibit_rules=inhibit_rules(settings))
+    ledger.blackbox = ledger.blackbox and settings.blackbox_record  # findings and ticket events on the record
+    tickets.register(pipe, ledger)
     notify.register(pipe, build_notifier(settings))
     report.register(pipe)
     return pipe

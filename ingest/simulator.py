@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -22,6 +23,7 @@ from sitewatch.contracts import FAMILIES, gateway_topic, reading_topic
 
 log = logging.getLogger("sitewatch.simulate")
 
+GATEWAY = "gw-01"  # each simulated site's one gateway: its frames, status and commands
 DEVICE_PREFIX = {"crane": "tc", "formwork": "fw", "pit": "jc", "electrical": "eb", "battery": "bc"}
 
 # metric -> (base, daily amplitude, noise sd, creep per hour). Defaults sit well below the default alarm lines.
@@ -129,6 +131,9 @@ class SimConfig:
     site_prefix: str = "cz-"
     qos: int = 1
     speed: float = 1.0  # >1 compresses the scenario's ramps and holds (tests, demos); the start stays at `at`
+    # The command service's public key (PEM file): each site's gateway then takes signed commands and acts on them
+    # (ingest.device). None: the simulated gateways ignore commands.
+    command_key: str | None = None
 
 
 # A device whose power was cut by a command reads 0 on these (a charging cabinet's charge current, a box's phases).
@@ -168,6 +173,13 @@ class Simulator:
         self._phase = self._rng.uniform(0, 2 * math.pi, len(rows))
         self._frozen: dict[int, float] = {}
         self._index = {(r[0], r[1], r[2], r[3]): i for i, r in enumerate(rows)}
+        if self.cfg.command_key and not self.endpoints:
+            from ingest.device import CommandEndpoint
+            from sitewatch import commands as wire
+
+            public = wire.load_public_key(Path(self.cfg.command_key))
+            devices = {self.device_id(fam, d) for fam in SIGNALS for d in range(self.cfg.devices_per_family)}
+            self.endpoints = {site: CommandEndpoint(site, GATEWAY, public, devices=devices) for site in self.site_ids}
 
     @staticmethod
     def device_id(family: str, index: int) -> str:
@@ -224,7 +236,7 @@ class Simulator:
                                   "value": round(float(v), 3), "unit": FAMILIES[fam][metric]})
         for s, items in frames.items():
             if items:
-                out.append((gateway_topic(self.site_ids[s], "gw-01"), json.dumps({"readings": items}).encode()))
+                out.append((gateway_topic(self.site_ids[s], GATEWAY), json.dumps({"readings": items}).encode()))
                 self.sent_readings += len(items)
         return out
 
@@ -239,7 +251,7 @@ class Simulator:
             ep.attach(client)
         try:
             for site in self.site_ids:
-                client.publish(gateway_topic(site, "gw-01", "status"),
+                client.publish(gateway_topic(site, GATEWAY, "status"),
                                json.dumps({"online": True, "ts": int(time.time() * 1000)}), qos=1)
             t0 = time.monotonic()
             tick = 0

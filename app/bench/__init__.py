@@ -5,7 +5,9 @@
 - ``bench worker``: one worker draining a preloaded ``sw.raw`` vs the bare Faust and kafka-python consumers.
 - ``bench pipeline``: end to end on the local stack; ``--load R``: alarm latency percentiles under R readings/s.
 - ``bench scale``: 1, 2 … N workers in one group on the same input.
-- ``bench chain``: the tamper-evident record's cost against the detector engine alone.
+- ``bench chain``: the tamper-evident record's cost: the real worker with the record on vs off (``--components``:
+  its parts against the detector engine alone).
+- ``bench command``: request → device ack latency of commands vs a plain MQTT round trip.
 - ``bench all``: all of them, and the README's benchmark table rewritten from the run.
 
 Numbers are printed, not asserted: speed targets live here, not in timed unit tests.
@@ -17,6 +19,7 @@ import click
 
 from app.bench.all import all_cmd
 from app.bench.chain import chain_cmd
+from app.bench.command import command_cmd
 from app.bench.detect import bench_deadman, bench_detect
 from app.bench.pipeline import bench_pipeline
 from app.bench.worker import bench_worker
@@ -87,6 +90,7 @@ def worker_cmd(readings, single_readings, singles_per_record, profile, baseline_
 
 
 bench.add_command(chain_cmd)
+bench.add_command(command_cmd)
 bench.add_command(all_cmd)
 
 __all__ = ["bench"]
