@@ -229,6 +229,59 @@ class _Tables:
                 self.min_load[i, ci] = prm.min_load
 
 
+def _block_rows(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Row numbers of consecutive blocks: ``starts[i] .. starts[i] + counts[i] - 1`` for each i, concatenated."""
+    total = int(counts.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64)
+    return np.repeat(starts - np.cumsum(np.r_[0, counts[:-1]]), counts) + np.arange(total)
+
+
+class _SeriesStore:
+    """The series blocks (``m``) of resident devices, as two arrays that persist across batches: a device owns
+    ``nm`` consecutive rows (one per metric slot of its family) from the row ``at[key][0]``.
+
+    Rows are handed out once per device and never moved; ``clear`` drops everything (partitions moved away)."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, tuple[int, int, int]] = {}  # key -> (first row, metric slots, family code)
+        self.i = np.empty((0, _NI), dtype=np.int64)
+        self.f = np.empty((0, _NF))
+        self.top = 0
+
+    def place(self, keys: list[str], nm: np.ndarray, fam: np.ndarray) -> np.ndarray:
+        """The first row of each device's block, given a block (at the end) if it has none of its family yet."""
+        at = self.at
+        out = np.empty(len(keys), dtype=np.int64)
+        for j, (k, n, fc) in enumerate(zip(keys, nm.tolist(), fam.tolist())):
+            sl = at.get(k)
+            if sl is None or sl[2] != fc:
+                sl = at[k] = (self.top, n, fc)
+                self.top += n
+            out[j] = sl[0]
+        if self.top > self.i.shape[0]:
+            cap = max(self.top, 2 * self.i.shape[0], 1024)
+            i = np.empty((cap, _NI), dtype=np.int64)
+            i[:] = _EMPTY_I
+            f = np.full((cap, _NF), np.nan)
+            i[:self.i.shape[0]] = self.i
+            f[:self.f.shape[0]] = self.f
+            self.i, self.f = i, f
+        return out
+
+    def block(self, key: str) -> list | None:
+        """``m`` of one device as its state carries it (JSON-able), or None if it has no block."""
+        sl = self.at.get(key)
+        if sl is None:
+            return None
+        a, n, _ = sl
+        fl = self.f[a:a + n].ravel()
+        return [self.i[a:a + n].ravel().tolist(), np.where(np.isnan(fl), None, fl.astype(object)).tolist()]
+
+    def clear(self) -> None:
+        self.__init__()
+
+
 def _code(values: list) -> tuple[np.ndarray, list]:
     """Codes 0..U-1 in order of first appearance, and the distinct values (hash-based, no per-row Python)."""
     uniq = list(dict.fromkeys(values))
@@ -243,8 +296,16 @@ def _first_rows(codes: np.ndarray) -> np.ndarray:
 
 
 class DetectorEngine:
-    def __init__(self, rules: RuleSet):
+    """``resident=True`` (the worker): the engine keeps each device's series block (``m``, the largest part of a
+    state) in arrays across batches; the states it returns carry no ``m``, and ``export_state`` gives the full,
+    JSON-able state to checkpoint. A state handed to ``process`` must then be the latest one the engine returned
+    for that device, or a full state (from the table or a snapshot: its ``m`` replaces the stored block). Without
+    it (tests, backtests) every state is full, as before."""
+
+    def __init__(self, rules: RuleSet, resident: bool = False):
         self.rules = rules
+        self.resident = resident
+        self._store = _SeriesStore()
         self._plans: dict[tuple[str, str, str], tuple[DevicePlan, int]] = {}  # device -> (its plan, table row)
         self._shared: dict[tuple[str, str], tuple[DevicePlan, int]] = {}  # (site, family) without device block
         self._rows: list[DevicePlan] = []  # one plan per table row
@@ -340,20 +401,27 @@ class DetectorEngine:
         fam_c: list[int] = []
         pid_l: list[int] = []
         ctx = self._ctx
+        store = self._store if (self.resident and not lane) else None
+        in_store: list[int] = []  # devices whose series block is in the store (their state has no "m")
+        store_at = store.at if store is not None else {}
         for site, device, fam in zip([site_l[r] for r in first_row], [dev_l[r] for r in first_row], fam_l):
             key = site + "/" + device
             dkeys.append(key)
             st = states.get(key)
             if st is not None:
                 # the current layout, checked as ``_upgrade`` does, without a call per device
-                if type(st) is dict and st.get("v") == STATE_VERSION and (m := st.get("m")) is not None and (
-                        c := ctx.get((key, st.get("fam")))) is not None and type(m) is list and len(m) == 2 and len(
-                        m[0]) == c[3] * _NI and len(m[1]) == c[3] * _NF:
-                    olds.append(st)
-                    plans.append(c[0])
-                    fam_c.append(c[1])
-                    pid_l.append(c[2])
-                    continue
+                if type(st) is dict and st.get("v") == STATE_VERSION and (
+                        c := ctx.get((key, st.get("fam")))) is not None:
+                    m = st.get("m")
+                    if (m is None and (sl := store_at.get(key)) is not None and sl[2] == c[1]) or (
+                            type(m) is list and len(m) == 2 and len(m[0]) == c[3] * _NI and len(m[1]) == c[3] * _NF):
+                        if m is None:
+                            in_store.append(len(olds))
+                        olds.append(st)
+                        plans.append(c[0])
+                        fam_c.append(c[1])
+                        pid_l.append(c[2])
+                        continue
                 st = _upgrade(st)
                 if st is not None:
                     fam = st["fam"]
@@ -392,13 +460,21 @@ class DetectorEngine:
         S_i = np.empty((n_slots, _NI), dtype=np.int64)
         S_i[:] = _EMPTY_I
         S_f = np.full((n_slots, _NF), np.nan)
-        had = [d for d in range(n_dev) if olds[d] is not None]
+        if in_store:  # resident: straight from the store's arrays
+            ds = np.array(in_store, dtype=np.int64)
+            where = [store_at[dkeys[d]][0] for d in in_store]
+            rows_b = _block_rows(off[ds], nm[ds])
+            rows_s = _block_rows(np.array(where, dtype=np.int64), nm[ds])
+            S_i[rows_b] = store.i[rows_s]
+            S_f[rows_b] = store.f[rows_s]
+            had = [d for d in range(n_dev) if olds[d] is not None and "m" in olds[d]]
+        else:
+            had = [d for d in range(n_dev) if olds[d] is not None]
         if had:
             had_a = np.array(had, dtype=np.int64)
-            slot_rows = np.repeat(off[had_a] - np.cumsum(np.r_[0, nm[had_a][:-1]]), nm[had_a]) + np.arange(
-                int(nm[had_a].sum()))
-            S_i[slot_rows] = np.array(list(chain.from_iterable(olds[d]["m"][0] for d in had)),
-                                      dtype=np.int64).reshape(-1, _NI)
+            slot_rows = _block_rows(off[had_a], nm[had_a])
+            S_i[slot_rows] = np.fromiter(chain.from_iterable(olds[d]["m"][0] for d in had), np.int64,
+                                         slot_rows.shape[0] * _NI).reshape(-1, _NI)
             S_f[slot_rows] = np.array(list(chain.from_iterable(olds[d]["m"][1] for d in had)),
                                       dtype=np.float64).reshape(-1, _NF)
 
@@ -503,13 +579,23 @@ class DetectorEngine:
         S_i[s_row] = np.column_stack([t_[slast], out.p1_ts, out.sus, out.frun, out.fstart, out.oor_bit, out.oor_good,
                                       out.spk_bit, out.spk_good, out.flat_bit]).astype(np.int64)
         S_f[s_row] = np.column_stack([out.p1, out.p2, s_base])
-        ints = S_i.ravel().tolist()
-        fl = S_f.ravel()
-        flts = np.where(np.isnan(fl), None, fl.astype(object)).tolist()
-        off_l = off.tolist()
-        for d, ns in new_states.items():
-            a, b = off_l[d], off_l[d + 1]
-            ns["m"] = [ints[a * _NI:b * _NI], flts[a * _NF:b * _NF]]
+        if store is not None:  # resident: the blocks go to the store, the states carry no "m"
+            ds = np.fromiter(new_states, np.int64, len(new_states))
+            where = store.place([dkeys[d] for d in ds.tolist()], nm[ds], dev_fam[ds])
+            rows_b = _block_rows(off[ds], nm[ds])
+            rows_s = _block_rows(where, nm[ds])
+            store.i[rows_s] = S_i[rows_b]
+            store.f[rows_s] = S_f[rows_b]
+            for ns in new_states.values():
+                ns.pop("m", None)
+        else:
+            ints = S_i.ravel().tolist()
+            fl = S_f.ravel()
+            flts = np.where(np.isnan(fl), None, fl.astype(object)).tolist()
+            off_l = off.tolist()
+            for d, ns in new_states.items():
+                a, b = off_l[d], off_l[d + 1]
+                ns["m"] = [ints[a * _NI:b * _NI], flts[a * _NF:b * _NF]]
         for (d, ci), cs in check_carry.items():
             if cs is None:
                 new_states[d]["c"].pop(CHECKS[ci].id, None)
@@ -795,7 +881,8 @@ class DetectorEngine:
             keep[a:b] = ~covered
             if not covered.all():
                 t_new = lts[a:b][~covered]
-                lane_states[dkeys[d]] = self._lane_seed(p, st, int(t_new.min()), int(t_new.max()))
+                lane_states[dkeys[d]] = self._lane_seed(p, st, int(t_new.min()), int(t_new.max()),
+                                                        self._series_floats(dkeys[d], st))
                 lane_plans[dkeys[d]] = p
                 spans[dkeys[d]] = [(int(t_new[gfrom[~covered] == g].min()), int(t_new[gfrom[~covered] == g].max()))
                                    for g in np.unique(gfrom[~covered]).tolist()]
@@ -891,7 +978,7 @@ class DetectorEngine:
         names = list(FAMILIES[p.family])
         value = _NAN
         if metric in names:
-            value = _f(st["m"][1][names.index(metric) * _NF])
+            value = _f(self._series_floats(key, st)[names.index(metric) * _NF])
         ep = dict(ks.get("ep") or {})
         ev = {"level": "clear", "previous": _LNAMES[ks["l"]], "reassert": False, "episode": ep,
               "cleared_by": {"ts": gap_end, "value": _j(value), "by": "the live readings after the outage"},
@@ -902,13 +989,12 @@ class DetectorEngine:
         return self._mark_late(f, st, arrival)
 
     @staticmethod
-    def _lane_seed(p: DevicePlan, st: dict, t0: int, t1: int) -> dict:
+    def _lane_seed(p: DevicePlan, st: dict, t0: int, t1: int, live_f: list) -> dict:
         """The late lane starts from what the device had before the gap: series baselines, and each rate
         check's samples older than the first late reading (newer samples belong to readings after the gap) —
         from the live history, or from the copy kept with the outage when the live history has moved on."""
         ns = _new_state(p.family)
         flts = list(ns["m"][1])
-        live_f = st["m"][1]
         for i in range(_FAM_NM[p.family]):
             flts[i * _NF + 2] = live_f[i * _NF + 2]
         ns["m"] = [ns["m"][0], flts]
@@ -1373,7 +1459,7 @@ class DetectorEngine:
         if ds.family not in FAMILIES:
             return []
         key = f"{ds.site}/{ds.device}"
-        st = _upgrade(states.get(key))
+        st = self._readable(key, states.get(key))
         if st is None:
             st = _new_state(ds.family)
         if st.get("lt") is not None and ds.ts < st["lt"]:
@@ -1431,6 +1517,38 @@ class DetectorEngine:
                        {"online": status.online, "detail": dict(status.detail)})
 
     # ============================================================================================ state
+    def export_state(self, key: str, st: Any) -> Any:
+        """The full, JSON-able state of a device (``m`` filled in from the store when the engine is resident)."""
+        if not isinstance(st, dict) or "m" in st or st.get("gw"):
+            return st
+        m = self._store.block(key)
+        if m is None:
+            return st
+        out = dict(st)
+        out["m"] = m
+        return out
+
+    def export_states(self, states: dict[str, Any]) -> dict[str, Any]:
+        return {k: self.export_state(k, v) for k, v in states.items()}
+
+    def drop_resident(self) -> None:
+        """Forget every stored series block (the caller's states are to be reloaded in full)."""
+        self._store.clear()
+
+    def _series_floats(self, key: str, st: dict) -> list:
+        """``m[1]`` of a state: from the state, or from the store for a resident one."""
+        m = st.get("m")
+        if m is None:
+            m = self._store.block(key) or [[], _EMPTY_F * _FAM_NM[st["fam"]]]
+        return m[1]
+
+    def _readable(self, key: str, st: Any) -> dict | None:
+        """``_upgrade``, knowing that a resident state's series block is in the store."""
+        if (isinstance(st, dict) and "m" not in st and st.get("v") == STATE_VERSION and st.get("fam") in FAMILIES
+                and (sl := self._store.at.get(key)) is not None and sl[2] == FAM_CODE[st["fam"]]):
+            return st
+        return _upgrade(st)
+
     @staticmethod
     def _write_back(states, dkeys, new_states) -> None:
         for d, ns in new_states.items():

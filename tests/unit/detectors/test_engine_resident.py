@@ -1,0 +1,134 @@
+"""The resident engine (the worker's: series blocks kept in the engine's arrays across batches, states without
+``m``, full states only through ``export_state``) against the plain engine (every state a full JSON dict).
+
+The two must be indistinguishable from outside: the same findings (every field, health included) and, after every
+batch, tick and device status, exported states equal to the plain engine's — on in-order and late, shuffled
+streams, across a restart from exported JSON states (a new engine, or the same one after ``drop_resident``, as the
+worker does when partitions move), and with JSON round trips of the resident states in between (a state without
+``m`` is still the engine's)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from detectors import DetectorEngine, ReadingBatch
+from sitewatch.contracts import DeviceStatus
+
+from .test_reference_differential import DEVICES, SETTINGS, batches, build, event, rules
+
+
+def full(f) -> str:
+    return json.dumps(f.to_dict(), sort_keys=True)
+
+
+def js(x):
+    return json.loads(json.dumps(x, allow_nan=False))
+
+
+def run_both(parts: list[list[tuple]], restart_at: int, mode: str, statuses: dict[int, DeviceStatus]):
+    plain, res = DetectorEngine(rules()), DetectorEngine(rules(), resident=True)
+    s_plain: dict = {}
+    s_res: dict = {}
+    for i, part in enumerate(parts):
+        if i == restart_at:  # the worker's restart / rebalance: full states from the table, engine without blocks
+            s_res = js(res.export_states(s_res))
+            if mode == "new":
+                res = DetectorEngine(rules(), resident=True)
+            else:
+                res.drop_resident()
+        b = ReadingBatch.from_columns(*zip(*part))
+        now = max(r[4] for r in part) + 90_000
+        a = plain.process(b, s_plain, now)
+        c = res.process(b, s_res, now)
+        assert list(map(full, c)) == list(map(full, a))
+        if i % 3 == 2:
+            t = max(r[4] for r in part) + 400_000
+            assert list(map(full, res.tick(t, s_res))) == list(map(full, plain.tick(t, s_plain)))
+        if i in statuses:
+            ds = statuses[i]
+            assert list(map(full, res.on_device_status(ds, s_res))) == list(map(full, plain.on_device_status(
+                ds, s_plain)))
+        assert js(res.export_states(s_res)) == js(s_plain)
+        assert not any("m" in s_res[f"{r[0]}/{r[1]}"] for r in part)  # the batch's devices: blocks in the store
+        s_plain = js(s_plain)
+        if mode == "json":
+            s_res = js(s_res)  # resident states survive a JSON round trip (no ``m`` in them)
+    return s_plain, s_res
+
+
+@SETTINGS
+@given(events=st.lists(event, min_size=1, max_size=300), cuts=st.lists(st.integers(1, 90), min_size=1, max_size=4),
+       delays=st.lists(st.integers(0, 60), min_size=1, max_size=20), seed=st.integers(0, 2**16),
+       restart=st.integers(0, 12), mode=st.sampled_from(["new", "drop", "json"]))
+def test_resident_engine_is_the_plain_engine(events, cuts, delays, seed, restart, mode):
+    rs = build(events)
+    rng = random.Random(seed)
+    arrival = sorted(range(len(rs)), key=lambda i: i + (delays[i % len(delays)] if rng.random() < 0.2 else 0))
+    parts = batches([rs[i] for i in arrival], cuts)
+    for p in parts:
+        rng.shuffle(p)
+    statuses = {}
+    for i in range(len(parts)):
+        if rng.random() < 0.15:
+            s, d, f = DEVICES[rng.randrange(len(DEVICES))]
+            statuses[i] = DeviceStatus(s, f, d, max(r[4] for r in parts[i]) + 1, rng.random() < 0.5, "test")
+    run_both(parts, restart, mode, statuses)
+
+
+def test_a_full_state_replaces_the_stored_block():
+    """A device whose full state comes back (e.g. restored from a snapshot) continues from that state, not from
+    what the engine still holds: here an older state, so readings between the two are new again."""
+    rs = build([(2, k % 6, 1000, 0.5 + 0.01 * k, 0) for k in range(60)])
+    eng, plain = DetectorEngine(rules(), resident=True), DetectorEngine(rules())
+    s_res: dict = {}
+    s_plain: dict = {}
+    eng.process(ReadingBatch.from_columns(*zip(*rs[:20])), s_res)
+    plain.process(ReadingBatch.from_columns(*zip(*rs[:20])), s_plain)
+    old = js(eng.export_states(s_res))
+    assert "m" in old["s-a/p-1"] and "m" not in s_res["s-a/p-1"]
+    eng.process(ReadingBatch.from_columns(*zip(*rs[20:40])), s_res)
+    s_res = old  # back to the checkpoint: the readings 20..39 are replayed
+    for part in (rs[20:40], rs[40:]):
+        b = ReadingBatch.from_columns(*zip(*part))
+        assert list(map(full, eng.process(b, s_res))) == list(map(full, plain.process(b, s_plain)))
+        assert js(eng.export_states(s_res)) == js(s_plain)
+
+
+def test_a_state_without_its_block_is_a_fresh_device():
+    """A resident state handed to an engine that does not hold its block (the contract broken) is unreadable,
+    like any malformed state: the device starts fresh — the engine never invents a series state."""
+    rs = build([(2, k % 6, 1000, 0.5, 0) for k in range(30)])
+    eng = DetectorEngine(rules(), resident=True)
+    s: dict = {}
+    eng.process(ReadingBatch.from_columns(*zip(*rs[:15])), s)
+    other = DetectorEngine(rules(), resident=True)
+    fresh = DetectorEngine(rules(), resident=True)
+    s2: dict = {}
+    b = ReadingBatch.from_columns(*zip(*rs[15:]))
+    assert list(map(full, other.process(b, dict(s)))) == list(map(full, fresh.process(b, s2)))
+
+
+def test_late_lane_of_a_resident_device_starts_from_its_stored_baselines():
+    """Buffered readings of an outage, arriving after the live ones resumed, are judged on the late lane from the
+    device's baselines — held in the store for a resident device — and an episode still raised at the end of the
+    buffer is cleared with the live value (also from the store)."""
+    dev = ("s-a", "p-2", "pit", "wall_top_horizontal")
+    t0 = 1_700_000_000_000
+    before = [(*dev, t0 + k * 1000, 1.0 + 0.05 * (k % 3)) for k in range(30)]
+    buffered = [(*dev, t0 + 30_000 + k * 1000, 12.0 + 0.01 * k) for k in range(120)]
+    after = [(*dev, t0 + 150_000 + k * 1000, 1.0 + 0.05 * (k % 3)) for k in range(10)]
+    got = {}
+    for name, eng in (("plain", DetectorEngine(rules())), ("resident", DetectorEngine(rules(), resident=True))):
+        s: dict = {}
+        out = []
+        for part, now in ((before, t0 + 30_000), (after, t0 + 160_000), (buffered, t0 + 170_000)):
+            out += eng.process(ReadingBatch.from_columns(*zip(*part)), s, now)
+            s = js(eng.export_states(s)) if name == "plain" else s
+        got[name] = out
+    late = [f for f in got["plain"] if f.evidence.get("late")]
+    assert any(f.level for f in late) and any(not f.level for f in late)  # raised on the lane, then cleared
+    assert list(map(full, got["resident"])) == list(map(full, got["plain"]))
