@@ -13,6 +13,13 @@ roll a quiet device's state (last values, rate samples) back by a few seconds. R
 the restored state are dropped by the engine; alarm levels are re-derived from the next readings, and the
 backlog treats a re-raised level on an open ticket as an update, not a new ticket.
 
+The engine runs *resident*: it keeps each device's series block (last values, fault guards, baselines — the
+largest part of a state) in its own arrays across batches, and the states it hands back carry no ``m``. The cache
+holds those states; every write to the table or to a snapshot goes through ``engine.export_state``, which fills
+``m`` in, so the table, the changelog and the snapshots only ever see full JSON states. Cache and engine store are
+dropped together (``forget``), and a state read back from the table or a snapshot is full and replaces the block
+the engine held. A rules reload exports the cache before the new engine takes over.
+
 A clock tick (each worker, over the partitions it owns) runs the silence (deadman) checks, which no reading can
 trigger by definition. It asks a ``DeadlineIndex`` which devices are due instead of walking the state table, so
 its cost follows the number of devices falling silent, not the size of the fleet; the index is rebuilt from the
@@ -43,6 +50,7 @@ from sitewatch.findings import Finding
 from detectors.model import ReadingBatch
 from sitewatch.contracts import (SCHEMA_VERSION, TOPIC_READINGS, DeviceStatus, GatewayStatus, decode_readings_records,
                                  now_ms, partition_of)
+from streams.input_watch import BrokerWatch, kafka_probe
 from streams.pipeline import Pipeline
 
 log = logging.getLogger("sitewatch.detect")
@@ -114,7 +122,7 @@ def encode_finding(f: Finding) -> bytes:
 class Detection:
     def __init__(self, pipe: Pipeline, checkpoint_s: float = STATE_CHECKPOINT_S, snapshots: SnapshotStore | None = None):
         self.pipe = pipe
-        self.engine = DetectorEngine(load_rule_set(pipe))
+        self.engine = DetectorEngine(load_rule_set(pipe), resident=True)
         self.checkpoint_s = checkpoint_s
         self.cache: dict[str, dict] = {}  # device key -> latest state (authoritative while we own the partition)
         self.saved_at: dict[str, float] = {}  # device key -> monotonic time of its last table checkpoint
@@ -225,7 +233,7 @@ class Detection:
         if everything:
             for k, v in self.cache.items():
                 if k not in self.pending and k not in self.sending:
-                    self.to_snapshot[k] = v
+                    self.to_snapshot[k] = self.engine.export_state(k, v)
         batch, self.to_snapshot = self.to_snapshot, {}
         if not batch:
             return 0
@@ -265,6 +273,7 @@ class Detection:
             # the emit delivering them saves it (``save``); until then it waits as dirty.
             self.dirty.add(k)
             return
+        v = self.engine.export_state(k, v)  # the full state: the engine holds the series block of a cached one
         self.pipe.device_state[k.encode()] = v
         if self.snapshots is not None:
             self.to_snapshot[k] = v
@@ -299,6 +308,7 @@ class Detection:
     def forget(self) -> None:
         """Partitions moved (rebalance): the table is the truth again for whatever we are given next."""
         self.cache.clear()
+        self.engine.drop_resident()  # with the cache: a state read back later is a full one
         self.saved_at.clear()
         self.dirty.clear()
         self.pending.clear()  # their findings may not be out: the next owner replays those readings
@@ -385,7 +395,9 @@ class Detection:
             return False
         if rules.fingerprint == self.engine.rules.fingerprint:
             return True
-        self.engine = DetectorEngine(rules)
+        # the cached states in full: the new engine starts without the old one's series blocks
+        self.cache = {k: self.engine.export_state(k, v) for k, v in self.cache.items()}
+        self.engine = DetectorEngine(rules, resident=True)
         log.warning("rules applied from sw.config: fingerprint %s (published by %s)", rules.fingerprint,
                     msg.get("author", "?"))
         return True
@@ -453,11 +465,14 @@ def register(pipe: Pipeline, snapshots: SnapshotStore | None = None, record: Rea
         async def final_record(sender, **kwargs):
             await write_record()  # a clean stop leaves no received batch off the record
 
+    watch = BrokerWatch(kafka_probe(s.kafka_bootstrap, s.kafka_options()), s.deadman_settle_s)
+
     @pipe.app.timer(5.0, name="deadman-tick")
     async def tick():
         if snapshots is not None:
             await detection.restore_assigned()
-        await emit(detection.run_tick(now_ms()))
+        if await watch.trusted():  # not while Kafka is away or the worker catches up (streams/input_watch.py)
+            await emit(detection.run_tick(now_ms()))
 
     @pipe.app.on_partitions_revoked.connect
     async def revoked(sender, revoked, **kwargs):
