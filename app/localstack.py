@@ -139,6 +139,9 @@ def mosquitto_config(port: int, data_dir: Path, user: str | None = None) -> str:
             "autosave_interval 5",
             "max_inflight_messages 0",
             "max_queued_messages 1000000",
+            # Without it a client that answers at once (a gateway acking a command, a receiver echoing) waits for
+            # Nagle + delayed ACK: ~44 ms per hop, measured by `sitewatch bench command` (0.3 ms round trip with).
+            "set_tcp_nodelay true",
             f"message_size_limit {MQTT_MESSAGE_SIZE_LIMIT}",
             "log_type error",
             "log_type warning",

@@ -47,7 +47,10 @@ def site_digests(devs: Sequence[Sequence[Any]], d: np.ndarray, metric: np.ndarra
                  value: np.ndarray) -> list[tuple[str, int, int, int, str]]:
     """(site, readings, first ts, last ts, digest of one chunk) per site, for dictionary-encoded readings as
     ``sitewatch.contracts.ReadingsBatch`` holds them: ``devs[k]`` = (site, device, …), ``d[i]`` the device of
-    reading ``i``. Per reading only numpy and C loops; per site a few hash updates."""
+    reading ``i``. Per reading only numpy and C loops (a gather, a join); per site a few hash updates.
+
+    Each site's names are joined per chunk (``str.join`` over a slice, then one encode): no per-reading length,
+    offset or list — those were most of the record's cost in the worker (py-spy in ``bench chain``)."""
     n = int(len(ts))
     if not n:
         return []
@@ -66,22 +69,12 @@ def site_digests(devs: Sequence[Sequence[Any]], d: np.ndarray, metric: np.ndarra
     cuts = (np.flatnonzero(sc[1:] != sc[:-1]) + 1).tolist()
     dn, met = dev_name[d[order]], np.asarray(metric, dtype=object)[order]
     tso, val = np.asarray(ts)[order].astype("<i8"), np.asarray(value)[order].astype("<f8")
-    # One join and one encode for everything, cut per site by byte offsets (ids and metric names are ASCII by
-    # contract, so characters are bytes; anything else takes the per-site join below).
-    dev_all, met_all = "\x1f".join(dn).encode(), "\x1f".join(met).encode()
-    dev_off = np.concatenate(([0], np.cumsum(np.fromiter(map(len, dn), np.int64, n) + 1)))
-    met_off = np.concatenate(([0], np.cumsum(np.fromiter(map(len, met), np.int64, n) + 1)))
-    ascii_ = len(dev_all) == dev_off[-1] - 1 and len(met_all) == met_off[-1] - 1
     starts, ends = [0, *cuts], [*cuts, n]
     lo_all, hi_all = np.minimum.reduceat(tso, starts).tolist(), np.maximum.reduceat(tso, starts).tolist()
-    dv, mv, tv, vv = memoryview(dev_all), memoryview(met_all), memoryview(tso.tobytes()), memoryview(val.tobytes())
-    dev_off, met_off, codes = dev_off.tolist(), met_off.tolist(), sc[starts].tolist()
+    tv, vv, codes = memoryview(tso.tobytes()), memoryview(val.tobytes()), sc[starts].tolist()
     out = []
     for j, (s, e) in enumerate(zip(starts, ends)):
-        if ascii_:
-            dpart, mpart = dv[dev_off[s]:dev_off[e] - 1], mv[met_off[s]:met_off[e] - 1]
-        else:
-            dpart, mpart = "\x1f".join(dn[s:e]).encode(), "\x1f".join(met[s:e]).encode()
+        dpart, mpart = "\x1f".join(dn[s:e]).encode(), "\x1f".join(met[s:e]).encode()
         h = hashlib.sha256(b"sw-readings-v1\n")
         h.update((len(dpart) + len(mpart) + 2 + 16 * (e - s)).to_bytes(8, "big"))
         for part in (dpart, b"\n", mpart, b"\n", tv[8 * s:8 * e], vv[8 * s:8 * e]):

@@ -10,6 +10,7 @@ ack was lost) gets the stored ack again and is not acted on twice; another messa
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 from dataclasses import dataclass, field
@@ -138,6 +139,9 @@ def connect(host: str, port: int, client_id: str, username: str | None = None, p
     connected = threading.Event()
 
     def on_connect(c, userdata, flags, reason, props=None):
+        sock = c.socket()
+        if sock is not None:  # a command and its ack are single small packets: no Nagle wait for the last ACK
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if not reason.is_failure:
             connected.set()
 

@@ -16,6 +16,7 @@ signing, verifying, the ledger or the service's polling. Commands run one after 
 
 from __future__ import annotations
 
+import random
 import shutil
 import statistics
 import tempfile
@@ -106,13 +107,17 @@ def bench_command(commands: int = 50, tick_s: float | None = None, rtt_rounds: i
         device.attach(gw)
         time.sleep(0.5)  # the gateway's and the service's subscriptions in place
         requester, approver = (orgs.actor_by_name(backlog, n) for n in ("zhao.manager", "sun.supervisor"))
-        tick = tick_s if tick_s is not None else "default"
+        tick = tick_s if tick_s is not None else "0.5 (its default)"
         echo(f"command latency: {commands} dangerous commands (request + a second approval) through "
              f"`sitewatch command serve` (tick {tick} s) to a simulated gateway on the local MQTT broker, "
              f"one after the other")
         to_device, to_ledger = [], []
+        rng = random.Random(7)
         for i in range(commands + 2):
             action = "cut_power" if i % 2 == 0 else "restore_power"
+            # A person asks at any moment, not just after the service's previous round: without this pause the
+            # loop locks onto the service's polling phase and every command waits exactly one interval.
+            time.sleep(rng.uniform(0, tick_s or 0.5))
             t0 = time.perf_counter()
             cid = ledger.request(requester, site=SITE, device=DEVICE, action=action)["id"]
             ledger.approve(cid, approver)
