@@ -169,7 +169,9 @@ class Bridge:
         self._unsubscribed = threading.Event()
         self._n_partitions: int | None = None
         self._header = [(BRIDGE_HEADER, client_id.encode())]
-        self._producer = KafkaProducer(
+        self._poisoned: int | None = None  # the MQTT connection whose messages are left to the broker's redelivery
+        self._generation = 0  # of the producer: a failure reported by a replaced producer is old news
+        self._producer_config = dict(
             bootstrap_servers=kafka_bootstrap,
             client_id=client_id,
             acks="all",
@@ -182,11 +184,14 @@ class Bridge:
             # (tests/faults/test_outages.py froze Tansu past the timeout: the bridge stayed up and wrote nothing
             # more). Idempotence would only spare duplicates from the producer's own retries; the bridge is
             # at-least-once anyway (MQTT redelivers what it did not acknowledge) and everything downstream
-            # tolerates a reading twice.
+            # tolerates a reading twice. One request in flight keeps a device's readings in order through
+            # retries, as the idempotent producer did.
             enable_idempotence=False,
+            max_in_flight_requests_per_connection=1,
             max_request_size=4 * 1024 * 1024,
             **(kafka_options or {}),
         )
+        self._producer: KafkaProducer | None = KafkaProducer(**self._producer_config)
         self._mqtt = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -209,6 +214,8 @@ class Bridge:
         if reason_code.is_failure:
             log.error("MQTT connect refused: %s", reason_code)
             return
+        with self._lock:
+            self._poisoned = None  # a new connection: the broker sends everything unacknowledged again, in order
         if self.drain or self._leaving.is_set():
             # the plain filter too: a session left by a pre-v5 bridge (client id sitewatch-bridge) holds sw/#
             filters = sorted({self.subscription, MQTT_SUBSCRIPTION})
@@ -243,6 +250,8 @@ class Bridge:
         except UnicodeDecodeError:  # paho raises on a non-UTF-8 topic; its loop thread would die with it
             topic = msg._topic.decode("utf-8", "backslashreplace")  # kept readable, rejected downstream
         with self._lock:
+            if self._poisoned is not None:
+                return  # not acknowledged: comes again, in order, on the next connection (see _failed)
             self._pending.append((topic, msg.payload, msg.mid, msg.qos, self._connection))
             self.stats.received += 1
             if msg.qos > 0:
@@ -253,7 +262,15 @@ class Bridge:
     def _flush(self) -> int:
         with self._lock:
             batch, self._pending = self._pending, []
-        if not batch:
+            # Messages of a failed or closed connection are not written: the broker sends them again, oldest
+            # first, on the next one (writing them now could put a newer reading before an older one)
+            current = self._connection if self._poisoned is None else None
+            if any(item[4] != current for item in batch):
+                self._unacked -= sum(1 for item in batch if item[4] != current and item[3] > 0)
+                batch = [item for item in batch if item[4] == current]
+        if not batch or self._producer is None:
+            with self._lock:
+                self._pending[:0] = batch  # no producer while Kafka is away: kept for the next turn
             return 0
         rx = now_ms()
         partitions = self._partitions()
@@ -280,36 +297,71 @@ class Bridge:
 
     def _send(self, partition: int, items: list[_Item], rx: int) -> None:
         value = pack_raw(((item[0], item[1]) for item in items), rx)
+        generation = self._generation
         try:
             future = self._producer.send(TOPIC_RAW, value=value, partition=partition, headers=self._header)
         except KafkaError as e:  # buffer full or no metadata during a long Kafka outage: not acked, redelivered
-            self._failed(len(items), e)
+            self._failed(len(items), e, generation=generation)
             return
         mids = [(mid, qos, conn) for _, _, mid, qos, conn in items if qos > 0]
-        future.add_callback(self._acked, mids)
-        future.add_errback(self._failed, len(items))
+        future.add_callback(self._acked, mids, generation)
+        future.add_errback(self._failed, len(items), generation=generation)
         self.stats.produced_records += 1
 
-    def _acked(self, mids: list[tuple[int, int, int]], _metadata) -> None:
+    def _acked(self, mids: list[tuple[int, int, int]], generation: int, _metadata) -> None:
         # After a reconnect the broker resends what was in flight under the same packet ids and may reuse an id
         # once it is acknowledged: a late PUBACK from the old connection could then acknowledge a different,
         # not yet written message. Old ones are left to their redelivered copies instead (a duplicate, not a loss).
-        current = self._connection
+        current, poisoned = self._connection, self._poisoned
         for mid, qos, conn in mids:
-            if conn == current:
+            if conn == current and conn != poisoned:
                 self._mqtt.ack(mid, qos)
         with self._lock:
-            self._unacked -= len(mids)
+            if generation == self._generation:  # a replaced producer's messages are counted again on redelivery
+                self._unacked -= len(mids)
         self.stats.acked += len(mids)
 
-    def _failed(self, count: int, exc: Exception) -> None:
-        # Not acknowledged to MQTT: force a reconnect so the broker redelivers them (at-least-once).
+    def _failed(self, count: int, exc: Exception, generation: int | None = None) -> None:
+        """A write Kafka did not take. From then on nothing of this MQTT connection is written or acknowledged:
+        a later message written before the failed one is redelivered would put a device's readings out of order
+        in ``sw.raw`` (a crane's overload arriving after its later readings was taken for a duplicate and
+        dropped). The run loop replaces the producer (dropping what it still buffers), waits for Kafka and
+        reconnects MQTT; the broker then sends every unacknowledged message again, oldest first."""
+        if generation is not None and generation != self._generation:
+            return  # the replaced producer dropping its buffer: expected
         self.stats.kafka_errors += 1
-        if not self._reconnect.is_set():  # once per outage, not once per expired batch
-            log.error("Kafka write of %d messages failed (%s); they stay unacknowledged, and MQTT reconnects once "
-                      "Kafka is back so the broker sends them again (later failures counted in kafka errors)",
-                      count, exc)
+        with self._lock:
+            if self._poisoned is None:
+                self._poisoned = self._connection
+                log.error("Kafka write of %d messages failed (%s); this MQTT session's messages stay "
+                          "unacknowledged and come again, in order, once Kafka is back", count, exc)
         self._reconnect.set()
+
+    def _recover(self) -> bool:
+        """After a failed write: a fresh producer once Kafka answers (the old one's buffer is dropped: all of it
+        comes again from MQTT), then an MQTT reconnect. False while Kafka is still away."""
+        if self._producer is not None:
+            old, self._producer = self._producer, None
+            self._generation += 1
+            try:
+                old.close(timeout=0)
+            except Exception as e:  # noqa: BLE001 - it is being thrown away
+                log.debug("closing the failed producer: %s", e)
+        producer = None
+        try:
+            producer = KafkaProducer(**self._producer_config)
+            producer.partitions_for(TOPIC_RAW)
+        except KafkaError as e:
+            if producer is not None:
+                producer.close(timeout=0)
+            log.warning("Kafka still unreachable (%s); MQTT messages stay unacknowledged, retrying", e)
+            return False
+        self._producer = producer
+        with self._lock:
+            self._unacked = 0  # everything unacknowledged comes again on the new connection and is counted then
+            self._connection += 1  # paho's reconnect() does not call on_disconnect; _on_connect lifts the poison
+        self._mqtt.reconnect()
+        return True
 
     # --------------------------------------------------------------------------------------- lifecycle
     def _connect_properties(self) -> Properties:
@@ -333,12 +385,10 @@ class Bridge:
                 if self._flush() == 0:
                     time.sleep(self.linger_s)
                 if self._reconnect.is_set():
-                    if not self._flushed(30):
+                    if not self._recover():
                         time.sleep(1.0)  # Kafka still away: hold the MQTT messages unacknowledged, try again
                         continue
                     self._reconnect.clear()
-                    self._connection += 1  # paho's reconnect() does not call on_disconnect
-                    self._mqtt.reconnect()
                 if self.drain and self._unsubscribed.is_set() and self._idle_for(2.0):
                     log.info("drained session %s: %d messages written to Kafka", self.client_id, self.stats.acked)
                     break
@@ -362,6 +412,8 @@ class Bridge:
         """Wait for Kafka to acknowledge what was sent; False (logged) while Kafka stays unreachable — the bridge
         keeps running and its unacknowledged MQTT messages wait in the broker's session (an outage longer than the
         producer's delivery timeout used to kill the bridge here)."""
+        if self._producer is None:
+            return False
         try:
             self._producer.flush(timeout_s)
             return True
@@ -396,5 +448,6 @@ class Bridge:
             props.SessionExpiryInterval = 0  # drained: the broker forgets the session
         self._mqtt.disconnect(properties=props)
         self._mqtt.loop_stop()
-        self._producer.close(10)
+        if self._producer is not None:
+            self._producer.close(10)
         log.info("bridge %s stopped: received %d, acked %d", self.client_id, self.stats.received, self.stats.acked)

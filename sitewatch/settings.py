@@ -60,6 +60,8 @@ class Settings(BaseSettings):
         "auto", description="detector state also snapshotted to the backlog database and read back when the state "
         "table has none (streams/state_snapshots.py); auto: on with a SQLite backlog or Kafka on loopback")
 
+    deadman_settle_s: float = Field(30.0, ge=0, description="silence checks wait this long after the worker starts "
+                                    "and after Kafka answers again, so buffered readings are in first")
     worker_id: str = "sitewatch-worker"
     batch_size: int = 5000
     # A take() window is paid once per stage an alarm crosses (validate, detect); under load a batch grows by

@@ -63,6 +63,7 @@ class Fleet:
                              for i, dev in enumerate(hazards)}
         self.progress = 0.0
         self.t0 = 0
+        self.t_end_ms = 0
 
     @property
     def sites_ids(self) -> list[str]:
@@ -127,6 +128,7 @@ class Fleet:
             ahead = started + (tick + 1) * self.step_ms / 1000 - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)
+        self.t_end_ms = now_ms()  # until here every device published every tick: no silence before it is true
 
     def wait_progress(self, fraction: float, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
@@ -186,6 +188,32 @@ def ticket_counts(backlog, sites: list[str]) -> tuple[int, int, set[str]]:
     tickets = [t for t in backlog.tickets() if t.site in sites]
     per_key = Counter(t.dedup_key for t in tickets)
     return len(tickets), sum(n - 1 for n in per_key.values()), set(per_key)
+
+
+def false_silences(backlog, fleet) -> list[str]:
+    """``fault.silent`` tickets opened while the fleet was still publishing every device every tick: a pipeline
+    outage taken for sensors falling silent (each one an SMS about a sensor that was fine)."""
+    sites = set(fleet.sites_ids)
+    return [f"#{t.id} {t.dedup_key} opened {t.opened_ms} ({fleet.t_end_ms - t.opened_ms} ms before the last reading)"
+            for t in backlog.tickets() if t.site in sites and t.kind == "fault.silent"
+            and (not fleet.t_end_ms or t.opened_ms <= fleet.t_end_ms)]
+
+
+def ticket_story(backlog, sites: list[str], limit: int = 6) -> str:
+    """Why there are more tickets than overloads: tickets per kind, and the tickets of a few repeated keys (for
+    the failure message of a duplicate-ticket assertion)."""
+    tickets = sorted((t for t in backlog.tickets() if t.site in sites), key=lambda t: t.id)
+    kinds = Counter(t.kind for t in tickets)
+    per_key: dict[str, list] = defaultdict(list)
+    for t in tickets:
+        per_key[t.dedup_key].append(t)
+    repeated = [k for k, ts in per_key.items() if len(ts) > 1][:limit]
+    lines = [f"tickets per kind: {dict(kinds)}"]
+    for k in repeated:
+        lines.append(k + ": " + "; ".join(
+            f"#{t.id} {t.status} L{t.peak_level} opened {t.opened_ms} cleared {t.cleared_ms} closed {t.closed_ms} "
+            f"by {t.closed_by} from #{t.reopened_from}" for t in per_key[k]))
+    return "\n".join(lines)
 
 
 def outbox_alerts(backlog, sites: list[str]) -> tuple[set[str], int]:
