@@ -54,7 +54,8 @@ def deadman_cmd(devices, silent, repeat):
               "(e.g. 10000, the goal's load)")
 @click.option("--alarms", default=200, show_default=True, help="with --load: overloads injected under load")
 @click.option("--workers", default=1, show_default=True, help="with --load: worker processes in the group")
-def pipeline_cmd(readings, load, alarms, workers):
+@click.option("--baseline-src", help="with --load: first the same run with the worker of this source tree")
+def pipeline_cmd(readings, load, alarms, workers, baseline_src):
     """End to end on the local stack: gateway frames vs one message per reading, and alert latency; with --load,
     publish → ticket / webhook percentiles under a background load."""
     if load is None:
@@ -62,7 +63,7 @@ def pipeline_cmd(readings, load, alarms, workers):
     else:
         from app.bench.latency import bench_latency
 
-        bench_latency(load, alarms=alarms, workers=workers)
+        bench_latency(load, alarms=alarms, workers=workers, baseline_src=baseline_src)
 
 
 @bench.command("scale")
