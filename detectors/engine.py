@@ -777,7 +777,7 @@ class DetectorEngine:
             ns["via"] = via
             ns["lt"] = lt
             ns["off"] = None  # a reading says it is on
-            if p.follows_calendar:
+            if p.follows_calendar and not self.calendar(p.site).always_working:  # always working: plain
                 dl, offat = deadman.deadlines(p, self.calendar(p.site), lt, cad, via, lim_i)
                 ns["dl"], ns["offat"] = dl, offat
                 ns["due"] = min(dl, offat) if offat is not None else dl

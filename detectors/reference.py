@@ -58,7 +58,9 @@ NAMES = ("clear",) + LEVEL_NAMES
 PHASE_SKEW_MS = 120_000  # phase currents measured further apart than this are not compared
 # evidence fields that say where an explaining quantity came from (see the module docstring)
 PROVENANCE = ("value", "reading_ts", "baseline", "window_ref", "phases_a", "gateway")
-SLOT = {m: i for ms in FAMILIES.values() for i, m in enumerate(ms)}  # a metric's place in its family
+# a metric's place in its family, per family: a name can be in two families at different places (tilt: crane and
+# formwork); keyed by the name alone, a crane's tilt took formwork's place, moment's, and cleared its faults
+SLOT = {(f, m): i for f, ms in FAMILIES.items() for i, m in enumerate(ms)}
 CHECKS_OF = {(f, m): [c for c in CHECKS if c.family == f and c.metric == m] for f, ms in FAMILIES.items() for m in ms}
 IMBALANCE = next(c for c in CHECKS if c.mode == "imbalance")
 
@@ -167,7 +169,7 @@ class ReferenceDetector:
                 if ts < s.newest:
                     self.late.append((site, device, dev.plan.family, metric, ts, value))
                 continue
-            fresh.append((int(ts), site, device, SLOT[metric], dev, metric, value))
+            fresh.append((int(ts), site, device, SLOT[(dev.plan.family, metric)], dev, metric, value))
         # measurement time order; a device's readings of one measurement time are evaluated in its family's metric
         # order, and what they tell a kind is judged in the kind's own metric (slot) order
         fresh.sort(key=lambda r: r[:4])
@@ -200,7 +202,7 @@ class ReferenceDetector:
         s = dev.series[metric]
         s.newest = ts
         valid = self.sensor_faults(s, plan, metric, ts, v)
-        slot = SLOT[metric]
+        slot = SLOT[(plan.family, metric)]
         out: list[tuple[str, Entry]] = []
         for kind in FAULT_KINDS:
             bit = {"fault.out_of_range": s.oor, "fault.spike": s.spike, "fault.flatline": s.flat}[kind]
