@@ -1054,9 +1054,15 @@ class DetectorEngine:
         else:  # pragma: no cover - registry guarantees the modes above
             raise ValueError(c.mode)
         level, out = self._hyst(x, ts, first, first_idx, grp, last, gp, ci, tab, cstates)
-        if c.mode == "rate":
-            for g, h, hs in zip(gdev.tolist(), _hyst_rows(out), new_hist):
-                check_carry[(g, ci)] = {"h": h, "hist": hs}
+        if c.mode == "rate":  # the samples always; the hysteresis only while a latch is set or a hold runs
+            busy = np.flatnonzero(out.bits.any(axis=1) | (out.run > 0).any(axis=1)).tolist()
+            for g, hs in zip(gdev.tolist(), new_hist):
+                check_carry[(g, ci)] = {"hist": hs}
+            if busy:
+                gl = gdev[busy].tolist()
+                for g, h in zip(gl, np.hstack([out.bits[busy], out.run[busy], out.start[busy]]).astype(
+                        np.int64).tolist()):
+                    check_carry[(g, ci)]["h"] = h
         else:
             _store_hyst(out, gdev, ci, cstates, check_carry)
         return _Res(ci, rows, level, x, None, extra)
