@@ -1,13 +1,17 @@
 """Stage 1: sw.raw → sw.readings (valid, packed per partition) + sw.readings.dlq (rejected, with reason).
 
 A batch of envelopes is validated into columns (``sitewatch.contracts.validate_envelopes``: schema-checked
-decoding, no object per reading) and leaves as one ``sw.readings`` record per partition. ``Topic.send`` inside
-an agent only attaches the record to the source offset (Faust publishes attached records when it commits that
-offset), so a batch's few sends cost no round trip each.
+decoding, no object per reading) and leaves as one ``sw.readings`` record per partition.
+
+``Topic.send`` hands the record to the producer at once (faust-streaming's ``stream_publish_on_commit`` is off),
+and Faust commits a batch's offsets without waiting for what the batch produced. So the stage awaits every
+delivery of a batch, all together, before it asks for the next one (which is when the batch's offsets become
+committable): a worker killed in between re-reads the batch instead of losing its readings.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from sitewatch.contracts import (
@@ -55,10 +59,9 @@ def register(pipe: Pipeline) -> None:
         async for batch in stream.take(s.batch_size, within=s.batch_within_s):
             out = validate_envelopes(batch, max_age_ms=max_age_ms)
             readings, dlq = outgoing(out, s.kafka_partitions)
-            for kw in readings:
-                await pipe.readings.send(**kw)
-            for kw in dlq:
-                await pipe.dlq.send(**kw)
+            sent = [await pipe.readings.send(**kw) for kw in readings]
+            sent += [await pipe.dlq.send(**kw) for kw in dlq]
+            await asyncio.gather(*sent)  # acknowledged by Kafka before this batch's offsets can be committed
             for rej in out.rejected:
                 log.warning("DLQ %s on %r: %s", rej.reason, rej.topic, rej.detail)
             pipe.count("readings_valid", len(out))
