@@ -147,3 +147,36 @@ def run_env(context, metadata) -> None:
         with context.begin_transaction():
             context.run_migrations()
         connection.commit()
+
+
+# ------------------------------------------------------------------------------------------------ append-only
+def create_append_only(op, function: str, tables: tuple[str, ...]) -> None:
+    """Triggers that refuse UPDATE, DELETE (and on PostgreSQL TRUNCATE) of ``tables``: the record and the command
+    ledger are evidence. Called from migrations; the SQL it emits must never change (applied schemas hold it)."""
+    dialect = op.get_bind().dialect.name
+    if dialect == "postgresql":
+        op.execute(f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                   "BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$")
+        for t in tables:
+            op.execute(f"CREATE TRIGGER {t}_no_change BEFORE UPDATE OR DELETE ON {t} "
+                       f"FOR EACH ROW EXECUTE FUNCTION {function}()")
+            op.execute(f"CREATE TRIGGER {t}_no_truncate BEFORE TRUNCATE ON {t} "
+                       f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()")
+    elif dialect == "sqlite":
+        for t in tables:
+            for what in ("UPDATE", "DELETE"):
+                op.execute(f"CREATE TRIGGER {t}_no_{what.lower()} BEFORE {what} ON {t} "
+                           f"BEGIN SELECT RAISE(ABORT, '{t} is append-only'); END")
+
+
+def drop_append_only(op, function: str, tables: tuple[str, ...]) -> None:
+    dialect = op.get_bind().dialect.name
+    if dialect == "postgresql":
+        for t in tables:
+            op.execute(f"DROP TRIGGER IF EXISTS {t}_no_change ON {t}")
+            op.execute(f"DROP TRIGGER IF EXISTS {t}_no_truncate ON {t}")
+        op.execute(f"DROP FUNCTION IF EXISTS {function}()")
+    elif dialect == "sqlite":
+        for t in tables:
+            for what in ("update", "delete"):
+                op.execute(f"DROP TRIGGER IF EXISTS {t}_no_{what}")

@@ -12,6 +12,8 @@ Revises:
 import sqlalchemy as sa
 from alembic import op
 
+from sitewatch.migrations import create_append_only, drop_append_only
+
 revision = "0001_blackbox"
 down_revision = None
 branch_labels = None
@@ -53,33 +55,11 @@ def upgrade() -> None:
         sa.Column("signature", sa.Text(), nullable=False),
     )
     op.create_index(op.f("ix_blackbox_checkpoints_site"), "blackbox_checkpoints", ["site"], unique=False)
-    dialect = op.get_bind().dialect.name
-    if dialect == "postgresql":
-        op.execute("CREATE OR REPLACE FUNCTION blackbox_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                   "BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$")
-        for t in APPEND_ONLY:
-            op.execute(f"CREATE TRIGGER {t}_no_change BEFORE UPDATE OR DELETE ON {t} "
-                       "FOR EACH ROW EXECUTE FUNCTION blackbox_append_only()")
-            op.execute(f"CREATE TRIGGER {t}_no_truncate BEFORE TRUNCATE ON {t} "
-                       "FOR EACH STATEMENT EXECUTE FUNCTION blackbox_append_only()")
-    elif dialect == "sqlite":
-        for t in APPEND_ONLY:
-            for what in ("UPDATE", "DELETE"):
-                op.execute(f"CREATE TRIGGER {t}_no_{what.lower()} BEFORE {what} ON {t} "
-                           f"BEGIN SELECT RAISE(ABORT, '{t} is append-only'); END")
+    create_append_only(op, "blackbox_append_only", APPEND_ONLY)
 
 
 def downgrade() -> None:
-    dialect = op.get_bind().dialect.name
-    if dialect == "postgresql":
-        for t in APPEND_ONLY:
-            op.execute(f"DROP TRIGGER IF EXISTS {t}_no_change ON {t}")
-            op.execute(f"DROP TRIGGER IF EXISTS {t}_no_truncate ON {t}")
-        op.execute("DROP FUNCTION IF EXISTS blackbox_append_only()")
-    elif dialect == "sqlite":
-        for t in APPEND_ONLY:
-            for what in ("update", "delete"):
-                op.execute(f"DROP TRIGGER IF EXISTS {t}_no_{what}")
+    drop_append_only(op, "blackbox_append_only", APPEND_ONLY)
     op.drop_index(op.f("ix_blackbox_checkpoints_site"), table_name="blackbox_checkpoints")
     op.drop_table("blackbox_checkpoints")
     op.drop_table("blackbox_heads")

@@ -7,6 +7,8 @@ Revises:
 import sqlalchemy as sa
 from alembic import op
 
+from sitewatch.migrations import create_append_only, drop_append_only
+
 revision = "0001_commands"
 down_revision = None
 branch_labels = None
@@ -74,30 +76,11 @@ def upgrade() -> None:
         sa.Column("detail", sa.Text(), nullable=False),
     )
     op.create_index(op.f("ix_command_events_command_id"), "command_events", ["command_id"])
-    dialect = op.get_bind().dialect.name
-    if dialect == "postgresql":
-        op.execute("CREATE OR REPLACE FUNCTION commands_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                   "BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$")
-        for t in APPEND_ONLY:
-            op.execute(f"CREATE TRIGGER {t}_no_change BEFORE UPDATE OR DELETE ON {t} "
-                       "FOR EACH ROW EXECUTE FUNCTION commands_append_only()")
-    elif dialect == "sqlite":
-        for t in APPEND_ONLY:
-            for what in ("UPDATE", "DELETE"):
-                op.execute(f"CREATE TRIGGER {t}_no_{what.lower()} BEFORE {what} ON {t} "
-                           f"BEGIN SELECT RAISE(ABORT, '{t} is append-only'); END")
+    create_append_only(op, "commands_append_only", APPEND_ONLY)
 
 
 def downgrade() -> None:
-    dialect = op.get_bind().dialect.name
-    if dialect == "postgresql":
-        for t in APPEND_ONLY:
-            op.execute(f"DROP TRIGGER IF EXISTS {t}_no_change ON {t}")
-        op.execute("DROP FUNCTION IF EXISTS commands_append_only()")
-    elif dialect == "sqlite":
-        for t in APPEND_ONLY:
-            for what in ("update", "delete"):
-                op.execute(f"DROP TRIGGER IF EXISTS {t}_no_{what}")
+    drop_append_only(op, "commands_append_only", APPEND_ONLY)
     op.drop_table("command_events")
     op.drop_table("command_approvals")
     op.drop_table("commands")
