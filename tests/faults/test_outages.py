@@ -167,80 +167,55 @@ def check(pipe: Pipeline, influx: Influx, watcher: ReadingsWatcher, fleet: Fleet
     assert queued and queued <= set(got), f"alerts never delivered: {sorted(queued - set(got))}"
 
 
+def outage(pipe: Pipeline, influx: Influx, watcher: ReadingsWatcher, prefix: str, down_s: float, fault: str,
+           done: str, stop, start, at: float = 0.3) -> dict:
+    """One outage while a fleet streams: ``stop()`` at ``at`` of the stream, ``start()`` ``down_s`` later, then
+    the fleet's figures checked after recovery. Returns the table row."""
+    fleet = Fleet(prefix, readings=int(RATE * (down_s + AROUND_S)), rate=RATE).start(pipe.stack.mqtt_port)
+    with fault_row(fault, done) as row:
+        fleet.wait_progress(at)
+        stop()
+        try:
+            time.sleep(down_s)
+        finally:
+            start()
+            recovered = time.monotonic()
+        fleet.join()
+        alive(pipe, f"the outage '{fault}'")
+        check(pipe, influx, watcher, fleet, row, seconds(120, 600), recovered)
+    return row
+
+
 def test_outages_lose_nothing_and_the_backlog_drains(rig):
     pipe, pg, influx = rig
-    drain_s = seconds(120, 600)
     watcher = ReadingsWatcher(pipe.stack.bootstrap)
     try:
-        # ---------------------------------------------------------------------------------- Kafka unreachable
         if "kafka" in OUTAGES:
             time.sleep(SETTLE_S + 3)  # the worker's start-up pause is over: the outage's must hold on its own
-            fleet = Fleet("fk", readings=int(RATE * (KAFKA_DOWN_S + AROUND_S)), rate=RATE).start(pipe.stack.mqtt_port)
-            with fault_row("Kafka broker unreachable",
-                           f"Tansu frozen (SIGSTOP) {KAFKA_DOWN_S:.0f} s mid-stream, then SIGCONT: a network "
-                           "partition; a memory broker cannot be restarted without losing its topics") as row:
-                fleet.wait_progress(0.3)
-                broker = tansu(pipe)
-                os.kill(broker.proc.pid, signal.SIGSTOP)
-                try:
-                    time.sleep(KAFKA_DOWN_S)
-                finally:
-                    os.kill(broker.proc.pid, signal.SIGCONT)
-                    recovered = time.monotonic()
-                fleet.join()
-                alive(pipe, "the Kafka outage")
-                check(pipe, influx, watcher, fleet, row, drain_s, recovered)
+            broker = tansu(pipe).proc.pid
+            outage(pipe, influx, watcher, "fk", KAFKA_DOWN_S, "Kafka broker unreachable",
+                   f"Tansu frozen (SIGSTOP) {KAFKA_DOWN_S:.0f} s mid-stream, then SIGCONT: a network partition; a "
+                   "memory broker cannot be restarted without losing its topics",
+                   lambda: os.kill(broker, signal.SIGSTOP), lambda: os.kill(broker, signal.SIGCONT))
 
-        # ---------------------------------------------------------------------------------- PostgreSQL down
         if "postgres" in OUTAGES:
-            fleet = Fleet("fp", readings=int(RATE * (PG_DOWN_S + AROUND_S)), rate=RATE).start(pipe.stack.mqtt_port)
-            with fault_row("PostgreSQL down (backlog + delivery log)",
-                           f"`pg_ctl stop -m fast` {PG_DOWN_S:.0f} s mid-stream, then started again") as row:
-                fleet.wait_progress(0.3)
-                pg.down()
-                try:
-                    time.sleep(PG_DOWN_S)
-                finally:
-                    pg.up()
-                    recovered = time.monotonic()
-                fleet.join()
-                alive(pipe, "the PostgreSQL outage")
-                check(pipe, influx, watcher, fleet, row, drain_s, recovered)
-                log = "\n".join(Path(p).read_text(errors="replace") for p in
-                                sorted((pipe.data_dir / "logs").glob("worker-*.log")))
-                assert "backlog database unavailable" in log, "the worker should have said it was waiting for the DB"
-                assert pipe.procs["worker"].running, f"worker died:\n{pipe.procs['worker'].tail(40)}"
+            outage(pipe, influx, watcher, "fp", PG_DOWN_S, "PostgreSQL down (backlog + delivery log)",
+                   f"`pg_ctl stop -m fast` {PG_DOWN_S:.0f} s mid-stream, then started again", pg.down, pg.up)
+            log = "\n".join(Path(p).read_text(errors="replace") for p in
+                            sorted((pipe.data_dir / "logs").glob("worker-*.log")))
+            assert "backlog database unavailable" in log, "the worker should have said it was waiting for the DB"
 
-        # ---------------------------------------------------------------------------------- InfluxDB down
         if "influx" in OUTAGES:
-            fleet = Fleet("fi", readings=int(RATE * (INFLUX_DOWN_S + AROUND_S)), rate=RATE).start(pipe.stack.mqtt_port)
-            with fault_row("InfluxDB down", f"influxd stopped {INFLUX_DOWN_S:.0f} s mid-stream, then started again "
-                           "(the sink keeps its offsets until InfluxDB acknowledged)") as row:
-                fleet.wait_progress(0.3)
-                influx.proc.stop()
-                try:
-                    time.sleep(INFLUX_DOWN_S)
-                finally:
-                    influx.start()
-                    recovered = time.monotonic()
-                fleet.join()
-                alive(pipe, "the InfluxDB outage")
-                check(pipe, influx, watcher, fleet, row, drain_s, recovered)
+            outage(pipe, influx, watcher, "fi", INFLUX_DOWN_S, "InfluxDB down",
+                   f"influxd stopped {INFLUX_DOWN_S:.0f} s mid-stream, then started again (the sink keeps its "
+                   "offsets until InfluxDB acknowledged)", influx.proc.stop, influx.start)
 
-        # ---------------------------------------------------------------------------------- webhook 500
         if "webhook" in OUTAGES:
-            fleet = Fleet("fw", readings=int(RATE * (WEBHOOK_500_S + AROUND_S)), rate=RATE).start(pipe.stack.mqtt_port)
-            with fault_row("Webhook receiver failing",
-                           f"receiver answers 500 to everything for {WEBHOOK_500_S:.0f} s "
-                           "while overloads alert") as row:
-                fleet.wait_progress(0.2)
-                refused = pipe.receiver.refused
-                pipe.receiver.fail_for(WEBHOOK_500_S)
-                time.sleep(WEBHOOK_500_S)
-                recovered = time.monotonic()
-                fleet.join()
-                check(pipe, influx, watcher, fleet, row, drain_s, recovered)
-                row["done"] += f" ({pipe.receiver.refused - refused} requests refused)"
-                assert pipe.receiver.refused > refused, "the outage should have refused some delivery"
+            refused = pipe.receiver.refused
+            row = outage(pipe, influx, watcher, "fw", WEBHOOK_500_S, "Webhook receiver failing",
+                         f"receiver answers 500 to everything for {WEBHOOK_500_S:.0f} s while overloads alert",
+                         lambda: pipe.receiver.fail_for(WEBHOOK_500_S), lambda: None, at=0.2)
+            row["done"] += f" ({pipe.receiver.refused - refused} requests refused)"
+            assert pipe.receiver.refused > refused, "the outage should have refused some delivery"
     finally:
         watcher.close()
