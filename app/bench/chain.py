@@ -398,7 +398,7 @@ def bench_chain_worker(readings: int = 1_000_000, sites: int = 50, pairs: int = 
 @click.option("--pairs", default=3, show_default=True, help="runs with the record off and on each (interleaved)")
 @click.option("--every-s", type=float, default=None, help="readings window (default $SW_BLACKBOX_READINGS_EVERY_S)")
 @click.option("--profile", default="auto", show_default=True,
-              help="folder for py-spy profiles of the 'on' runs ('auto': a temporary one; '': no profiling)")
+              help="folder for py-spy profiles of every run ('auto': a temporary one; '': no profiling)")
 @click.option("--profile-summary", is_flag=True, help="print each profile's top functions")
 @click.option("--batch-within-s", type=float, default=None,
               help="the worker's take() window for every run (default: the setting; larger = fuller batches, "
