@@ -58,6 +58,7 @@ GATEWAY = "gateway"  # reserved word in the family position of a topic
 
 # ---------------------------------------------------------------------------------------------- limits
 MAX_PAYLOAD_BYTES = 64 * 1024       # one MQTT message; a gateway frame of ~500 readings fits
+MAX_RECORD_READINGS = 20_000  # per sw.readings record (~1 MB packed): far below the producer's 4 MB request limit
 MAX_FUTURE_SKEW_MS = 5 * 60 * 1000  # a reading stamped further ahead than this is a clock fault
 MIN_TS_MS = 946_684_800_000         # 2000-01-01: anything older is an unset RTC, not history
 # Allowed lateness: a gateway that buffered through a weekend 4G outage flushes readings up to ~3 days old;
@@ -613,24 +614,27 @@ class ReadingColumns:
         """The Kafka key (``site/device``) of every entry of ``devs``."""
         return [f"{dv[0]}/{dv[1]}" for dv in self.devs]
 
-    def by_partition(self, partitions: int) -> dict[int, bytes]:
-        """One packed ``sw.readings`` record per partition the devices' keys map to."""
+    def by_partition(self, partitions: int, max_readings: int = MAX_RECORD_READINGS) -> list[tuple[int, bytes]]:
+        """(partition, packed ``sw.readings`` record) for each partition the devices' keys map to: one record per
+        partition, or several of at most ``max_readings`` readings each. Unbounded, a batch of gateway frames
+        after an outage once made a 4.5 MB record, over the producer's limit: the validate agent died and the
+        worker sat at 0 readings/s."""
         if not len(self):
-            return {}
+            return []
         dev_part = np.fromiter((partition_of(k.encode(), partitions) for k in self.keys()), np.int64,
                                len(self.devs))
         row_part = dev_part[self.d]
-        out = {}
+        out = []
         remap = np.empty(len(self.devs), dtype=np.int64)
         for p in np.unique(dev_part).tolist():
-            rows = np.flatnonzero(row_part == p)
-            if not rows.shape[0]:
-                continue
-            d = self.d[rows]
-            used = np.flatnonzero(np.bincount(d, minlength=len(self.devs)))
-            remap[used] = np.arange(used.shape[0])
-            out[p] = pack_columns([self.devs[i] for i in used.tolist()], remap[d], self.metric[rows],
-                                  self.ts[rows], self.value[rows], self.rx)
+            part_rows = np.flatnonzero(row_part == p)
+            for start in range(0, part_rows.shape[0], max_readings):
+                rows = part_rows[start:start + max_readings]
+                d = self.d[rows]
+                used = np.flatnonzero(np.bincount(d, minlength=len(self.devs)))
+                remap[used] = np.arange(used.shape[0])
+                out.append((p, pack_columns([self.devs[i] for i in used.tolist()], remap[d], self.metric[rows],
+                                            self.ts[rows], self.value[rows], self.rx)))
         return out
 
 

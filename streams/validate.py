@@ -41,7 +41,7 @@ def outgoing(out: ReadingColumns, partitions: int) -> tuple[list[dict], list[dic
     """What a validated batch sends: ``sw.readings`` records (one per partition, then the status records) and
     DLQ records, as keyword arguments of ``Topic.send``."""
     rx = out.rx
-    readings = [dict(value=v, partition=p) for p, v in out.by_partition(partitions).items()]
+    readings = [dict(value=v, partition=p) for p, v in out.by_partition(partitions)]
     readings += [dict(key=device_key(st.site, f"gateway:{st.gateway}").encode(), value=pack_status(st))
                  for st in out.statuses]
     readings += [dict(key=device_key(ds.site, ds.device).encode(), value=pack_device_status(ds))

@@ -233,12 +233,21 @@ def test_batch_path_binary_payload_goes_to_the_reference():
     assert (rej.reason, rej.payload) == ("bad_json", b"\xff\x00binary")
 
 
+def test_a_large_batch_is_split_into_bounded_records_that_lose_nothing():
+    msgs = [_message(k, i, None) for i in range(60) for k in (0, 1)]
+    got = validate_envelopes([pack_raw(msgs, 9)], NOW)
+    records = got.by_partition(1, max_readings=25)
+    assert len(records) == -(-len(got) // 25) and {p for p, _ in records} == {0}
+    assert all(len(unpack_readings(json.loads(data))) <= 25 for _, data in records)
+    assert _rows(decode_readings_records(data for _, data in records)) == _rows(got)
+
+
 def test_batch_records_per_partition_round_trip_through_every_reader():
     msgs = [_message(k, i, None) for i in range(40) for k in (0, 1)]
     got = validate_envelopes([pack_raw(msgs, 9)], NOW)
     records = got.by_partition(4)
     back = []
-    for p, data in records.items():
+    for p, data in records:
         rec = json.loads(data)
         assert rec["v"] == 2 and rec["type"] == "readings" and rec["rx"] == 9
         rs = unpack_readings(rec)  # the reader of the sinks, the backtest and the tests
@@ -249,7 +258,7 @@ def test_batch_records_per_partition_round_trip_through_every_reader():
     status = Validated()
     validate_message(gateway_topic("s-1", "gw-01", "status"), b'{"online": false}', NOW, status)
     validate_message("sw/s-1/crane/tc-01/status", b'{"online": false, "reason": "power_off"}', NOW, status)
-    rb = decode_readings_records([*records.values(), pack_status(status.statuses[0]),
+    rb = decode_readings_records([*(data for _, data in records), pack_status(status.statuses[0]),
                                   pack_device_status(status.device_statuses[0])])
     assert _rows(rb) == _rows(got)
     assert rb.statuses == status.statuses and rb.device_statuses == status.device_statuses
