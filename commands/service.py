@@ -55,6 +55,7 @@ class CommandService:
         self.client = client
         self.tick_s = tick_s
         self._acks: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._wake = threading.Event()  # an ack arrived: record it now, not at the next tick
         self.sent: list[tuple[str, int]] = []  # (command id, attempt) in publish order, for tests and logs
         previous = client.on_connect
 
@@ -64,9 +65,13 @@ class CommandService:
             c.subscribe(ACK_FILTER, qos=1)
 
         client.on_connect = on_connect
-        client.message_callback_add(ACK_FILTER, lambda _c, _u, msg: self._acks.put((msg.topic, msg.payload)))
+        client.message_callback_add(ACK_FILTER, self._on_ack)
         if client.is_connected():
             client.subscribe(ACK_FILTER, qos=1)
+
+    def _on_ack(self, _client, _userdata, msg) -> None:
+        self._acks.put((msg.topic, msg.payload))
+        self._wake.set()
 
     def publish(self, cmd: Command) -> None:
         info = self.client.publish(wire.command_topic(cmd.site, cmd.gateway, cmd.device), wire.sign(cmd, self.key),
@@ -116,4 +121,5 @@ class CommandService:
                 self.tick()
             except Exception:  # noqa: BLE001 - a database hiccup must not stop the service; next tick retries
                 log.exception("command service tick failed")
-            stop.wait(max(0.0, self.tick_s - (time.monotonic() - t0)))
+            self._wake.wait(max(0.0, self.tick_s - (time.monotonic() - t0)))
+            self._wake.clear()
