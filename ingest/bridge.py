@@ -305,7 +305,7 @@ class Bridge:
             return
         mids = [(mid, qos, conn) for _, _, mid, qos, conn in items if qos > 0]
         future.add_callback(self._acked, mids, generation)
-        future.add_errback(self._failed, len(items), generation=generation)
+        future.add_errback(lambda exc, n=len(items): self._failed(n, exc, generation=generation))
         self.stats.produced_records += 1
 
     def _acked(self, mids: list[tuple[int, int, int]], generation: int, _metadata) -> None:
