@@ -191,15 +191,12 @@ def record_share(path: Path) -> tuple[float, int, dict[str, int]]:
     """Share of a py-spy collapsed-stacks file's (non-idle) samples spent in the record — any frame in
     ``blackbox/`` (digests, appends on the record thread, entries staged for findings) — its sample count, and
     the record's top self frames. Measured inside one run, so the machine's load shifts both sides alike."""
+    from app.bench.worker import collapsed_stacks
+
     total = inside = 0
     top: dict[str, int] = {}
-    for line in path.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not stack or not n.isdigit():
-            continue
-        count = int(n)
+    for frames, count in collapsed_stacks(path):
         total += count
-        frames = stack.split(";")
         hit = [f for f in frames if "blackbox/" in f]
         if hit:
             inside += count

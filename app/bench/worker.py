@@ -240,19 +240,23 @@ def _cpu_s(pid: int) -> float:
         return float("nan")
 
 
+def collapsed_stacks(path: Path):
+    """(frames, sample count) per line of a py-spy collapsed-stacks file (``--format raw``)."""
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if stack and n.isdigit():
+            yield stack.split(";"), int(n)
+
+
 def profile_summary(path: Path, top: int = 25) -> str:
     """Top functions of a py-spy collapsed-stacks file: share of samples inside (inclusive) and on top (self)."""
     incl: dict[str, int] = {}
     self_: dict[str, int] = {}
     total = 0
-    for line in path.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not stack or not n.isdigit():
-            continue
-        count = int(n)
+    for raw, count in collapsed_stacks(path):
         total += count
         frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 2)[-1] + ")"
-                  if " (" in f else f for f in stack.split(";")]
+                  if " (" in f else f for f in raw]
         for f in set(frames):
             incl[f] = incl.get(f, 0) + count
         self_[frames[-1]] = self_.get(frames[-1], 0) + count
