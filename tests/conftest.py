@@ -17,6 +17,38 @@ from app.localstack import LocalStack, ManagedProcess, free_port, sitewatch_argv
 from app.webhook_receiver import WebhookReceiver
 
 
+def schema_drift(db, metadata, version_table: str) -> list:
+    """How a room's models (``metadata``) differ from the schema its migrations made (Alembic autogenerate's
+    diff, ``[]`` when they match), looking at the room's own tables only: other rooms share the database."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from sitewatch.db import make_engine
+
+    engine = make_engine(db) if isinstance(db, str) else db
+    own = set(metadata.tables)
+    try:
+        with engine.connect() as c:
+            ctx = MigrationContext.configure(c, opts={
+                "version_table": version_table,
+                "include_name": lambda name, type_, parents: type_ != "table" or name in own})
+            return compare_metadata(ctx, metadata)
+    finally:
+        if engine is not db:
+            engine.dispose()
+
+
+def down_and_up_again(engine, migrations, metadata) -> None:
+    """A room's migrations down to nothing (its tables gone) and up again (its tables back)."""
+    from sqlalchemy import inspect
+
+    own = set(metadata.tables)
+    migrations.downgrade(engine, "base")
+    assert not (own & set(inspect(engine).get_table_names()))
+    migrations.upgrade(engine)
+    assert own <= set(inspect(engine).get_table_names())
+
+
 def wait_until(cond: Callable[[], object], timeout: float, what: str, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

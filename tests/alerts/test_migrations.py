@@ -5,8 +5,6 @@ made by ``create_all`` before the migrations existed are adopted with their data
 from __future__ import annotations
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, String, Table, inspect, text
 from sqlalchemy.exc import DBAPIError
 
@@ -15,21 +13,9 @@ from backlog import migrate as backlog_migrate
 from backlog.models import Base as BacklogBase
 from sitewatch.db import make_engine
 from tests.backlog.conftest import db_url, pg_server, pg_url  # noqa: F401 (fixtures: SQLite and PostgreSQL)
+from tests.conftest import schema_drift
 
 ALERT_TABLES = set(AlertsBase.metadata.tables)
-
-
-def _diff(url: str, metadata, version_table: str) -> list:
-    e = make_engine(url)
-    own = set(metadata.tables)
-    try:
-        with e.connect() as c:
-            ctx = MigrationContext.configure(c, opts={
-                "version_table": version_table,
-                "include_name": lambda name, type_, parents: type_ != "table" or name in own})
-            return compare_metadata(ctx, metadata)
-    finally:
-        e.dispose()
 
 
 def _tables(url: str) -> set[str]:
@@ -45,8 +31,8 @@ def test_alerts_and_backlog_migrate_side_by_side(db_url):  # noqa: F811
     log = DeliveryLog(db_url)  # migrates the alert tables at start
     assert MIGRATIONS.current(db_url) == MIGRATIONS.head() == "0001_alerts"
     assert ALERT_TABLES | {"alembic_version_alerts", "alembic_version", "tickets"} <= _tables(db_url)
-    assert _diff(db_url, AlertsBase.metadata, "alembic_version_alerts") == []
-    assert _diff(db_url, BacklogBase.metadata, "alembic_version") == [], "each room compares only its own tables"
+    assert schema_drift(db_url, AlertsBase.metadata, "alembic_version_alerts") == []
+    assert schema_drift(db_url, BacklogBase.metadata, "alembic_version") == [], "each room compares only its own tables"
 
     log.audit("ops", "silence_added", "silence", "1", {"reason": "crane maintenance"}, at_ms=5)
     with log.engine.begin() as c, pytest.raises(DBAPIError, match="append-only"):

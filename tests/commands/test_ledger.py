@@ -119,22 +119,17 @@ def test_auto_only_when_the_sites_file_says_so(org, clock):
 
 
 def test_migrations_up_down_models_match_and_events_are_append_only(db_url):
-    from alembic.autogenerate import compare_metadata
-    from alembic.runtime.migration import MigrationContext
-    from sqlalchemy import inspect, text
+    from sqlalchemy import text
 
     from commands.schema import METADATA, MIGRATIONS
     from sitewatch.db import make_engine
+    from tests.conftest import down_and_up_again, schema_drift
 
     engine = make_engine(db_url)
     try:
         MIGRATIONS.upgrade(engine)
         assert MIGRATIONS.current(engine) == MIGRATIONS.head() == "0001_commands"
-        own = set(METADATA.tables)
-        with engine.connect() as c:
-            ctx = MigrationContext.configure(c, opts={"version_table": "alembic_version_commands", "include_name":
-                                                      lambda name, type_, parents: type_ != "table" or name in own})
-            assert compare_metadata(ctx, METADATA) == []
+        assert schema_drift(engine, METADATA, "alembic_version_commands") == []
         with engine.begin() as c:
             c.execute(text("INSERT INTO command_events (command_id, at_ms, action, actor, detail) "
                            "VALUES ('x', 1, 'requested', 'a', '{}')"))
@@ -142,9 +137,6 @@ def test_migrations_up_down_models_match_and_events_are_append_only(db_url):
             with pytest.raises(Exception, match="append-only"):
                 with engine.begin() as c:
                     c.execute(text(stmt))
-        MIGRATIONS.downgrade(engine, "base")
-        assert not (own & set(inspect(engine).get_table_names()))
-        MIGRATIONS.upgrade(engine)
-        assert own <= set(inspect(engine).get_table_names())
+        down_and_up_again(engine, MIGRATIONS, METADATA)
     finally:
         engine.dispose()
