@@ -24,7 +24,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 # Commands that live with their room; imported only when invoked (fast --help, no cross-room imports here).
 ROOM_COMMANDS: dict[str, str] = {
     "report": "backlog.cli:report",
-    "api": "commands.cli:api",  # the backlog's API with /commands mounted (the backlog room cannot import commands)
+    "api": "backlog.cli:api",
     "command": "commands.cli:command",
     "backlog": "backlog.cli:backlog",
     "alerts": "alerts.cli:alerts",
@@ -36,6 +36,13 @@ ROOM_COMMANDS: dict[str, str] = {
     "verify": "blackbox.cli:verify",
     "evidence": "blackbox.cli:evidence",
 }
+
+
+def _commands_api(ctx: click.Context, app, backlog):
+    """``/commands`` on ``sitewatch api serve``: the backlog room cannot import the commands room, the face can."""
+    from commands.cli import mount_api
+
+    return mount_api(ctx, app, backlog)
 
 
 class LazyGroup(click.Group):
@@ -104,7 +111,7 @@ def main(ctx, data_dir, mqtt_port, kafka_bootstrap, db_url, verbose):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
     overrides = {k: v for k, v in dict(data_dir=data_dir, mqtt_port=mqtt_port, kafka_bootstrap=kafka_bootstrap,
                                        db_url=db_url).items() if v is not None}
-    ctx.obj = {"settings": Settings(**overrides)}
+    ctx.obj = {"settings": Settings(**overrides), "api_extensions": [_commands_api]}
 
 
 @main.command()

@@ -106,7 +106,12 @@ def serve(ctx, host, port, evidence_dir):
     from backlog.api import create_app
 
     s = _settings(ctx)
-    app = create_app(_open(ctx), evidence_dir or s.data_dir / "evidence")
+    backlog = _open(ctx)
+    app = create_app(backlog, evidence_dir or s.data_dir / "evidence")
+    # Rooms above the backlog (commands) add their routes through the face (app/cli.py): this room cannot
+    # import them. Each is called as extend(ctx, app, backlog) and returns the app.
+    for extend in (ctx.obj or {}).get("api_extensions", ()):
+        app = extend(ctx, app, backlog)
     click.echo(f"backlog API on http://{host}:{port}  (docs: /docs)")
     uvicorn.run(app, host=host, port=port, log_level="info")
 

@@ -1,4 +1,4 @@
-"""``sitewatch command keygen|request|approve|reject|list|serve``, and ``sitewatch api`` with ``/commands`` mounted.
+"""``sitewatch command keygen|request|approve|reject|list|serve``, and ``/commands`` for ``sitewatch api serve``.
 
 The CLI acts as the named user (``--as NAME``, a user of the imported org file): whoever runs it holds the
 database URL already, like every other ``sitewatch backlog`` command; the API is the way in for everyone else.
@@ -23,7 +23,7 @@ def _settings(ctx: click.Context):
     return backlog_cli._settings(ctx)
 
 
-def _ledger(ctx: click.Context, rules: Path | None = None):
+def _ledger(ctx: click.Context, rules: Path | None = None, backlog=None):
     from backlog.store import Backlog
     from commands.ledger import Ledger
 
@@ -38,7 +38,7 @@ def _ledger(ctx: click.Context, rules: Path | None = None):
         from sitewatch.rules import RuleSet
 
         ruleset = RuleSet.default()
-    return Ledger(Backlog(s.backlog_url), rules=ruleset)
+    return Ledger(backlog or Backlog(s.backlog_url), rules=ruleset)
 
 
 def _actor(ledger, name: str):
@@ -175,26 +175,8 @@ def serve(ctx, key_file, rules, mqtt_username, mqtt_ca, tick):
 
 
 # ------------------------------------------------------------------------------------------------ api
-@click.group(cls=click.Group, commands={n: c for n, c in backlog_cli.api.commands.items() if n != "serve"})
-def api():
-    """The backlog REST API with /commands: serve it, manage its tokens."""
-
-
-@api.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True, help="interface to listen on")
-@click.option("--port", default=8700, show_default=True, help="TCP port")
-@click.option("--evidence-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="where uploaded evidence is stored (default <data dir>/evidence)")
-@click.pass_context
-def api_serve(ctx, host, port, evidence_dir):
-    """Serve the API with uvicorn (OpenAPI docs at /docs), commands included."""
-    import uvicorn
-
-    from backlog.api import create_app
+def mount_api(ctx: click.Context, app, backlog):
+    """``/commands`` on the backlog API that ``sitewatch api serve`` builds (app/cli.py registers it)."""
     from commands.api import mount
 
-    s = _settings(ctx)
-    ledger = _ledger(ctx)
-    app = mount(create_app(ledger.backlog, evidence_dir or s.data_dir / "evidence"), ledger)
-    click.echo(f"backlog API on http://{host}:{port}  (docs: /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    return mount(app, _ledger(ctx, backlog=backlog))
