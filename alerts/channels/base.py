@@ -1,8 +1,10 @@
 """What every channel shares: the rendered message it sends, the error it raises, secret redaction, and the one
-way an HTTP channel reaches the network (``outbound_client``: the SSRF policy of ``alerts.config.Outbound``)."""
+way an HTTP channel reaches the network (``pooled_client``: the SSRF policy of ``alerts.config.Outbound``, connections
+kept open between messages)."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import re
@@ -127,8 +129,8 @@ _SSL_CONTEXT: list = []
 
 
 def _ssl_context():
-    """One verifying SSL context for every client: building one loads the CA bundle, ~18 ms of CPU, and a client
-    is made per message — on the worker's event loop, in front of the next alarm (docs/performance.md)."""
+    """One verifying SSL context for every client: building one loads the CA bundle, ~18 ms of CPU on the worker's
+    event loop, in front of the next alarm (docs/performance.md)."""
     if not _SSL_CONTEXT:
         _SSL_CONTEXT.append(httpx.create_ssl_context())
     return _SSL_CONTEXT[0]
@@ -142,18 +144,62 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
                                                   network_backend=_GuardedBackend(policy, where))
 
 
-def outbound_client(url: str, *, receiver: str, label: str, timeout: float,
-                    policy: Outbound | None = None) -> httpx.AsyncClient:
-    """An HTTP client for one message of one channel, allowed to reach ``url``'s host only if ``policy`` (default:
-    https, public addresses, loosened by ``$SW_ALERTS_ALLOW_*``) admits the URL and every address its host
-    resolves to. Raises ChannelError naming the receiver and the URL (without its query) otherwise.
-
-    Redirects are not followed (a 3xx could point anywhere) and proxy variables of the environment are ignored
-    (the check must see the real peer)."""
+def _checked(url: str, receiver: str, label: str, policy: Outbound | None) -> tuple[Outbound, str]:
     policy = (policy or Outbound()).effective()
     where = f"receiver {receiver}: {label} URL {safe_url(url)}"
     problem = url_problem(url, policy)
     if problem:
         raise ChannelError(f"{where} refused: {problem}")
+    return policy, where
+
+
+def _client(policy: Outbound, where: str, timeout: float) -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=timeout, transport=_GuardedTransport(policy, where), trust_env=False,
                              follow_redirects=False)
+
+
+def outbound_client(url: str, *, receiver: str, label: str, timeout: float,
+                    policy: Outbound | None = None) -> httpx.AsyncClient:
+    """A new HTTP client allowed to reach ``url``'s host only if ``policy`` (default: https, public addresses,
+    loosened by ``$SW_ALERTS_ALLOW_*``) admits the URL and every address its host resolves to. Raises
+    ChannelError naming the receiver and the URL (without its query) otherwise.
+
+    Redirects are not followed (a 3xx could point anywhere) and proxy variables of the environment are ignored
+    (the check must see the real peer)."""
+    policy, where = _checked(url, receiver, label, policy)
+    return _client(policy, where, timeout)
+
+
+# event loop id -> (the loop, {(where, timeout, policy): client}); the loop is kept to tell a reused id apart
+_POOLS: dict[int, tuple[asyncio.AbstractEventLoop, dict[tuple, httpx.AsyncClient]]] = {}
+
+
+def pooled_client(url: str, *, receiver: str, label: str, timeout: float,
+                  policy: Outbound | None = None) -> httpx.AsyncClient:
+    """``outbound_client``'s client, kept for the next message of the same receiver and channel on this event
+    loop (do not close it): its connections stay open (HTTP keep-alive), so a message no longer pays a client, a
+    TCP connect and, on https, a TLS handshake — several round trips to a provider, and CPU on the worker's event
+    loop in front of the next alarm (docs/performance.md). The URL is checked against the policy for every
+    message, and every new connection against the addresses its host resolves to, as before; a connection the
+    receiver closed while idle is dropped by the pool, and an idle one is closed after 5 s."""
+    policy, where = _checked(url, receiver, label, policy)
+    loop = asyncio.get_running_loop()
+    entry = _POOLS.get(id(loop))
+    if entry is None or entry[0] is not loop:
+        for k, (other, _) in list(_POOLS.items()):
+            if other.is_closed():  # asyncio.run() per call (CLI, tests): the old loop's clients are dead
+                del _POOLS[k]
+        entry = _POOLS[id(loop)] = (loop, {})
+    key = (where, timeout, policy.model_dump_json())
+    client = entry[1].get(key)
+    if client is None or client.is_closed:
+        client = entry[1][key] = _client(policy, where, timeout)
+    return client
+
+
+async def close_pooled_clients() -> None:
+    """Close this event loop's kept clients (a worker shutting down, a test ending)."""
+    entry = _POOLS.pop(id(asyncio.get_running_loop()), None)
+    if entry is not None:
+        for client in entry[1].values():
+            await client.aclose()

@@ -27,6 +27,7 @@ class Req:
     status: int
     verified: bool | None  # the provider-style signature check: None when the path does not sign
     why: str = ""
+    peer: tuple = ()  # the sender's (address, port): the same for requests that came over one kept-open connection
 
     @property
     def json(self) -> Any:
@@ -129,11 +130,12 @@ class HttpReceiver:
                     time.sleep(rec.hang[path])
                 if rec.fail.get(path, 0) > 0:
                     rec.fail[path] -= 1
-                    rec.requests.append(Req(path, query, headers, raw, 500, None, "fail injected"))
+                    rec.requests.append(Req(path, query, headers, raw, 500, None, "fail injected",
+                                            self.client_address))
                     return self._answer(500, {"error": "injected"})
                 ok, why, answer = rec._check(path, query, headers, raw)
                 status = 200 if ok in (True, None) or path in ("/wecom", "/dingtalk", "/aliyun") else 401
-                rec.requests.append(Req(path, query, headers, raw, status, ok, why))
+                rec.requests.append(Req(path, query, headers, raw, status, ok, why, self.client_address))
                 self._answer(status, answer)
 
             def _answer(self, status: int, body: dict):

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import httpx
 
-from alerts.channels.base import ChannelError, Rendered, outbound_client, redact
+from alerts.channels.base import ChannelError, Rendered, pooled_client, redact
 from alerts.config import Outbound
 
 
@@ -70,9 +70,9 @@ class AliyunSmsSender:
     async def send(self, msg: Rendered) -> None:
         params = self.request_params(msg)
         try:
-            async with outbound_client(self.endpoint, receiver=msg.receiver, label=self.label, timeout=self.timeout_s,
-                                       policy=self.policy) as client:
-                resp = await client.post(self.endpoint, data=params)
+            client = pooled_client(self.endpoint, receiver=msg.receiver, label=self.label, timeout=self.timeout_s,
+                                   policy=self.policy)
+            resp = await client.post(self.endpoint, data=params)
         except httpx.HTTPError as e:
             raise ChannelError(redact(f"{type(e).__name__}: {e}", [self.access_key_secret])) from None
         try:

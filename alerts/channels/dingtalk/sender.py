@@ -11,7 +11,7 @@ import time
 
 import httpx
 
-from alerts.channels.base import ChannelError, Rendered, check_json_ok, outbound_client, redact
+from alerts.channels.base import ChannelError, Rendered, check_json_ok, pooled_client, redact
 from alerts.config import Outbound
 
 
@@ -39,9 +39,9 @@ class DingtalkSender:
         body = {"msgtype": "markdown", "markdown": {"title": msg.subject, "text": text}, "at": at}
         secrets = [self.access_token, self.secret, params["sign"]]
         try:
-            async with outbound_client(self.endpoint, receiver=msg.receiver, label=self.label, timeout=self.timeout_s,
-                                       policy=self.policy) as client:
-                resp = await client.post(self.endpoint, params=params, json=body)
+            client = pooled_client(self.endpoint, receiver=msg.receiver, label=self.label, timeout=self.timeout_s,
+                                   policy=self.policy)
+            resp = await client.post(self.endpoint, params=params, json=body)
             check_json_ok(resp)
         except httpx.HTTPError as e:
             raise ChannelError(redact(f"{type(e).__name__}: {e}", secrets)) from None

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from alerts.channels.base import ChannelError, Rendered, outbound_client, redact
+from alerts.channels.base import ChannelError, Rendered, pooled_client, redact
 from alerts.config import Outbound
 
 CONTENT_TYPE = "application/json; charset=utf-8"
@@ -80,9 +80,9 @@ class TencentSmsSender:
     async def send(self, msg: Rendered) -> None:
         body, headers = self.request(msg)
         try:
-            async with outbound_client(self.endpoint, receiver=msg.receiver, label=self.label, timeout=self.timeout_s,
-                                       policy=self.policy) as client:
-                resp = await client.post(self.endpoint, content=body, headers=headers)
+            client = pooled_client(self.endpoint, receiver=msg.receiver, label=self.label, timeout=self.timeout_s,
+                                   policy=self.policy)
+            resp = await client.post(self.endpoint, content=body, headers=headers)
         except httpx.HTTPError as e:
             raise ChannelError(redact(f"{type(e).__name__}: {e}", [self.secret_key])) from None
         try:

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from alerts.channels.base import ChannelError, Rendered, outbound_client, redact
+from alerts.channels.base import ChannelError, Rendered, pooled_client, redact
 from alerts.config import Outbound
 
 
@@ -52,9 +52,9 @@ class WebhookSender:
         if self.secret:
             headers["X-SiteWatch-Signature"] = sign(self.secret, body)
         try:
-            async with outbound_client(self.url, receiver=getattr(msg, "receiver", self.label), label=self.label,
-                                       timeout=self.timeout_s, policy=self.policy) as client:
-                resp = await client.post(self.url, content=body, headers=headers)
+            client = pooled_client(self.url, receiver=getattr(msg, "receiver", self.label), label=self.label,
+                                   timeout=self.timeout_s, policy=self.policy)
+            resp = await client.post(self.url, content=body, headers=headers)
         except httpx.HTTPError as e:
             raise ChannelError(redact(f"{type(e).__name__}: {e}", [self.secret])) from None
         if resp.status_code // 100 != 2:

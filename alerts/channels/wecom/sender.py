@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from alerts.channels.base import ChannelError, Rendered, check_json_ok, outbound_client, redact
+from alerts.channels.base import ChannelError, Rendered, check_json_ok, pooled_client, redact
 from alerts.config import Outbound
 
 MAX_BYTES = 4096
@@ -31,9 +31,9 @@ class WecomSender:
             content += "\n" + " ".join(f"<@{m}>" for m in self.mentioned_mobiles)
         body = {"msgtype": "markdown", "markdown": {"content": _cap(content)}}
         try:
-            async with outbound_client(self.endpoint, receiver=msg.receiver, label=self.label, timeout=self.timeout_s,
-                                       policy=self.policy) as client:
-                resp = await client.post(self.endpoint, params={"key": self.key}, json=body)
+            client = pooled_client(self.endpoint, receiver=msg.receiver, label=self.label, timeout=self.timeout_s,
+                                   policy=self.policy)
+            resp = await client.post(self.endpoint, params={"key": self.key}, json=body)
             check_json_ok(resp)
         except httpx.HTTPError as e:
             raise ChannelError(redact(f"{type(e).__name__}: {e}", [self.key])) from None
