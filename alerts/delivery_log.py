@@ -20,6 +20,8 @@ their own version table, at start; tables made by ``create_all`` before that are
 from __future__ import annotations
 
 import json
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -168,6 +170,33 @@ class DeliveryLog:
         MIGRATIONS.upgrade(self.engine)
         blackbox_schema.upgrade(self.engine)  # every delivery also goes into the site's tamper-evident record
         self.session = sessionmaker(self.engine, expire_on_commit=False)
+        self._unit = threading.local()  # the transaction of ``unit()`` on this thread, if one is open
+
+    @contextmanager
+    def unit(self):
+        """One transaction for every write made inside (``enqueue``, ``upsert_incident``, ``update_incident``):
+        an alert's incident, its queued items and the tiers told commit together or not at all, and the worker's
+        event loop pays one commit for them instead of one each. Each write is a savepoint inside it, so a
+        refused duplicate (``enqueue`` returning False) rolls back that write only."""
+        if getattr(self._unit, "s", None) is not None:  # nested: the outer unit commits
+            yield
+            return
+        with self.session.begin() as s:
+            self._unit.s = s
+            try:
+                yield
+            finally:
+                self._unit.s = None
+
+    @contextmanager
+    def _write(self):
+        s = getattr(self._unit, "s", None)
+        if s is None:
+            with self.session.begin() as s:
+                yield s
+        else:
+            with s.begin_nested():
+                yield s
 
     # -------------------------------------------------------------------------------------------- items
     def _row(self, s, alert_id: str, receiver: str) -> Delivery | None:
@@ -186,11 +215,12 @@ class DeliveryLog:
                 group_key: str, urgent: bool, at_ms: int, status: str = "pending", note: str = "") -> bool:
         """Queue one item for one receiver; False if it was already there (the idempotency guard)."""
         try:
-            with self.session.begin() as s:
+            with self._write() as s:
                 s.add(Delivery(alert_id=item_id, receiver=receiver, channel="", status=status, attempts=0,
                                first_attempt_ms=at_ms, kind=kind, ticket_id=ticket_id, group_key=group_key,
                                urgent=urgent, payload=payload, note=note or None,
                                delivered_ms=None))
+                s.flush()  # inside a unit: the duplicate is refused here, by this write's savepoint
             return True
         except IntegrityError:
             return False
@@ -265,6 +295,19 @@ class DeliveryLog:
                     (Notification.status == "sending") & (Notification.lease_until_ms < at_ms)))
                 .values(status="sending", owner=owner, lease_until_ms=at_ms + lease_ms))
             return res.rowcount == 1
+
+    def claim_items(self, notification_id: int, owner: str, at_ms: int, lease_ms: int) -> list[Delivery] | None:
+        """``claim``, and the message's items read in the same transaction (None if another notifier has it)."""
+        with self.session.begin() as s:
+            res = s.execute(update(Notification).where(
+                Notification.id == notification_id,
+                or_((Notification.status == "pending") & (Notification.next_attempt_ms <= at_ms),
+                    (Notification.status == "sending") & (Notification.lease_until_ms < at_ms)))
+                .values(status="sending", owner=owner, lease_until_ms=at_ms + lease_ms))
+            if res.rowcount != 1:
+                return None
+            return list(s.scalars(select(Delivery).where(Delivery.notification_id == notification_id)
+                                  .order_by(Delivery.id)))
 
     def renew(self, notification_id: int, owner: str, lease_until_ms: int) -> bool:
         with self.session.begin() as s:
@@ -349,7 +392,7 @@ class DeliveryLog:
     def upsert_incident(self, ticket_id: int, payload: dict[str, Any], at_ms: int) -> Incident:
         for _ in range(2):
             try:
-                with self.session.begin() as s:
+                with self._write() as s:
                     inc = s.get(Incident, ticket_id)
                     if inc is None:
                         # escalation counts from when the backlog raised the alert, not from when a notifier
@@ -359,6 +402,7 @@ class DeliveryLog:
                         inc = Incident(ticket_id=ticket_id, started_ms=started, payload=payload, notified=[],
                                        resolutions=0, done=False, updated_ms=at_ms)
                         s.add(inc)
+                        s.flush()  # a concurrent insert is refused here, inside this write's savepoint
                     elif _newer(payload, inc.payload):
                         inc.payload = payload
                         inc.updated_ms = at_ms
@@ -368,7 +412,7 @@ class DeliveryLog:
         raise RuntimeError(f"could not record incident for ticket {ticket_id}")
 
     def update_incident(self, ticket_id: int, **values: Any) -> None:
-        with self.session.begin() as s:
+        with self._write() as s:
             inc = s.get(Incident, ticket_id)
             if inc is None:
                 return

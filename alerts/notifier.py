@@ -44,6 +44,7 @@ from sitewatch.tickets import TicketState
 log = logging.getLogger("sitewatch.alerts")
 
 UNROUTED = "(unrouted)"
+LEASE_MARGIN_S = 5.0  # a claim is renewed before an attempt unless it outlasts the channel's timeout by this
 WORKING = ("open", "acknowledged", "rectifying")
 
 
@@ -147,12 +148,14 @@ class Notifier:
                 log.warning("alert %s matched no route and there are no default_receivers", alert_id)
             return 0
         if tid is None:
-            return self._queue(alert, alert_id, "alert", [t for t in tiers if due_now(t, f)], f, now)
-        inc = self.log_db.upsert_incident(int(tid), alert, now)
-        told = set(inc.notified or [])
-        due = [tr for tr in tiers if tr.id in told or due_now(tr, f)]
-        n = self._queue(alert, alert_id, "alert", due, f, now)
-        self.log_db.update_incident(int(tid), add_notified=[tr.id for tr in due])
+            with self.log_db.unit():
+                return self._queue(alert, alert_id, "alert", [t for t in tiers if due_now(t, f)], f, now)
+        with self.log_db.unit():  # the incident, the items and the tiers told: one commit, all or nothing
+            inc = self.log_db.upsert_incident(int(tid), alert, now)
+            told = set(inc.notified or [])
+            due = [tr for tr in tiers if tr.id in told or due_now(tr, f)]
+            n = self._queue(alert, alert_id, "alert", due, f, now)
+            self.log_db.update_incident(int(tid), add_notified=[tr.id for tr in due])
         return n
 
     async def deliver(self, alert: dict[str, Any]) -> int:
@@ -336,9 +339,11 @@ class Notifier:
 
         async def one(n: Notification) -> int:
             async with sem:
-                if not self.log_db.claim(n.id, self.owner, self.now_ms(), int(self.lease_s * 1000)):
+                at = self.now_ms()
+                items = self.log_db.claim_items(n.id, self.owner, at, int(self.lease_s * 1000))
+                if items is None:
                     return 0
-                return await self._send(n)
+                return await self._send(n, items, [at + int(self.lease_s * 1000)])
 
         return sum(await asyncio.gather(*(one(n) for n in due)))
 
@@ -349,7 +354,7 @@ class Notifier:
             limit -= len(p.sign_name) + 2  # the provider prepends 【签名】
         return limit
 
-    async def _try_channel(self, n: Notification, ch, items: list[Delivery]) -> ChannelOutcome:
+    async def _try_channel(self, n: Notification, ch, items: list[Delivery], lease: list[int]) -> ChannelOutcome:
         d = self.config.defaults
         out = ChannelOutcome(n.receiver, ch.label, False)
         try:
@@ -368,7 +373,12 @@ class Notifier:
                 with attempt:
                     out.attempts += 1
                     t0 = time.monotonic()
-                    self.log_db.renew(n.id, self.owner, self.now_ms() + int((self.lease_s + ch.timeout) * 1000))
+                    now = self.now_ms()
+                    if now + int((ch.timeout + LEASE_MARGIN_S) * 1000) > lease[0]:
+                        # the lease must outlast this attempt; the claim's fresh lease covers a first attempt
+                        # without a transaction of its own
+                        lease[0] = now + int((self.lease_s + ch.timeout) * 1000)
+                        self.log_db.renew(n.id, self.owner, lease[0])
                     try:
                         await sender.send(msg)
                     except Exception as e:
@@ -385,14 +395,14 @@ class Notifier:
             pass
         return out
 
-    async def _send(self, n: Notification) -> int:
+    async def _send(self, n: Notification, items: list[Delivery], lease: list[int]) -> int:
+        """``lease``: [until when (ms) the claim is ours], renewed before an attempt it would not outlast."""
         r = self.config.receivers.get(n.receiver)
-        items = self.log_db.items_of(n.id)
         if r is None or not items:
             self.log_db.retry_later(n, self.owner, self.now_ms() + int(self.config.defaults.max_backoff * 1000))
             return 0
         for ch in r.channels:
-            out = await self._try_channel(n, ch, items)
+            out = await self._try_channel(n, ch, items, lease)
             if out.ok:
                 self.log_db.finish(n, self.owner, ch.label, self.now_ms(), out.duration_ms)
                 log.info("%s delivered to %s via %s (%d item(s))", n.key, n.receiver, ch.label, len(items))

@@ -42,6 +42,8 @@ class WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real receivers do: senders may reuse the connection
+
             def do_POST(self):  # noqa: N802 (http.server naming)
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length)
@@ -52,12 +54,14 @@ class WebhookReceiver:
                     receiver.fail_next = max(0, receiver.fail_next - 1)
                     receiver.refused += 1
                     self.send_response(500)
+                    self.send_header("Content-Length", "0")  # HTTP/1.1: or the sender reads until close
                     self.end_headers()
                     return
                 try:
                     body = json.loads(raw)
                 except json.JSONDecodeError:
                     self.send_response(400)
+                    self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 sig_ok = None
@@ -67,6 +71,7 @@ class WebhookReceiver:
                 rec = Received(body, dict(self.headers), int(time.time() * 1000), sig_ok)
                 receiver.received.append(rec)
                 self.send_response(200)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
                 if receiver.on_alert:
                     receiver.on_alert(rec)
