@@ -25,7 +25,7 @@ from streams.resilience import Quiet, describe, storage_unavailable, until_store
 
 log = logging.getLogger("sitewatch.tickets")
 
-TAKE_WITHIN_S = 0.05  # a finding waits at most this long for others to share its database transaction
+TAKE_WITHIN_S = 0.02  # a finding waits at most this long for others to share its database transaction
 
 
 class TicketLedger(Protocol):
@@ -52,9 +52,27 @@ def register(pipe: Pipeline, ledger: TicketLedger) -> None:
                                         lambda: loop.run_in_executor(db, ledger.apply_findings, findings), log)
             pipe.count("alerts_queued", queued)
             if queued:
-                await publish_safely()
+                kick()  # the next batch does not wait for this one's Kafka acknowledgements
 
     publishing = asyncio.Lock()
+    state: dict = {"task": None, "again": False}
+
+    def kick() -> None:
+        """Publish the outbox in the background, one publisher at a time, once more if kicked meanwhile: a
+        finding that arrived while the previous batch's alerts awaited their acknowledgements used to wait for
+        that round trip before its own ticket was written (the ledger hop's tail under load)."""
+        t = state["task"]
+        if t is None or t.done():
+            state["task"] = asyncio.ensure_future(_publish_loop())
+        else:
+            state["again"] = True
+
+    async def _publish_loop() -> None:
+        while True:
+            state["again"] = False
+            await publish_safely()
+            if not state["again"]:
+                return
 
     async def publish_safely() -> None:
         """The alerts are in the outbox already: a failure here only delays them to the timer's next turn."""
@@ -88,4 +106,4 @@ def register(pipe: Pipeline, ledger: TicketLedger) -> None:
     # alert unsent). Two workers publishing the same row is harmless: the delivery log drops the copy.
     @pipe.app.timer(1.0, name="outbox-publisher")
     async def outbox():
-        await publish_safely()  # an exception out of a timer would crash the worker
+        kick()  # publish_safely never raises: an exception out of a timer would crash the worker
