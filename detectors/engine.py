@@ -45,7 +45,7 @@ from sitewatch.findings import Finding, Level
 from detectors.model import ReadingBatch
 from detectors.plan import (CHECKS, FAM_CODE, FAULT_KINDS, FM_CODE, FM_LIST, FM_SLOT, KIND_CODE,
                             KIND_SLOTS, KINDS, MAX_SLOTS, DevicePlan, build_plan)
-from detectors.rate import windowed_rate
+from detectors.rate import hist_arrays, hist_lists, windowed_rate
 from detectors.families.electrical import PHASES
 from sitewatch.contracts import FAMILIES, DeviceStatus, GatewayStatus
 from sitewatch.rules import LEVEL_NAMES, RuleSet
@@ -237,9 +237,53 @@ def _block_rows(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.repeat(starts - np.cumsum(np.r_[0, counts[:-1]]), counts) + np.arange(total)
 
 
+class _Pool:
+    """Entries sorted by an int64 key (a device's id × ``_NC`` + check index), with columns beside the key; a
+    key may have several entries (a rate check's samples, in time order). Changes are queued during a batch and
+    applied at once: one merge per batch instead of a Python object per (device, check)."""
+
+    def __init__(self, *proto: np.ndarray):
+        self.key = np.zeros(0, dtype=np.int64)
+        self.col = list(proto)  # empty arrays: dtype and trailing shape of each column
+        self._drop: list[np.ndarray] = []
+        self._add: list[tuple] = []
+
+    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each key's entries start, and how many there are."""
+        lo = np.searchsorted(self.key, keys, side="left")
+        return lo, np.searchsorted(self.key, keys, side="right") - lo
+
+    def span(self, k0: int, k1: int) -> tuple[int, int]:
+        """The entries with keys in ``[k0, k1)``."""
+        return int(self.key.searchsorted(k0)), int(self.key.searchsorted(k1))
+
+    def queue(self, drop: np.ndarray, key: np.ndarray, *cols: np.ndarray) -> None:
+        """Every entry of the keys ``drop`` goes, the given entries come (keys in ``drop``; grouped by key)."""
+        self._drop.append(drop)
+        if key.shape[0]:
+            self._add.append((key, *cols))
+
+    def apply(self) -> None:
+        if not self._drop and not self._add:
+            return
+        keep = np.ones(self.key.shape[0], dtype=bool)
+        if self._drop and self.key.shape[0]:
+            lo, cnt = self.find(np.concatenate(self._drop))
+            keep[_block_rows(lo, cnt)] = False
+        parts = [(self.key[keep], *(c[keep] for c in self.col))] + self._add
+        key = np.concatenate([p[0] for p in parts])
+        o = np.argsort(key, kind="stable")  # two sorted runs mostly: a merge
+        self.key = key[o]
+        self.col = [np.concatenate([p[j + 1] for p in parts])[o] for j in range(len(self.col))]
+        self._drop, self._add = [], []
+
+
 class _SeriesStore:
-    """The series blocks (``m``) of resident devices, as two arrays that persist across batches: a device owns
-    ``nm`` consecutive rows (one per metric slot of its family) from the row ``at[key][0]``.
+    """The series blocks (``m``) and check states (``c``) of resident devices, as arrays that persist across
+    batches: a device owns ``nm`` consecutive rows (one per metric slot of its family) of ``i`` and ``f`` from
+    the row ``at[key][0]``, which is also its id in the check pools (key = id × ``_NC`` + check): the hysteresis
+    of checks with a latch set or a hold running (``hyst``: 3 bits, 3 runs, 3 run starts), the samples of rate
+    checks (``rate``: time, value) and the last phase currents of the imbalance check (``phase``).
 
     Rows are handed out once per device and never moved; ``clear`` drops everything (partitions moved away)."""
 
@@ -248,6 +292,84 @@ class _SeriesStore:
         self.i = np.empty((0, _NI), dtype=np.int64)
         self.f = np.empty((0, _NF))
         self.top = 0
+        self.hyst = _Pool(np.zeros((0, 9), np.int64))
+        self.rate = _Pool(np.zeros(0, np.int64), np.zeros(0))
+        self.phase = _Pool(np.zeros((0, 3)), np.zeros((0, 3), np.int64))
+        self.pools = (self.hyst, self.rate, self.phase)
+
+    def forget_checks(self, ids: np.ndarray) -> None:
+        """Drop the check states of these device ids (queued: applied with the batch's own changes)."""
+        if ids.shape[0]:
+            ks = (ids[:, None] * _NC + np.arange(_NC)).ravel()
+            for pool in self.pools:
+                pool.queue(ks, ks[:0])
+
+    def import_checks(self, dev_id: int, c: dict) -> None:
+        """A full state's check states (``c``) into the pools (after ``forget_checks`` of the device)."""
+        for cid, cs in c.items():
+            ci = _CHECK_INDEX.get(cid)
+            if ci is None or not cs:
+                continue
+            k = np.array([dev_id * _NC + ci], dtype=np.int64)
+            if h := cs.get("h"):
+                self.hyst.queue(k[:0], k, np.array([h], dtype=np.int64).reshape(1, 9))
+            if hs := cs.get("hist"):
+                self.rate.queue(k[:0], np.repeat(k, len(hs[0])), np.array(hs[0], dtype=np.int64),
+                                np.array(hs[1], dtype=np.float64))
+            if "ph" in cs or "pt" in cs:
+                ph = np.full((1, 3), np.nan)
+                pt = np.full((1, 3), _NO_TS, dtype=np.int64)
+                if cs.get("ph"):
+                    ph[0] = np.array(cs["ph"], dtype=np.float64)
+                if cs.get("pt"):
+                    pt[0] = cs["pt"]
+                self.phase.queue(k[:0], k, ph, pt)
+
+    def apply(self) -> None:
+        for pool in self.pools:
+            pool.apply()
+
+    def checks(self, key: str) -> dict:
+        """``c`` of one device as its state carries it (JSON-able)."""
+        sl = self.at.get(key)
+        if sl is None:
+            return {}
+        k0 = sl[0] * _NC
+        out: dict[int, dict] = {}
+        a, b = self.rate.span(k0, k0 + _NC)
+        if b > a:
+            ks, tl, vl = self.rate.key[a:b].tolist(), self.rate.col[0][a:b].tolist(), self.rate.col[1][a:b].tolist()
+            bnd = [0] + [j for j in range(1, len(ks)) if ks[j] != ks[j - 1]] + [len(ks)]
+            for x, y in zip(bnd[:-1], bnd[1:]):
+                out[ks[x] - k0] = {"hist": [tl[x:y], vl[x:y]]}
+        a, b = self.hyst.span(k0, k0 + _NC)
+        for k, h in zip(self.hyst.key[a:b].tolist(), self.hyst.col[0][a:b].tolist()):
+            out.setdefault(k - k0, {})["h"] = h
+        a, b = self.phase.span(k0, k0 + _NC)
+        for k, ph, pt in zip(self.phase.key[a:b].tolist(), _nullable(self.phase.col[0][a:b]),
+                             self.phase.col[1][a:b].tolist()):
+            cs = out.setdefault(k - k0, {})
+            cs["ph"], cs["pt"] = ph, pt
+        return {CHECKS[ci].id: out[ci] for ci in sorted(out)}
+
+    def pre_outages(self, ids: np.ndarray) -> list[dict]:
+        """Per device id: each rate check's samples (``hist``), as an outage record keeps them."""
+        pool = self.rate
+        k0 = ids * _NC
+        lo = pool.key.searchsorted(k0)
+        cnt = pool.key.searchsorted(k0 + _NC) - lo
+        rows = _block_rows(lo, cnt)
+        out: list[dict] = [{} for _ in range(ids.shape[0])]
+        if not rows.shape[0]:
+            return out
+        ks = pool.key[rows]
+        own = np.repeat(np.arange(ids.shape[0]), cnt)
+        seg = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+        bounds = np.r_[seg, rows.shape[0]].tolist()
+        tl, vl = pool.col[0][rows].tolist(), pool.col[1][rows].tolist()
+        for a, b, o, ci in zip(bounds[:-1], bounds[1:], own[seg].tolist(), (ks[seg] - k0[own[seg]]).tolist()):
+            out[o][_CHECK_IDS[ci]] = [tl[a:b], vl[a:b]]
+        return out
 
     def place(self, keys: list[str], nm: np.ndarray, fam: np.ndarray) -> np.ndarray:
         """The first row of each device's block, given a block (at the end) if it has none of its family yet."""
@@ -256,6 +378,8 @@ class _SeriesStore:
         for j, (k, n, fc) in enumerate(zip(keys, nm.tolist(), fam.tolist())):
             sl = at.get(k)
             if sl is None or sl[2] != fc:
+                if sl is not None:  # another family now: its old block's check states go with it
+                    self.forget_checks(np.array([sl[0]], dtype=np.int64))
                 sl = at[k] = (self.top, n, fc)
                 self.top += n
             out[j] = sl[0]
@@ -296,11 +420,12 @@ def _first_rows(codes: np.ndarray) -> np.ndarray:
 
 
 class DetectorEngine:
-    """``resident=True`` (the worker): the engine keeps each device's series block (``m``, the largest part of a
-    state) in arrays across batches; the states it returns carry no ``m``, and ``export_state`` gives the full,
-    JSON-able state to checkpoint. A state handed to ``process`` must then be the latest one the engine returned
-    for that device, or a full state (from the table or a snapshot: its ``m`` replaces the stored block). Without
-    it (tests, backtests) every state is full, as before."""
+    """``resident=True`` (the worker): the engine keeps each device's series block (``m``) and check states
+    (``c``: hysteresis, rate samples, phase currents) — the largest parts of a state — in arrays across batches;
+    the states it returns carry neither, and ``export_state`` gives the full, JSON-able state to checkpoint. A
+    state handed to ``process`` must then be the latest one the engine returned for that device, or a full state
+    (from the table or a snapshot: its ``m`` and ``c`` replace what the store holds). Without it (tests,
+    backtests) every state is full, as before."""
 
     def __init__(self, rules: RuleSet, resident: bool = False):
         self.rules = rules
@@ -441,6 +566,21 @@ class DetectorEngine:
         dev_fam = np.array(fam_c, dtype=np.int64)
         dev_pid = np.array(pid_l, dtype=np.int64)
         tab = self._tables()
+        nm = _NM_BY_CODE[dev_fam]
+        if store is not None:
+            # every device of the batch gets its id in the store now; one whose state is not the engine's (a full
+            # state, or a fresh device) drops what the store held for it and brings its own check states
+            dev_id = np.full(n_dev, -1, dtype=np.int64)
+            if in_store:
+                dev_id[in_store] = [store_at[dkeys[d]][0] for d in in_store]
+            others = np.flatnonzero((dev_id < 0) & (dev_fam >= 0))
+            if others.shape[0]:
+                dev_id[others] = store.place([dkeys[d] for d in others.tolist()], nm[others], dev_fam[others])
+                store.forget_checks(dev_id[others])
+                for d in others.tolist():
+                    if olds[d] is not None and olds[d].get("c"):
+                        store.import_checks(int(dev_id[d]), olds[d]["c"])
+                store.apply()
 
         # the device's family decides what its metric names mean; a metric foreign to it is dropped
         fmc = _FM_TABLE[dev_fam[dev_all], mcode]
@@ -453,7 +593,6 @@ class DetectorEngine:
             d_, f_, t_, v_ = d_[~dup], f_[~dup], t_[~dup], v_[~dup]
 
         # ---- per-series state of the devices in the batch, columnar: one block of slots per device
-        nm = _NM_BY_CODE[dev_fam]
         off = np.zeros(n_dev + 1, dtype=np.int64)
         np.cumsum(nm, out=off[1:])
         n_slots = int(off[-1])
@@ -462,9 +601,8 @@ class DetectorEngine:
         S_f = np.full((n_slots, _NF), np.nan)
         if in_store:  # resident: straight from the store's arrays
             ds = np.array(in_store, dtype=np.int64)
-            where = [store_at[dkeys[d]][0] for d in in_store]
             rows_b = _block_rows(off[ds], nm[ds])
-            rows_s = _block_rows(np.array(where, dtype=np.int64), nm[ds])
+            rows_s = _block_rows(dev_id[ds], nm[ds])
             S_i[rows_b] = store.i[rows_s]
             S_f[rows_b] = store.f[rows_s]
             had = [d for d in range(n_dev) if olds[d] is not None and "m" in olds[d]]
@@ -504,7 +642,9 @@ class DetectorEngine:
                 continue
             old = olds[d]
             ns = dict(old) if old else _new_state(p.family)
-            ns["c"], ns["k"] = dict(ns["c"]), dict(ns["k"])
+            if store is None:
+                ns["c"] = dict(ns["c"])
+            ns["k"] = dict(ns["k"])
             new_states[d] = ns
         findings: list[Finding] = []
         if n == 0:
@@ -534,8 +674,8 @@ class DetectorEngine:
         # ---- hazard checks over valid rows
         hv = np.flatnonzero(fr.valid)
         hv_fm = f_[hv]
-        check_carry: dict[tuple[int, int], dict] = {}  # (device, check) -> new check state
-        cix = _check_index(olds)
+        check_carry: dict[tuple[int, int], dict] = {}  # (device, check) -> new check state (plain engine)
+        cc = _StoreCarry(store, dev_id) if store is not None else _DictCarry(olds, check_carry)
         s_base = sf_old[:, 2].copy()  # baseline per series, first taken in this batch where it had none
         for fm in np.unique(hv_fm).tolist():
             checks = _CHECKS_BY_FM.get(fm)
@@ -543,12 +683,12 @@ class DetectorEngine:
                 continue
             rows_fm = hv[hv_fm == fm]
             for ci in checks:
-                res = self._run_check(ci, rows_fm, d_, sgrp, t_, v_, dev_pid, tab, cix, s_base, check_carry, dkeys)
+                res = self._run_check(ci, rows_fm, d_, sgrp, t_, v_, dev_pid, tab, cc, s_base, dkeys)
                 if res is not None:
                     results.append(res)
         ph = hv[np.isin(hv_fm, _PHASE_FM)]
         if ph.size:
-            res = self._run_imbalance(ph, d_, f_, t_, v_, dev_pid, tab, cix, check_carry)
+            res = self._run_imbalance(ph, d_, f_, t_, v_, dev_pid, tab, cc)
             if res is not None:
                 results.append(res)
 
@@ -574,20 +714,22 @@ class DetectorEngine:
                     d = where[f.key]
                     end = int(first_on[d]) if first_on[d] != big.max else int(dmax[d])
                     self._mark_late(f, olds[d] or {}, now_ms, [olds[d].get("lt") if olds[d] else None, end])
-            findings += self._upkeep(batch, first, d_, t_, dmin, dmax, plans, olds, new_states, dev_pid, tab)
+            findings += self._upkeep(batch, first, d_, t_, dmin, dmax, plans, olds, new_states, dev_pid, tab,
+                                     dev_id if store is not None else None)
         out = fr.out
         S_i[s_row] = np.column_stack([t_[slast], out.p1_ts, out.sus, out.frun, out.fstart, out.oor_bit, out.oor_good,
                                       out.spk_bit, out.spk_good, out.flat_bit]).astype(np.int64)
         S_f[s_row] = np.column_stack([out.p1, out.p2, s_base])
-        if store is not None:  # resident: the blocks go to the store, the states carry no "m"
+        if store is not None:  # resident: the blocks go to the store, the states carry no "m" and no "c"
             ds = np.fromiter(new_states, np.int64, len(new_states))
-            where = store.place([dkeys[d] for d in ds.tolist()], nm[ds], dev_fam[ds])
             rows_b = _block_rows(off[ds], nm[ds])
-            rows_s = _block_rows(where, nm[ds])
+            rows_s = _block_rows(dev_id[ds], nm[ds])
             store.i[rows_s] = S_i[rows_b]
             store.f[rows_s] = S_f[rows_b]
+            store.apply()
             for ns in new_states.values():
                 ns.pop("m", None)
+                ns.pop("c", None)
         else:
             ints = S_i.ravel().tolist()
             fl = S_f.ravel()
@@ -609,7 +751,7 @@ class DetectorEngine:
 
     # -------------------------------------------------------------------------------------------- upkeep
     def _upkeep(self, batch: ReadingBatch, first: np.ndarray, d_, t_, dmin, dmax, plans, olds,
-                new_states, dev_pid, tab: _Tables) -> list[Finding]:
+                new_states, dev_pid, tab: _Tables, resident_ids: np.ndarray | None = None) -> list[Finding]:
         """Per device with fresh readings: learned cadence, covered event time, the next silent deadline, a
         silence that ended, and device health.
 
@@ -749,6 +891,13 @@ class DetectorEngine:
         og_new: dict[int, list] = {}
         for i, x, y in zip(r_i[ogp].tolist(), prev_x[ogp].tolist(), r_t[ogp].tolist()):
             og_new.setdefault(i, []).append((x, y))
+        # resident: the rate samples before this batch of the devices that may record an outage, from the store
+        # all at once (its pools still hold the old samples while upkeep runs)
+        pre_of: dict[int, dict] = {}
+        if resident_ids is not None:
+            cand = sorted(set(og_new) | set(np.flatnonzero(~vec).tolist()))
+            if cand:
+                pre_of = dict(zip((devs[i] for i in cand), self._store.pre_outages(resident_ids[D[cand]])))
         # ---- write back
         cad_vals = vals.tolist()
         ncs = nc_start.tolist()
@@ -761,15 +910,14 @@ class DetectorEngine:
             cad = cad_vals[ncs[i]:ncs[i + 1]]
             if not vec_i:
                 out += self._upkeep_one(d, ns, p, cad, tt[bnd_a[d]:bnd_a[d + 1]], int(thr[i]), int(gmax[d]),
-                                        olds[d], lo_i, hi_i, gw_l)
+                                        olds[d], lo_i, hi_i, gw_l, pre_of.get(d))
                 continue
             ns["cov"] = cov_pairs[cvs[i]:cvs[i + 1]]
             gaps = og_new.get(i)
             if gaps is not None:
                 # with the rate samples from before the outage: the live history moves on past them, the
                 # late lane will need them to judge a rate inside the outage
-                old = olds[d]
-                pre = {cid: cs["hist"] for cid, cs in old["c"].items() if cs and cs.get("hist")} if old else {}
+                pre = pre_of[d] if resident_ids is not None else self._pre_outage(olds[d])
                 og = (ns.get("og") or []) + [[x, y, pre] for x, y in gaps]
                 ns["og"] = [o for o in og if o[1] >= older_l[i]][-self.max_intervals:]
             ns["cad"] = cad
@@ -794,7 +942,7 @@ class DetectorEngine:
         return out
 
     def _upkeep_one(self, d: int, ns: dict, p: DevicePlan, cad: list, tt: np.ndarray, thr: int, gmax: int, old,
-                    lo_t: int, hi_t: int, gw_l) -> list[Finding]:
+                    lo_t: int, hi_t: int, gw_l, pre: dict | None = None) -> list[Finding]:
         """One device whose batch leaves a gap in its covered time, ends a silence or follows a calendar."""
         out: list[Finding] = []
         ts_d = tt.tolist()
@@ -813,7 +961,8 @@ class DetectorEngine:
                 nxt = ts_d if lt_old is not None else ts_d[1:]
                 # with the rate samples from before the outage: the live history moves on past them, the
                 # late lane will need them to judge a rate inside the outage
-                pre = {cid: cs["hist"] for cid, cs in old["c"].items() if cs and cs.get("hist")} if old else {}
+                if pre is None:
+                    pre = self._pre_outage(old)
                 og = (ns.get("og") or []) + [[x, y, pre] for x, y in zip(prev, nxt) if y - x > thr]
                 ns["og"] = [o for o in og if o[1] >= hi_t - self.allowed_lateness_ms][-self.max_intervals:]
             cov = coverage.extend(cov, ts_d, thr, self.max_intervals)
@@ -846,6 +995,11 @@ class DetectorEngine:
         if h is not None:
             out.append(h)
         return out
+
+    @staticmethod
+    def _pre_outage(old: dict | None) -> dict:
+        """The rate samples a device had before this batch (kept with an outage record), from its state."""
+        return {cid: cs["hist"] for cid, cs in old["c"].items() if cs and cs.get("hist")} if old else {}
 
     @staticmethod
     def _health(p: DevicePlan, st: dict, code: int, since: int, reason: str) -> Finding | None:
@@ -882,7 +1036,8 @@ class DetectorEngine:
             if not covered.all():
                 t_new = lts[a:b][~covered]
                 lane_states[dkeys[d]] = self._lane_seed(p, st, int(t_new.min()), int(t_new.max()),
-                                                        self._series_floats(dkeys[d], st))
+                                                        self._series_floats(dkeys[d], st),
+                                                        self._checks(dkeys[d], st))
                 lane_plans[dkeys[d]] = p
                 spans[dkeys[d]] = [(int(t_new[gfrom[~covered] == g].min()), int(t_new[gfrom[~covered] == g].max()))
                                    for g in np.unique(gfrom[~covered]).tolist()]
@@ -989,7 +1144,7 @@ class DetectorEngine:
         return self._mark_late(f, st, arrival)
 
     @staticmethod
-    def _lane_seed(p: DevicePlan, st: dict, t0: int, t1: int, live_f: list) -> dict:
+    def _lane_seed(p: DevicePlan, st: dict, t0: int, t1: int, live_f: list, live_c: dict) -> dict:
         """The late lane starts from what the device had before the gap: series baselines, and each rate
         check's samples older than the first late reading (newer samples belong to readings after the gap) —
         from the live history, or from the copy kept with the outage when the live history has moved on."""
@@ -999,8 +1154,8 @@ class DetectorEngine:
             flts[i * _NF + 2] = live_f[i * _NF + 2]
         ns["m"] = [ns["m"][0], flts]
         pre = next((o[2] for o in st.get("og") or [] if len(o) > 2 and o[0] <= t1 and t0 <= o[1]), {})
-        for cid in set(pre) | set(st.get("c") or {}):
-            cs = (st.get("c") or {}).get(cid)
+        for cid in set(pre) | set(live_c):
+            cs = live_c.get(cid)
             samples = sorted(set(zip(*(pre.get(cid) or [[], []]))) | set(zip(*(cs.get("hist") if cs and cs.get(
                 "hist") else [[], []]))))
             k = bisect_left(samples, (t0,))
@@ -1009,8 +1164,8 @@ class DetectorEngine:
         return ns
 
     # -------------------------------------------------------------------------------------------- checks
-    def _run_check(self, ci: int, rows: np.ndarray, d_, sgrp, t_, v_, dev_pid, tab: _Tables, cix, s_base,
-                   check_carry, dkeys: list[str]) -> _Res | None:
+    def _run_check(self, ci: int, rows: np.ndarray, d_, sgrp, t_, v_, dev_pid, tab: _Tables, cc, s_base,
+                   dkeys: list[str]) -> _Res | None:
         c = CHECKS[ci]
         first, grp, first_idx, last = group_layout(sgrp[rows])
         gdev = d_[rows[last]]
@@ -1023,8 +1178,7 @@ class DetectorEngine:
             gdev = d_[rows[last]]
         gp = dev_pid[gdev]
         ts, v = t_[rows], v_[rows]
-        cid = c.id
-        cstates = _sparse(cix, cid, gdev)
+        cstates = cc.get(ci, gdev)
         extra: dict[str, Any] = {}
         if c.mode == "level":
             x = v.copy()
@@ -1041,30 +1195,19 @@ class DetectorEngine:
             x = np.where(dirs == 0, np.abs(diff), np.where(dirs == 1, diff, -diff))
             extra["baseline"] = base[grp]
         elif c.mode == "rate":
-            hist = [_NO_HIST] * gdev.shape[0]
-            for g, cs in zip(*cstates):
-                if cs and (h := cs.get("hist")):
-                    hist[g] = h
-            x, refs, new_hist = windowed_rate(
-                v, ts, first, grp, hist, tab.window_ms[gp, ci], tab.bucket_ms[gp, ci], tab.consecutive[gp, ci],
+            x, refs, kept = windowed_rate(
+                v, ts, first, grp, cc.hist(cstates, gdev.shape[0]), tab.window_ms[gp, ci], tab.bucket_ms[gp, ci], tab.consecutive[gp, ci],
                 tab.per_ms[gp, ci], tab.direction[gp, ci])
             extra["refs"] = refs
         elif c.mode == "charging":
             x, extra["charging"] = self._charging(ts, v, grp, gdev, tab.min_load[gp, ci][grp], dkeys)
         else:  # pragma: no cover - registry guarantees the modes above
             raise ValueError(c.mode)
-        level, out = self._hyst(x, ts, first, first_idx, grp, last, gp, ci, tab, cstates)
+        level, out = self._hyst(x, ts, first, first_idx, grp, last, gp, ci, tab, cc.hyst(cstates))
         if c.mode == "rate":  # the samples always; the hysteresis only while a latch is set or a hold runs
-            busy = np.flatnonzero(out.bits.any(axis=1) | (out.run > 0).any(axis=1)).tolist()
-            for g, hs in zip(gdev.tolist(), new_hist):
-                check_carry[(g, ci)] = {"hist": hs}
-            if busy:
-                gl = gdev[busy].tolist()
-                for g, h in zip(gl, np.hstack([out.bits[busy], out.run[busy], out.start[busy]]).astype(
-                        np.int64).tolist()):
-                    check_carry[(g, ci)]["h"] = h
+            cc.put_rate(ci, gdev, kept, out, cstates)
         else:
-            _store_hyst(out, gdev, ci, cstates, check_carry)
+            cc.put_hyst(ci, gdev, out, cstates)
         return _Res(ci, rows, level, x, None, extra)
 
     def _charging(self, ts, v, grp, gdev, min_current, dkeys) -> tuple[np.ndarray, dict]:
@@ -1090,9 +1233,8 @@ class DetectorEngine:
         x = ((v > min_current) & (~in_hours | ~approved)).astype(np.float64)
         return x, {"outside_hours": ~in_hours, "unapproved": ~approved}
 
-    def _run_imbalance(self, rows, d_, f_, t_, v_, dev_pid, tab: _Tables, cix, check_carry) -> _Res | None:
+    def _run_imbalance(self, rows, d_, f_, t_, v_, dev_pid, tab: _Tables, cc) -> _Res | None:
         ci = _IMBALANCE
-        c = CHECKS[ci]
         rows = rows[tab.on[dev_pid[d_[rows]], ci]]
         if not rows.size:
             return None
@@ -1100,17 +1242,10 @@ class DetectorEngine:
         first, grp, first_idx, last = group_layout(d_[rows])
         gdev = d_[rows[last]]
         gp = dev_pid[gdev]
-        cstates = _sparse(cix, c.id, gdev)
+        cstates = cc.get(ci, gdev)
         ts, v, f = t_[rows], v_[rows], f_[rows]
         phase_vals, phase_ts = [], []
-        carry_ph = np.full((gdev.shape[0], 3), np.nan)
-        carry_pt = np.full((gdev.shape[0], 3), _NO_TS, dtype=np.int64)
-        for g, cs in zip(*cstates):
-            if cs:
-                if ph := cs.get("ph"):
-                    carry_ph[g] = np.array(ph, dtype=np.float64)
-                if pt := cs.get("pt"):
-                    carry_pt[g] = pt
+        carry_ph, carry_pt = cc.phases(cstates, gdev.shape[0])
         for k, code in enumerate(_PHASE_FM):
             li = ffill_index(f == code, first_idx)
             phase_vals.append(np.where(li >= 0, v[np.maximum(li, 0)], carry_ph[grp, k]))
@@ -1125,21 +1260,16 @@ class DetectorEngine:
         with np.errstate(invalid="ignore", divide="ignore"):
             x = np.where(together & np.isfinite(imax) & np.isfinite(imin) & (imax >= min_load) & (imax > 0),
                          (imax - imin) / imax * 100.0, np.nan)
-        level, out = self._hyst(x, ts, first, first_idx, grp, last, gp, ci, tab, cstates)
-        phases = _nullable(pv[:, last].T.ravel())
-        phase_t = pt[:, last].T.ravel().tolist()
-        for g, h in enumerate(_hyst_rows(out)):  # one per electrical device: the last phase currents are kept
-            check_carry[(int(gdev[g]), ci)] = {"h": h, "ph": phases[3 * g:3 * g + 3], "pt": phase_t[3 * g:3 * g + 3]}
+        level, out = self._hyst(x, ts, first, first_idx, grp, last, gp, ci, tab, cc.hyst(cstates))
+        cc.put_imbalance(ci, gdev, out, np.ascontiguousarray(pv[:, last].T), np.ascontiguousarray(pt[:, last].T))
         return _Res(ci, rows, level, x, None, {"phases": pv})
 
     @staticmethod
-    def _hyst(x, ts, first, first_idx, grp, last, gp, ci, tab: _Tables, cstates):
+    def _hyst(x, ts, first, first_idx, grp, last, gp, ci, tab: _Tables, busy):
         G = last.shape[0]
         carry = HystCarry.zeros(G)
-        busy = [(g, h) for g, cs in zip(*cstates) if cs and (h := cs.get("h"))]
-        if busy:
-            gi = np.fromiter((g for g, _ in busy), np.int64, len(busy))
-            hs = np.array([h for _, h in busy], dtype=np.int64).reshape(-1, 9)
+        if busy is not None:
+            gi, hs = busy
             carry.bits[gi] = hs[:, 0:3].astype(bool)
             carry.run[gi] = hs[:, 3:6]
             carry.start[gi] = hs[:, 6:9]
@@ -1532,6 +1662,7 @@ class DetectorEngine:
             return st
         out = dict(st)
         out["m"] = m
+        out["c"] = self._store.checks(key)
         return out
 
     def export_states(self, states: dict[str, Any]) -> dict[str, Any]:
@@ -1540,6 +1671,13 @@ class DetectorEngine:
     def drop_resident(self) -> None:
         """Forget every stored series block (the caller's states are to be reloaded in full)."""
         self._store.clear()
+
+    def _checks(self, key: str, st: dict) -> dict:
+        """``c`` of a state: from the state, or from the store for a resident one."""
+        c = st.get("c")
+        if c is None and "m" not in st:
+            c = self._store.checks(key)
+        return c or {}
 
     def _series_floats(self, key: str, st: dict) -> list:
         """``m[1]`` of a state: from the state, or from the store for a resident one."""
@@ -1610,4 +1748,125 @@ def _hyst_rows(out: HystCarry) -> list[list[int]]:
 
 def _nullable(a: np.ndarray) -> list:
     return np.where(np.isnan(a), None, a.astype(object)).tolist()
+
+
+_CHECK_INDEX = {c.id: c.index for c in CHECKS}
+_CHECK_IDS = [c.id for c in CHECKS]
+
+
+class _DictCarry:
+    """Check states read from and written to the states' ``c`` dicts (plain engine and late lane)."""
+
+    def __init__(self, olds: list, check_carry: dict):
+        self.cix = _check_index(olds)
+        self.out = check_carry
+
+    def get(self, ci: int, gdev: np.ndarray) -> tuple[list[int], list[dict]]:
+        return _sparse(self.cix, CHECKS[ci].id, gdev)
+
+    @staticmethod
+    def hyst(cstates) -> tuple[np.ndarray, np.ndarray] | None:
+        busy = [(g, h) for g, cs in zip(*cstates) if cs and (h := cs.get("h"))]
+        if not busy:
+            return None
+        return (np.fromiter((g for g, _ in busy), np.int64, len(busy)),
+                np.array([h for _, h in busy], dtype=np.int64).reshape(-1, 9))
+
+    @staticmethod
+    def hist(cstates, g_count: int) -> tuple:
+        hist = [_NO_HIST] * g_count
+        for g, cs in zip(*cstates):
+            if cs and (h := cs.get("hist")):
+                hist[g] = h
+        return hist_arrays(hist)
+
+    @staticmethod
+    def phases(cstates, g_count: int) -> tuple[np.ndarray, np.ndarray]:
+        carry_ph = np.full((g_count, 3), np.nan)
+        carry_pt = np.full((g_count, 3), _NO_TS, dtype=np.int64)
+        for g, cs in zip(*cstates):
+            if cs:
+                if ph := cs.get("ph"):
+                    carry_ph[g] = np.array(ph, dtype=np.float64)
+                if pt := cs.get("pt"):
+                    carry_pt[g] = pt
+        return carry_ph, carry_pt
+
+    def put_rate(self, ci: int, gdev: np.ndarray, kept: tuple, out: HystCarry, cstates) -> None:
+        check_carry = self.out
+        busy = np.flatnonzero(out.bits.any(axis=1) | (out.run > 0).any(axis=1)).tolist()
+        for g, hs in zip(gdev.tolist(), hist_lists(kept, gdev.shape[0])):
+            check_carry[(g, ci)] = {"hist": hs}
+        if busy:
+            gl = gdev[busy].tolist()
+            for g, h in zip(gl, np.hstack([out.bits[busy], out.run[busy], out.start[busy]]).astype(
+                    np.int64).tolist()):
+                check_carry[(g, ci)]["h"] = h
+
+    def put_hyst(self, ci: int, gdev: np.ndarray, out: HystCarry, cstates) -> None:
+        _store_hyst(out, gdev, ci, cstates, self.out)
+
+    def put_imbalance(self, ci: int, gdev: np.ndarray, out: HystCarry, pv_last: np.ndarray,
+                      pt_last: np.ndarray) -> None:
+        phases = _nullable(pv_last.ravel())
+        phase_t = pt_last.ravel().tolist()
+        for g, h in enumerate(_hyst_rows(out)):  # one per electrical device: the last phase currents are kept
+            self.out[(int(gdev[g]), ci)] = {"h": h, "ph": phases[3 * g:3 * g + 3], "pt": phase_t[3 * g:3 * g + 3]}
+
+
+class _StoreCarry:
+    """Check states read from and written to the store's pools (resident engine): per check, a few array
+    operations over all its groups, no Python per device."""
+
+    def __init__(self, store: _SeriesStore, dev_id: np.ndarray):
+        self.store = store
+        self.dev_id = dev_id  # batch device number -> id in the store
+
+    def get(self, ci: int, gdev: np.ndarray) -> np.ndarray:
+        return self.dev_id[gdev] * _NC + ci
+
+    def hyst(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        pool = self.store.hyst
+        if not pool.key.shape[0]:
+            return None
+        lo, cnt = pool.find(keys)
+        gi = np.flatnonzero(cnt)
+        if not gi.shape[0]:
+            return None
+        return gi, pool.col[0][lo[gi]]
+
+    def hist(self, keys: np.ndarray, g_count: int) -> tuple:
+        pool = self.store.rate
+        lo, cnt = pool.find(keys)
+        rows = _block_rows(lo, cnt)
+        return cnt, pool.col[0][rows], pool.col[1][rows]
+
+    def phases(self, keys: np.ndarray, g_count: int) -> tuple[np.ndarray, np.ndarray]:
+        pool = self.store.phase
+        carry_ph = np.full((g_count, 3), np.nan)
+        carry_pt = np.full((g_count, 3), _NO_TS, dtype=np.int64)
+        lo, cnt = pool.find(keys)
+        gi = np.flatnonzero(cnt)
+        carry_ph[gi] = pool.col[0][lo[gi]]
+        carry_pt[gi] = pool.col[1][lo[gi]]
+        return carry_ph, carry_pt
+
+    def _put_busy(self, keys: np.ndarray, out: HystCarry) -> None:
+        busy = np.flatnonzero(out.bits.any(axis=1) | (out.run > 0).any(axis=1))
+        self.store.hyst.queue(keys, keys[busy], np.hstack([out.bits[busy], out.run[busy], out.start[busy]]).astype(
+            np.int64))
+
+    def put_rate(self, ci: int, gdev: np.ndarray, kept: tuple, out: HystCarry, keys: np.ndarray) -> None:
+        kg, kt, kv = kept
+        self.store.rate.queue(keys, keys[kg], kt, kv)
+        self._put_busy(keys, out)
+
+    def put_hyst(self, ci: int, gdev: np.ndarray, out: HystCarry, keys: np.ndarray) -> None:
+        self._put_busy(keys, out)
+
+    def put_imbalance(self, ci: int, gdev: np.ndarray, out: HystCarry, pv_last: np.ndarray,
+                      pt_last: np.ndarray) -> None:
+        keys = self.get(ci, gdev)
+        self.store.hyst.queue(keys, keys, np.hstack([out.bits, out.run, out.start]).astype(np.int64))
+        self.store.phase.queue(keys, keys, pv_last, pt_last)
 

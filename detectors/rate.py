@@ -19,22 +19,40 @@ from detectors.grouped import prev_in_group
 _SPAN = np.int64(1) << np.int64(42)  # ~139 years of milliseconds per group in the composite search key
 
 
-def windowed_rate(v: np.ndarray, ts: np.ndarray, first: np.ndarray, grp: np.ndarray, hist: list[list],
-                  window_ms: np.ndarray, bucket_ms: np.ndarray, consecutive: np.ndarray, per_ms: np.ndarray,
-                  direction: np.ndarray) -> tuple[np.ndarray, dict, list[list]]:
-    """Rate per row (NaN where the history is too short), reference points, and the new history per group.
+def hist_arrays(hist: list[list]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-group sample lists ``[[ts, ...], [value, ...]]`` (a state's ``hist``) as ``windowed_rate`` takes them:
+    samples per group, and all samples' times and values, group after group."""
+    sizes = np.fromiter((len(h[0]) for h in hist), np.int64, len(hist))
+    n = int(sizes.sum())
+    return (sizes, np.fromiter(chain.from_iterable(h[0] for h in hist), np.int64, n),
+            np.fromiter(chain.from_iterable(h[1] for h in hist), np.float64, n))
 
-    ``hist[g]`` is the group's samples as two lists ``[[ts, ...], [value, ...]]`` in time order; per-group
-    parameters are arrays of length G.
+
+def hist_lists(kept: tuple[np.ndarray, np.ndarray, np.ndarray], g_count: int) -> list[list]:
+    """``windowed_rate``'s kept samples back as one ``[[ts, ...], [value, ...]]`` per group."""
+    kg, kt, kv = kept
+    bounds = np.searchsorted(kg, np.arange(g_count + 1)).tolist()
+    tl, vl = kt.tolist(), kv.tolist()
+    return [[tl[a:e], vl[a:e]] for a, e in zip(bounds[:-1], bounds[1:])]
+
+
+def windowed_rate(v: np.ndarray, ts: np.ndarray, first: np.ndarray, grp: np.ndarray,
+                  hist: tuple[np.ndarray, np.ndarray, np.ndarray], window_ms: np.ndarray, bucket_ms: np.ndarray,
+                  consecutive: np.ndarray, per_ms: np.ndarray,
+                  direction: np.ndarray) -> tuple[np.ndarray, dict, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Rate per row (NaN where the history is too short), reference points, and the samples to keep.
+
+    ``hist`` is (samples per group, their times, their values), group after group and in time order within a
+    group (``hist_arrays``); per-group parameters are arrays of length G. The kept samples come back the same
+    way, as (group, time, value) sorted by group then time — flat arrays, so a caller that keeps histories in
+    arrays never builds a list per group.
     """
     n = v.shape[0]
-    g_count = len(hist)
+    sizes, ht, hv = hist
+    g_count = sizes.shape[0]
     kmax = int(consecutive.max()) if g_count else 1
     # ---- samples: history + the first reading of every new bucket
-    sizes = np.fromiter((len(h[0]) for h in hist), np.int64, g_count)
     hg = np.repeat(np.arange(g_count), sizes)
-    ht = np.fromiter(chain.from_iterable(h[0] for h in hist), np.int64, hg.shape[0])
-    hv = np.fromiter(chain.from_iterable(h[1] for h in hist), np.float64, hg.shape[0])
     last_bucket = np.full(g_count, np.iinfo(np.int64).min, dtype=np.int64)
     if ht.size:
         nonempty = sizes > 0
@@ -75,18 +93,16 @@ def windowed_rate(v: np.ndarray, ts: np.ndarray, first: np.ndarray, grp: np.ndar
     x[np.isinf(x)] = np.nan
 
     # ---- new history: drop samples no future reading can reach
-    new_hist: list[list] = []
+    kept = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
     if g_count:
         gstarts = np.searchsorted(sg, np.arange(g_count), side="left")
-        gends = np.searchsorted(sg, np.arange(g_count), side="right")
         last_rows = np.flatnonzero(np.r_[grp[1:] != grp[:-1], True]) if n else np.array([], np.int64)
         t_last = np.full(g_count, tbase, dtype=np.int64)
         t_last[grp[last_rows]] = ts[last_rows]
         cut_q = np.arange(g_count) * _SPAN + (t_last - window_ms * consecutive - tbase)
         cut = np.searchsorted(key, cut_q, side="right") - 1
         keep_from = np.maximum(cut, gstarts)
-        stl, svl = st.tolist(), sv.tolist()
-        for a, e in zip(keep_from.tolist(), gends.tolist()):
-            new_hist.append([stl[a:e], svl[a:e]])
+        sel = np.flatnonzero(np.arange(sg.shape[0]) >= keep_from[sg])
+        kept = (sg[sel], st[sel], sv[sel])
     refs = {"ts": st, "value": sv, "index": ref}
-    return x, refs, new_hist
+    return x, refs, kept

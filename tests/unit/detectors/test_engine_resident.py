@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from detectors import DetectorEngine, ReadingBatch
+from detectors.plan import CHECKS
 from sitewatch.contracts import DeviceStatus
 
 from .test_reference_differential import DEVICES, SETTINGS, batches, build, event, rules
@@ -131,3 +132,61 @@ def test_late_lane_of_a_resident_device_starts_from_its_stored_baselines():
     late = [f for f in got["plain"] if f.evidence.get("late")]
     assert any(f.level for f in late) and any(not f.level for f in late)  # raised on the lane, then cleared
     assert list(map(full, got["resident"])) == list(map(full, got["plain"]))
+
+
+def _pit_ramp(k0: int, k1: int) -> list[tuple]:
+    """Readings of the pit s-a/p-1 every 2 s: its wall rising at 6 mm/min (above its rate lines: rate samples and
+    a set latch in its check state) up to the reading 100, then holding still (the alarm clears), rising again
+    from the reading 200."""
+    dev = ("s-a", "p-1", "pit", "wall_top_horizontal")
+    return [(*dev, 1_700_000_000_000 + 2000 * k, 0.2 * min(k, 100) + 0.2 * max(k - 200, 0) + 0.01 * (k % 3))
+            for k in range(k0, k1)]
+
+
+def test_check_states_live_in_the_store_and_come_back_in_full():
+    """The resident engine keeps check states (rate samples, latches, hold runs) in its arrays: its states carry no
+    ``c``, the exported state does, equal to the plain engine's — and a checkpoint handed back replaces what the
+    store holds for the device (its latch is set again, its samples are the old ones)."""
+    eng, plain = DetectorEngine(rules(), resident=True), DetectorEngine(rules())
+    s_res: dict = {}
+    s_plain: dict = {}
+    for part in (_pit_ramp(0, 50), _pit_ramp(50, 100)):
+        b = ReadingBatch.from_columns(*zip(*part))
+        assert list(map(full, eng.process(b, s_res))) == list(map(full, plain.process(b, s_plain)))
+    assert "c" not in s_res["s-a/p-1"] and "m" not in s_res["s-a/p-1"]
+    checkpoint = js(eng.export_states(s_res))
+    cs = checkpoint["s-a/p-1"]["c"]["pit.rate:wall_top_horizontal"]
+    assert cs["hist"][0] and any(cs["h"][:3])  # samples kept, a latch set: the test exercises both
+    assert checkpoint == js(s_plain)
+    plain_at_checkpoint = js(s_plain)
+    b = ReadingBatch.from_columns(*zip(*_pit_ramp(100, 200)))
+    cleared = eng.process(b, s_res)
+    assert any(f.kind == "pit.rate" and not f.level for f in cleared)
+    s_res, s_plain = checkpoint, plain_at_checkpoint  # back to the checkpoint: the alarm is raised again
+    for part in (_pit_ramp(100, 200), _pit_ramp(200, 240)):
+        b = ReadingBatch.from_columns(*zip(*part))
+        assert list(map(full, eng.process(b, s_res))) == list(map(full, plain.process(b, s_plain)))
+        assert js(eng.export_states(s_res)) == js(s_plain)
+
+
+def test_a_device_key_reused_by_another_family_starts_without_the_old_check_states():
+    """The store hands a device a new block when its family changes: the old block's check states neither leak
+    into the new one (nor into the export) nor stay behind in the store's arrays."""
+    eng, plain = DetectorEngine(rules(), resident=True), DetectorEngine(rules())
+    s_res: dict = {}
+    s_plain: dict = {}
+    b = ReadingBatch.from_columns(*zip(*_pit_ramp(0, 100)))
+    eng.process(b, s_res)
+    plain.process(b, s_plain)
+    assert eng.export_state("s-a/p-1", s_res["s-a/p-1"])["c"]
+    s_res.pop("s-a/p-1")
+    s_plain.pop("s-a/p-1")
+    rs = [("s-a", "p-1", "formwork", "settlement", 1_700_000_100_000 + 1000 * k, 0.5 * k) for k in range(30)]
+    b = ReadingBatch.from_columns(*zip(*rs))
+    assert list(map(full, eng.process(b, s_res))) == list(map(full, plain.process(b, s_plain)))
+    got = js(eng.export_states(s_res))
+    assert got == js(s_plain)
+    assert all(cid.startswith("formwork.") for cid in got["s-a/p-1"]["c"])
+    store = eng._store
+    new_id = store.at["s-a/p-1"][0]
+    assert all(pool.key.shape[0] == 0 or (pool.key // len(CHECKS) == new_id).all() for pool in store.pools)
