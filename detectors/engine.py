@@ -100,15 +100,23 @@ def _j(x: float) -> float | None:
     return None if math.isnan(x) else x
 
 
+# The values of an idle device, shared by every state that holds them (~200 B of heap per device): a state's lists
+# are never changed in place — every writer puts a new list in (``ns["sil"] = [...]``) — so sharing is safe.
+_SIL0: list = [0, 0, 0]
+_HS0: list = [_OK, 0]
+_NONE0: list = []
+_K0: dict = {}  # no kind raised; ``_emit`` copies a state's kinds before it writes (this one, or a batch's old ones)
+
+
 def _new_state(family: str) -> dict:
     nm = _FAM_NM[family]
     # lt: newest reading; dl: silent deadline; due: when the clock must look again; sil: [level, since, last
     # assert]; cad: last gaps (ms) for the learned cadence; cov: covered event time (detectors.coverage); og:
     # outages heard live [last before, first after]; via: the gateway it was last heard through; off: announced power-off time; offat: off-hours start; hs: [health,
     # since]; sx: last silent episode [quiet from, resumed at, raised at] so buffered data can retract it
-    return {"v": STATE_VERSION, "fam": family, "lt": None, "dl": None, "due": None, "sil": [0, 0, 0],
-            "cad": [], "cov": [], "via": None, "og": [], "off": None, "offat": None, "hs": [_OK, 0], "sx": None,
-            "m": [_EMPTY_I * nm, _EMPTY_F * nm], "c": {}, "k": {}}
+    return {"v": STATE_VERSION, "fam": family, "lt": None, "dl": None, "due": None, "sil": _SIL0,
+            "cad": _NONE0, "cov": _NONE0, "via": None, "og": _NONE0, "off": None, "offat": None, "hs": _HS0, "sx": None,
+            "m": [_EMPTY_I * nm, _EMPTY_F * nm], "c": {}, "k": _K0}
 
 
 def _upgrade(st: Any) -> dict | None:
@@ -431,13 +439,13 @@ class DetectorEngine:
         self.rules = rules
         self.resident = resident
         self._store = _SeriesStore()
-        self._plans: dict[tuple[str, str, str], tuple[DevicePlan, int]] = {}  # device -> (its plan, table row)
         self._shared: dict[tuple[str, str], tuple[DevicePlan, int]] = {}  # (site, family) without device block
         self._rows: list[DevicePlan] = []  # one plan per table row
         self._tab: _Tables | None = None
         self._calendars: dict[str, Any] = {}
-        # (device key, family) -> (plan, family code, table row, metric slots): a batch's per-device lookup
-        self._ctx: dict[tuple[str, str], tuple[Any, int, int, int]] = {}
+        # device key -> (plan, family code, table row, metric slots, family): a batch's per-device lookup, and the
+        # plan cache (one entry per device: a device heard under another family replaces it)
+        self._ctx: dict[str, tuple[Any, int, int, int, str]] = {}
         lateness = getattr(rules, "lateness", None)
         self.gap_factor = float(getattr(lateness, "gap_factor", 3.0))
         self.allowed_lateness_ms = int(1000 * getattr(lateness, "allowed", 72 * 3600))
@@ -460,9 +468,9 @@ class DetectorEngine:
         """The device's plan and parameter-table row. Devices without a device block share their site's plan
         (``_SharedPlan`` carries the device's name; ``rules`` is the shared one, which has no device-level
         ``overridden_by`` by construction)."""
-        key = (site, device, family)
-        pp = self._plans.get(key)
-        if pp is None:
+        key = site + "/" + device
+        c = self._ctx.get(key)
+        if c is None or c[4] != family:
             dr = self.rules.device(site, device, family)
             if dr.rules is self.rules.family(site, family):  # no device-level block: its site's numbers
                 sh = self._shared.get((site, family))
@@ -474,8 +482,8 @@ class DetectorEngine:
             else:
                 p = build_plan(self.rules, site, device, family)
                 pp = (p, self._add_row(p))
-            self._plans[key] = pp
-        return pp
+            c = self._ctx[key] = (pp[0], FAM_CODE[family], pp[1], _FAM_NM[family], family)
+        return c[0], c[2]
 
     def _add_row(self, p: DevicePlan) -> int:
         self._rows.append(p)
@@ -536,7 +544,7 @@ class DetectorEngine:
             if st is not None:
                 # the current layout, checked as ``_upgrade`` does, without a call per device
                 if type(st) is dict and st.get("v") == STATE_VERSION and (
-                        c := ctx.get((key, st.get("fam")))) is not None:
+                        c := ctx.get(key)) is not None and c[4] == st.get("fam"):
                     m = st.get("m")
                     if (m is None and (sl := store_at.get(key)) is not None and sl[2] == c[1]) or (
                             type(m) is list and len(m) == 2 and len(m[0]) == c[3] * _NI and len(m[1]) == c[3] * _NF):
@@ -551,15 +559,15 @@ class DetectorEngine:
                 if st is not None:
                     fam = st["fam"]
             olds.append(st)
-            c = ctx.get((key, fam))
-            if c is None:
+            c = ctx.get(key)
+            if c is None or c[4] != fam:
                 if fam not in FAMILIES:
                     plans.append(None)
                     fam_c.append(-1)
                     pid_l.append(0)
                     continue
-                p, pid = self._plan(site, device, fam)
-                c = ctx[(key, fam)] = (p, FAM_CODE[fam], pid, _FAM_NM[fam])
+                self._plan(site, device, fam)
+                c = ctx[key]
             plans.append(c[0])
             fam_c.append(c[1])
             pid_l.append(c[2])
@@ -644,7 +652,6 @@ class DetectorEngine:
             ns = dict(old) if old else _new_state(p.family)
             if store is None:
                 ns["c"] = dict(ns["c"])
-            ns["k"] = dict(ns["k"])
             new_states[d] = ns
         findings: list[Finding] = []
         if n == 0:
@@ -984,7 +991,7 @@ class DetectorEngine:
             if retracted:
                 f = replace(f, rule="retracted: readings show the device was measuring (data arrived late)")
             out.append(f)
-            ns["sil"] = [0, 0, 0]
+            ns["sil"] = _SIL0
             ns["sx"] = None if retracted else [quiet_from, lo_t, sil[1]]
         dl, offat = deadman.deadlines(p, self.calendar(p.site), lt, cad, via)
         ns["dl"], ns["offat"] = dl, offat
@@ -1425,7 +1432,10 @@ class DetectorEngine:
         agg_l, te_l, lt_l = agg[last].tolist(), te[last].tolist(), e_ts[last].tolist()
         for g, (d, kc) in enumerate(zip(g_dev.tolist(), g_kind.tolist())):
             kind = KINDS[kc]
-            ns_k = new_states[d]["k"]
+            ns = new_states[d]
+            ns_k = ns["k"]
+            if ns_k is _K0 or (olds[d] is not None and ns_k is olds[d]["k"]):  # copy on the first write
+                ns_k = ns["k"] = dict(ns_k)
             nsl = KIND_SLOTS[kind]
             slots = slot_l[g][:nsl]
             if not agg_l[g] and not any(slots):
@@ -1608,7 +1618,7 @@ class DetectorEngine:
             if ns["sil"][0]:
                 f = self._silent_finding(p, Level.CLEAR, ds.ts, ds.ts - (ns["lt"] or ds.ts), ns)
                 out.append(replace(f, rule="cleared: the device announced it is powered off"))
-                ns["sil"] = [0, 0, 0]
+                ns["sil"] = _SIL0
             h = self._health(p, ns, _OFF, ds.ts, f"off: announced ({ds.reason or 'power off'})")
         else:
             ns["off"] = None
