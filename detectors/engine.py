@@ -71,6 +71,9 @@ _NI, _NF = 10, 3
 _NO_TS = int(np.iinfo(np.int64).min)
 _EMPTY_I = [_NO_TS] + [0] * (_NI - 1)
 _EMPTY_F = [None] * _NF
+_I8 = [2, 5, 7, 9]  # the flags (suspect, oor_bit, spike_bit, flat_bit): int8 in the store
+_I64 = [j for j in range(_NI) if j not in _I8]
+_FAM_NM_L = _NM_BY_CODE.tolist()
 _FM_SLOT = np.array(FM_SLOT, dtype=np.int64)
 _KIND_SLOT_CHECK: dict[tuple[str, int], int] = {(c.kind, c.slot): c.index for c in CHECKS}
 _CHECKS_BY_FM: dict[int, list[int]] = {}
@@ -289,15 +292,19 @@ class _Pool:
 class _SeriesStore:
     """The series blocks (``m``) and check states (``c``) of resident devices, as arrays that persist across
     batches: a device owns ``nm`` consecutive rows (one per metric slot of its family) of ``i`` and ``f`` from
-    the row ``at[key][0]``, which is also its id in the check pools (key = id × ``_NC`` + check): the hysteresis
+    the row ``at[key]``, which is also its id in the check pools (key = id × ``_NC`` + check): the hysteresis
     of checks with a latch set or a hold running (``hyst``: 3 bits, 3 runs, 3 run starts), the samples of rate
     checks (``rate``: time, value) and the last phase currents of the imbalance check (``phase``).
 
-    Rows are handed out once per device and never moved; ``clear`` drops everything (partitions moved away)."""
+    The integer columns of a series are kept as int64 (times and counts: ``i``) and int8 (the four flags: ``b``);
+    ``fam[row]`` is the family code of the block starting at a row. Rows are handed out once per device and never
+    moved; ``clear`` drops everything (partitions moved away)."""
 
     def __init__(self) -> None:
-        self.at: dict[str, tuple[int, int, int]] = {}  # key -> (first row, metric slots, family code)
-        self.i = np.empty((0, _NI), dtype=np.int64)
+        self.at: dict[str, int] = {}  # key -> first row
+        self.fam = bytearray()  # per row: family code of the block starting there
+        self.i = np.empty((0, len(_I64)), dtype=np.int64)
+        self.b = np.empty((0, len(_I8)), dtype=np.int8)
         self.f = np.empty((0, _NF))
         self.top = 0
         self.hyst = _Pool(np.zeros((0, 9), np.int64))
@@ -339,10 +346,10 @@ class _SeriesStore:
 
     def checks(self, key: str) -> dict:
         """``c`` of one device as its state carries it (JSON-able)."""
-        sl = self.at.get(key)
-        if sl is None:
+        a = self.at.get(key)
+        if a is None:
             return {}
-        k0 = sl[0] * _NC
+        k0 = a * _NC
         out: dict[int, dict] = {}
         a, b = self.rate.span(k0, k0 + _NC)
         if b > a:
@@ -381,34 +388,55 @@ class _SeriesStore:
 
     def place(self, keys: list[str], nm: np.ndarray, fam: np.ndarray) -> np.ndarray:
         """The first row of each device's block, given a block (at the end) if it has none of its family yet."""
-        at = self.at
+        at, fams = self.at, self.fam
         out = np.empty(len(keys), dtype=np.int64)
         for j, (k, n, fc) in enumerate(zip(keys, nm.tolist(), fam.tolist())):
-            sl = at.get(k)
-            if sl is None or sl[2] != fc:
-                if sl is not None:  # another family now: its old block's check states go with it
-                    self.forget_checks(np.array([sl[0]], dtype=np.int64))
-                sl = at[k] = (self.top, n, fc)
+            row = at.get(k)
+            if row is None or fams[row] != fc:
+                if row is not None:  # another family now: its old block's check states go with it
+                    self.forget_checks(np.array([row], dtype=np.int64))
+                row = at[k] = self.top
+                fams.extend(bytes(n))
+                fams[row] = fc
                 self.top += n
-            out[j] = sl[0]
+            out[j] = row
         if self.top > self.i.shape[0]:
             cap = max(self.top, 2 * self.i.shape[0], 1024)
-            i = np.empty((cap, _NI), dtype=np.int64)
-            i[:] = _EMPTY_I
+            i = np.empty((cap, len(_I64)), dtype=np.int64)
+            i[:] = np.array(_EMPTY_I)[_I64]
+            b = np.zeros((cap, len(_I8)), dtype=np.int8)
             f = np.full((cap, _NF), np.nan)
             i[:self.i.shape[0]] = self.i
+            b[:self.b.shape[0]] = self.b
             f[:self.f.shape[0]] = self.f
-            self.i, self.f = i, f
+            self.i, self.b, self.f = i, b, f
         return out
+
+    def has(self, key: str, fc: int) -> bool:
+        """Whether the store holds a block of this family for the device."""
+        row = self.at.get(key)
+        return row is not None and self.fam[row] == fc
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """The integer series columns of these rows, in the state's layout (``_NI`` columns)."""
+        out = np.empty((rows.shape[0], _NI), dtype=np.int64)
+        out[:, _I64] = self.i[rows]
+        out[:, _I8] = self.b[rows]
+        return out
+
+    def scatter(self, rows: np.ndarray, ints: np.ndarray) -> None:
+        self.i[rows] = ints[:, _I64]
+        self.b[rows] = ints[:, _I8]
 
     def block(self, key: str) -> list | None:
         """``m`` of one device as its state carries it (JSON-able), or None if it has no block."""
-        sl = self.at.get(key)
-        if sl is None:
+        a = self.at.get(key)
+        if a is None:
             return None
-        a, n, _ = sl
+        n = _FAM_NM_L[self.fam[a]]
         fl = self.f[a:a + n].ravel()
-        return [self.i[a:a + n].ravel().tolist(), np.where(np.isnan(fl), None, fl.astype(object)).tolist()]
+        return [self.gather(np.arange(a, a + n)).ravel().tolist(),
+                np.where(np.isnan(fl), None, fl.astype(object)).tolist()]
 
     def clear(self) -> None:
         self.__init__()
@@ -537,6 +565,7 @@ class DetectorEngine:
         store = self._store if (self.resident and not lane) else None
         in_store: list[int] = []  # devices whose series block is in the store (their state has no "m")
         store_at = store.at if store is not None else {}
+        store_fam = store.fam if store is not None else b""
         for site, device, fam in zip([site_l[r] for r in first_row], [dev_l[r] for r in first_row], fam_l):
             key = site + "/" + device
             dkeys.append(key)
@@ -546,7 +575,7 @@ class DetectorEngine:
                 if type(st) is dict and st.get("v") == STATE_VERSION and (
                         c := ctx.get(key)) is not None and c[4] == st.get("fam"):
                     m = st.get("m")
-                    if (m is None and (sl := store_at.get(key)) is not None and sl[2] == c[1]) or (
+                    if (m is None and (row := store_at.get(key)) is not None and store_fam[row] == c[1]) or (
                             type(m) is list and len(m) == 2 and len(m[0]) == c[3] * _NI and len(m[1]) == c[3] * _NF):
                         if m is None:
                             in_store.append(len(olds))
@@ -580,7 +609,7 @@ class DetectorEngine:
             # state, or a fresh device) drops what the store held for it and brings its own check states
             dev_id = np.full(n_dev, -1, dtype=np.int64)
             if in_store:
-                dev_id[in_store] = [store_at[dkeys[d]][0] for d in in_store]
+                dev_id[in_store] = [store_at[dkeys[d]] for d in in_store]
             others = np.flatnonzero((dev_id < 0) & (dev_fam >= 0))
             if others.shape[0]:
                 dev_id[others] = store.place([dkeys[d] for d in others.tolist()], nm[others], dev_fam[others])
@@ -611,7 +640,7 @@ class DetectorEngine:
             ds = np.array(in_store, dtype=np.int64)
             rows_b = _block_rows(off[ds], nm[ds])
             rows_s = _block_rows(dev_id[ds], nm[ds])
-            S_i[rows_b] = store.i[rows_s]
+            S_i[rows_b] = store.gather(rows_s)
             S_f[rows_b] = store.f[rows_s]
             had = [d for d in range(n_dev) if olds[d] is not None and "m" in olds[d]]
         else:
@@ -731,7 +760,7 @@ class DetectorEngine:
             ds = np.fromiter(new_states, np.int64, len(new_states))
             rows_b = _block_rows(off[ds], nm[ds])
             rows_s = _block_rows(dev_id[ds], nm[ds])
-            store.i[rows_s] = S_i[rows_b]
+            store.scatter(rows_s, S_i[rows_b])
             store.f[rows_s] = S_f[rows_b]
             store.apply()
             for ns in new_states.values():
@@ -1699,7 +1728,7 @@ class DetectorEngine:
     def _readable(self, key: str, st: Any) -> dict | None:
         """``_upgrade``, knowing that a resident state's series block is in the store."""
         if (isinstance(st, dict) and "m" not in st and st.get("v") == STATE_VERSION and st.get("fam") in FAMILIES
-                and (sl := self._store.at.get(key)) is not None and sl[2] == FAM_CODE[st["fam"]]):
+                and self._store.has(key, FAM_CODE[st["fam"]])):
             return st
         return _upgrade(st)
 

@@ -188,5 +188,5 @@ def test_a_device_key_reused_by_another_family_starts_without_the_old_check_stat
     assert got == js(s_plain)
     assert all(cid.startswith("formwork.") for cid in got["s-a/p-1"]["c"])
     store = eng._store
-    new_id = store.at["s-a/p-1"][0]
+    new_id = store.at["s-a/p-1"]
     assert all(pool.key.shape[0] == 0 or (pool.key // len(CHECKS) == new_id).all() for pool in store.pools)
