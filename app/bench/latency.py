@@ -331,7 +331,8 @@ def _spy_summary(spy, path: Path) -> str:
     if not path.exists():
         return "  (no profile written)"
     main = path.with_suffix(".main.txt")
-    lines = [ln for ln in path.read_text().splitlines() if "MainThread" in ln.split(";", 1)[0]]
+    lines = [ln for ln in path.read_text().splitlines()  # a sample caught between frames has no ";"
+             if ";" in ln and "MainThread" in ln.split(";", 1)[0]]
     main.write_text("\n".join(ln.split(";", 1)[1] for ln in lines))
     busy = sum(int(ln.rpartition(" ")[2]) for ln in lines) / max(SPY_RATE * wall, 1.0)
     return (f"  worker event-loop thread busy {100 * busy:.0f} % of {wall:.0f} s (py-spy active samples; {main}):\n"
