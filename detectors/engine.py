@@ -275,17 +275,29 @@ class _Pool:
             self._add.append((key, *cols))
 
     def apply(self) -> None:
-        if not self._drop and not self._add:
-            return
-        keep = np.ones(self.key.shape[0], dtype=bool)
-        if self._drop and self.key.shape[0]:
+        """Drop, then merge the new entries in (sorted among themselves, inserted by binary search): linear in
+        the pool, with a sort of the batch's entries only."""
+        key, cols = self.key, self.col
+        if self._drop and key.shape[0]:
             lo, cnt = self.find(np.concatenate(self._drop))
-            keep[_block_rows(lo, cnt)] = False
-        parts = [(self.key[keep], *(c[keep] for c in self.col))] + self._add
-        key = np.concatenate([p[0] for p in parts])
-        o = np.argsort(key, kind="stable")  # two sorted runs mostly: a merge
-        self.key = key[o]
-        self.col = [np.concatenate([p[j + 1] for p in parts])[o] for j in range(len(self.col))]
+            rows = _block_rows(lo, cnt)
+            if rows.shape[0]:
+                keep = np.ones(key.shape[0], dtype=bool)
+                keep[rows] = False
+                key, cols = key[keep], [c[keep] for c in cols]
+        if self._add:
+            ak = np.concatenate([a[0] for a in self._add])
+            acols = [np.concatenate([a[j + 1] for a in self._add]) for j in range(len(cols))]
+            if 4 * ak.shape[0] > key.shape[0]:  # most of the pool is new: one stable sort of everything
+                key = np.concatenate([key, ak])
+                o = np.argsort(key, kind="stable")
+                key, cols = key[o], [np.concatenate([c, ac])[o] for c, ac in zip(cols, acols)]
+            else:
+                o = np.argsort(ak, kind="stable")  # a key's entries keep their order (samples, gaps: in time)
+                pos = np.searchsorted(key, ak[o], side="right")
+                cols = [np.insert(c, pos, ac[o], axis=0) for c, ac in zip(cols, acols)]
+                key = np.insert(key, pos, ak[o])
+        self.key, self.col = key, cols
         self._drop, self._add = [], []
 
 
@@ -294,7 +306,9 @@ class _SeriesStore:
     batches: a device owns ``nm`` consecutive rows (one per metric slot of its family) of ``i`` and ``f`` from
     the row ``at[key]``, which is also its id in the check pools (key = id × ``_NC`` + check): the hysteresis
     of checks with a latch set or a hold running (``hyst``: 3 bits, 3 runs, 3 run starts), the samples of rate
-    checks (``rate``: time, value) and the last phase currents of the imbalance check (``phase``).
+    checks (``rate``: time, value) and the last phase currents of the imbalance check (``phase``); and in the
+    pools keyed by the id alone, the device's last gaps (``cad``) and covered intervals (``cov``). A pool is
+    rebuilt once per batch (linear in its size: at 100k devices a few ms per pool, see docs/performance.md).
 
     The integer columns of a series are kept as int64 (times and counts: ``i``) and int8 (the four flags: ``b``);
     ``fam[row]`` is the family code of the block starting at a row. Rows are handed out once per device and never
@@ -311,13 +325,41 @@ class _SeriesStore:
         self.rate = _Pool(np.zeros(0, np.int64), np.zeros(0))
         self.phase = _Pool(np.zeros((0, 3)), np.zeros((0, 3), np.int64))
         self.pools = (self.hyst, self.rate, self.phase)
+        # keyed by the device id alone: the last gaps (``cad``) and the covered intervals (``cov``)
+        self.cad = _Pool(np.zeros(0, np.int64))
+        self.cov = _Pool(np.zeros((0, 2), np.int64))
 
     def forget_checks(self, ids: np.ndarray) -> None:
-        """Drop the check states of these device ids (queued: applied with the batch's own changes)."""
+        """Drop the check states, gaps and covered time of these device ids (queued: applied with the batch's
+        own changes)."""
         if ids.shape[0]:
             ks = (ids[:, None] * _NC + np.arange(_NC)).ravel()
             for pool in self.pools:
                 pool.queue(ks, ks[:0])
+            self.cad.queue(ids, ids[:0])
+            self.cov.queue(ids, ids[:0])
+
+    def import_times(self, dev_id: int, cad: list, cov: list) -> None:
+        """A full state's gaps and covered intervals into the pools (after ``forget_checks`` of the device)."""
+        k = np.array([dev_id], dtype=np.int64)
+        if cad:
+            self.cad.queue(k[:0], np.repeat(k, len(cad)), np.array(cad, dtype=np.int64))
+        if cov:
+            self.cov.queue(k[:0], np.repeat(k, len(cov)), np.array(cov, dtype=np.int64).reshape(-1, 2))
+
+    def cad_of(self, key: str) -> list:
+        a = self.at.get(key)
+        if a is None:
+            return []
+        x, y = self.cad.span(a, a + 1)
+        return self.cad.col[0][x:y].tolist()
+
+    def cov_of(self, key: str) -> list:
+        a = self.at.get(key)
+        if a is None:
+            return []
+        x, y = self.cov.span(a, a + 1)
+        return self.cov.col[0][x:y].tolist()
 
     def import_checks(self, dev_id: int, c: dict) -> None:
         """A full state's check states (``c``) into the pools (after ``forget_checks`` of the device)."""
@@ -341,7 +383,7 @@ class _SeriesStore:
                 self.phase.queue(k[:0], k, ph, pt)
 
     def apply(self) -> None:
-        for pool in self.pools:
+        for pool in (*self.pools, self.cad, self.cov):
             pool.apply()
 
     def checks(self, key: str) -> dict:
@@ -456,12 +498,13 @@ def _first_rows(codes: np.ndarray) -> np.ndarray:
 
 
 class DetectorEngine:
-    """``resident=True`` (the worker): the engine keeps each device's series block (``m``) and check states
-    (``c``: hysteresis, rate samples, phase currents) — the largest parts of a state — in arrays across batches;
-    the states it returns carry neither, and ``export_state`` gives the full, JSON-able state to checkpoint. A
-    state handed to ``process`` must then be the latest one the engine returned for that device, or a full state
-    (from the table or a snapshot: its ``m`` and ``c`` replace what the store holds). Without it (tests,
-    backtests) every state is full, as before."""
+    """``resident=True`` (the worker): the engine keeps each device's series block (``m``), check states
+    (``c``: hysteresis, rate samples, phase currents), last gaps (``cad``) and covered time (``cov``) — the
+    largest parts of a state — in arrays across batches; the states it returns carry none of them, and
+    ``export_state`` gives the full, JSON-able state to checkpoint. A state handed to ``process`` must then be
+    the latest one the engine returned for that device, or a full state (from the table or a snapshot: its
+    ``m``, ``c``, ``cad`` and ``cov`` replace what the store holds). Without it (tests, backtests) every state is
+    full, as before."""
 
     def __init__(self, rules: RuleSet, resident: bool = False):
         self.rules = rules
@@ -615,8 +658,11 @@ class DetectorEngine:
                 dev_id[others] = store.place([dkeys[d] for d in others.tolist()], nm[others], dev_fam[others])
                 store.forget_checks(dev_id[others])
                 for d in others.tolist():
-                    if olds[d] is not None and olds[d].get("c"):
-                        store.import_checks(int(dev_id[d]), olds[d]["c"])
+                    od = olds[d]
+                    if od is not None:
+                        if od.get("c"):
+                            store.import_checks(int(dev_id[d]), od["c"])
+                        store.import_times(int(dev_id[d]), od.get("cad") or [], od.get("cov") or [])
                 store.apply()
 
         # the device's family decides what its metric names mean; a metric foreign to it is dropped
@@ -766,6 +812,8 @@ class DetectorEngine:
             for ns in new_states.values():
                 ns.pop("m", None)
                 ns.pop("c", None)
+                ns.pop("cad", None)
+                ns.pop("cov", None)
         else:
             ints = S_i.ravel().tolist()
             fl = S_f.ravel()
@@ -819,17 +867,29 @@ class DetectorEngine:
         ts0 = tt[bnd_a[D]]
         # ---- what the states hold (one pass of Python)
         lt_l = [ns.get("lt") for ns in nss]
-        cads = [(ns.get("cad") or [])[-deadman.K_GAPS:] for ns in nss]
-        covs = [ns.get("cov") or [] for ns in nss]
         sil_l = [(ns.get("sil") or (0,))[0] for ns in nss]
         has_lt = np.fromiter((x is not None for x in lt_l), bool, m)
         lt_old = np.fromiter((x if x is not None else 0 for x in lt_l), np.int64, m)
-        cov_n = np.fromiter(map(len, covs), np.int64, m)
-        cov_b = np.fromiter((c[-1][1] if c else 0 for c in covs), np.int64, m)
         silent = np.fromiter(sil_l, np.int64, m) != 0
+        store = self._store if resident_ids is not None else None
+        if store is None:
+            cads = [(ns.get("cad") or [])[-deadman.K_GAPS:] for ns in nss]
+            covs = [ns.get("cov") or [] for ns in nss]
+            cov_n = np.fromiter(map(len, covs), np.int64, m)
+            cov_b = np.fromiter((c[-1][1] if c else 0 for c in covs), np.int64, m)
+            cov_flat = np.fromiter(chain.from_iterable(chain.from_iterable(covs)), np.int64, 2 * int(cov_n.sum()))
+            c_n = np.fromiter(map(len, cads), np.int64, m)
+            c_flat = np.fromiter(chain.from_iterable(cads), np.int64, int(c_n.sum()))
+        else:  # resident: gaps and covered time straight from the store's pools
+            ids = resident_ids[D]
+            lo, cnt = store.cad.find(ids)
+            c_n = np.minimum(cnt, deadman.K_GAPS)
+            c_flat = store.cad.col[0][_block_rows(lo + cnt - c_n, c_n)]
+            lo, cov_n = store.cov.find(ids)
+            cov_flat = store.cov.col[0][_block_rows(lo, cov_n)].ravel()
+            cov_b = np.where(cov_n > 0, store.cov.col[0][np.maximum(lo + cov_n - 1, 0), 1] if store.cov.key.shape[0]
+                             else 0, 0)
         # ---- old cadence: the gap threshold (while learning, the largest gap seen counts as normal)
-        c_n = np.fromiter(map(len, cads), np.int64, m)
-        c_flat = np.fromiter(chain.from_iterable(cads), np.int64, int(c_n.sum()))
         c_own = np.repeat(np.arange(m), c_n)
         pid = dev_pid[D]
         min_gaps, def_iv = tab.min_gaps[pid], tab.def_iv[pid]
@@ -865,6 +925,7 @@ class DetectorEngine:
         ends = np.searchsorted(own, np.arange(m), side="right")
         tail = (ends[own] - np.arange(own.shape[0])) <= deadman.K_GAPS
         own, vals = own[tail], vals[tail]
+        cad_own = own
         nc_start = np.searchsorted(own, np.arange(m + 1))
         nc_n = np.diff(nc_start)
         iv_new, _ = cadence(own, vals, nc_n)
@@ -902,7 +963,6 @@ class DetectorEngine:
         first_of[r_i[r_first]] = np.flatnonzero(r_first)
         seg0_last = np.minimum(first_brk, last_of + 1) - 1
         merge = (cov_n > 0) & (seg0_last >= first_of)
-        cov_flat = np.fromiter(chain.from_iterable(chain.from_iterable(covs)), np.int64, 2 * int(cov_n.sum()))
         ca, cb = cov_flat[0::2].copy(), cov_flat[1::2].copy()
         c_last = np.cumsum(cov_n) - 1
         mi = np.flatnonzero(merge)
@@ -922,8 +982,13 @@ class DetectorEngine:
         is_last = np.r_[own[1:] != own[:-1], True]
         keep = kept | (is_last & ~any_kept[own])
         own, a_, b_ = own[keep], a_[keep], b_[keep]
-        cov_pairs = np.column_stack([a_, b_]).tolist()
-        cvs = np.searchsorted(own, np.arange(m + 1)).tolist()
+        if store is None:
+            cov_pairs = np.column_stack([a_, b_]).tolist()
+            cvs = np.searchsorted(own, np.arange(m + 1)).tolist()
+        else:  # resident: the new gaps of every device, and the covered time of the vectorised ones, to the store
+            store.cad.queue(ids, ids[cad_own], vals)
+            sel = vec[own]
+            store.cov.queue(ids[vec], ids[own[sel]], np.column_stack([a_[sel], b_[sel]]))
         og_new: dict[int, list] = {}
         for i, x, y in zip(r_i[ogp].tolist(), prev_x[ogp].tolist(), r_t[ogp].tolist()):
             og_new.setdefault(i, []).append((x, y))
@@ -946,9 +1011,12 @@ class DetectorEngine:
             cad = cad_vals[ncs[i]:ncs[i + 1]]
             if not vec_i:
                 out += self._upkeep_one(d, ns, p, cad, tt[bnd_a[d]:bnd_a[d + 1]], int(thr[i]), int(gmax[d]),
-                                        olds[d], lo_i, hi_i, gw_l, pre_of.get(d))
+                                        olds[d], lo_i, hi_i, gw_l, pre_of.get(d),
+                                        int(ids[i]) if store is not None else None)
                 continue
-            ns["cov"] = cov_pairs[cvs[i]:cvs[i + 1]]
+            if store is None:
+                ns["cov"] = cov_pairs[cvs[i]:cvs[i + 1]]
+                ns["cad"] = cad
             gaps = og_new.get(i)
             if gaps is not None:
                 # with the rate samples from before the outage: the live history moves on past them, the
@@ -956,7 +1024,6 @@ class DetectorEngine:
                 pre = pre_of[d] if resident_ids is not None else self._pre_outage(olds[d])
                 og = (ns.get("og") or []) + [[x, y, pre] for x, y in gaps]
                 ns["og"] = [o for o in og if o[1] >= older_l[i]][-self.max_intervals:]
-            ns["cad"] = cad
             via = p.gateway or (gw_l[d] if gw_l is not None else None) or ns.get("via")
             ns["via"] = via
             ns["lt"] = lt
@@ -978,16 +1045,25 @@ class DetectorEngine:
         return out
 
     def _upkeep_one(self, d: int, ns: dict, p: DevicePlan, cad: list, tt: np.ndarray, thr: int, gmax: int, old,
-                    lo_t: int, hi_t: int, gw_l, pre: dict | None = None) -> list[Finding]:
-        """One device whose batch leaves a gap in its covered time, ends a silence or follows a calendar."""
+                    lo_t: int, hi_t: int, gw_l, pre: dict | None = None, rid: int | None = None) -> list[Finding]:
+        """One device whose batch leaves a gap in its covered time, ends a silence or follows a calendar.
+
+        ``rid``: the device's id in the store (resident): its old gaps and covered time are read there (the new
+        gaps are already queued) and its new covered time is queued there."""
         out: list[Finding] = []
         ts_d = tt.tolist()
         ts0 = ts_d[0]
         lt_old = ns.get("lt")
-        cad_old = ns.get("cad") or []
-        ns["cad"] = cad
+        if rid is None:
+            cad_old = ns.get("cad") or []
+            ns["cad"] = cad
+            cov = ns.get("cov") or []
+        else:
+            x, y = self._store.cad.span(rid, rid + 1)
+            cad_old = self._store.cad.col[0][x:y].tolist()
+            x, y = self._store.cov.span(rid, rid + 1)
+            cov = self._store.cov.col[0][x:y].tolist()
         first_gap = ts0 - lt_old if lt_old is not None else 0
-        cov = ns.get("cov") or []
         if gmax <= thr and first_gap <= thr and cov and ts0 - cov[-1][1] <= thr:
             # no gap, the last covered stretch grows
             cov = cov[:-1] + [[cov[-1][0], max(cov[-1][1], ts_d[-1])]]
@@ -1002,7 +1078,12 @@ class DetectorEngine:
                 og = (ns.get("og") or []) + [[x, y, pre] for x, y in zip(prev, nxt) if y - x > thr]
                 ns["og"] = [o for o in og if o[1] >= hi_t - self.allowed_lateness_ms][-self.max_intervals:]
             cov = coverage.extend(cov, ts_d, thr, self.max_intervals)
-        ns["cov"] = coverage.prune(cov, hi_t - self.allowed_lateness_ms)
+        cov = coverage.prune(cov, hi_t - self.allowed_lateness_ms)
+        if rid is None:
+            ns["cov"] = cov
+        else:
+            k = np.array([rid], dtype=np.int64)
+            self._store.cov.queue(k, np.repeat(k, len(cov)), np.array(cov, dtype=np.int64).reshape(-1, 2))
         via = p.gateway or (gw_l[d] if gw_l is not None else None) or ns.get("via")
         ns["via"] = via
         lt = max(hi_t, lt_old if lt_old is not None else hi_t)
@@ -1014,7 +1095,7 @@ class DetectorEngine:
             quiet_ms = max(0, lo_t - quiet_from)
             # measured within its limit after all (the silence was data held up on the way): retract it
             retracted = quiet_ms <= deadman.limit_ms(p, cad_old)
-            f = self._silent_finding(p, Level.CLEAR, lo_t, quiet_ms, ns)
+            f = self._silent_finding(p, Level.CLEAR, lo_t, quiet_ms, ns, cad)
             f.evidence.update(cleared_by={"ts": lo_t, "value": quiet_ms / 1000}, retracted=retracted,
                               measured_during=[quiet_from, lo_t])
             if retracted:
@@ -1067,7 +1148,7 @@ class DetectorEngine:
             st = states.get(dkeys[d])
             if p is None or not isinstance(st, dict):
                 continue
-            covered, gfrom, _ = coverage.classify(st.get("cov") or [], lts[a:b])
+            covered, gfrom, _ = coverage.classify(self._cov(dkeys[d], st), lts[a:b])
             keep[a:b] = ~covered
             if not covered.all():
                 t_new = lts[a:b][~covered]
@@ -1114,7 +1195,7 @@ class DetectorEngine:
         # the outage, which are clear: it ended there
         for key, ls in lane_states.items():
             st = states[key]
-            cov = st.get("cov") or []
+            cov = self._cov(key, st)
             for kind, ks in ls["k"].items():
                 live = st["k"].get(kind)
                 if not ks.get("l") or (live and live.get("l")):
@@ -1125,16 +1206,18 @@ class DetectorEngine:
                 live_back = next((o[1] for o in st.get("og") or [] if o[0] <= lane_end <= o[1]), None)
                 p = lane_plans[key]
                 if gap_end < 0 or gap_end != live_back or (
-                        gap_end - lane_end > deadman.gap_threshold_ms(p, st.get("cad") or [], self.gap_factor)):
+                        gap_end - lane_end > deadman.gap_threshold_ms(p, self._cad(key, st), self.gap_factor)):
                     continue  # more buffered data is to come (or a flush sent newest-first), not the live readings
                 out.append(self._late_clear(key, kind, ks, st, gap_end, last_metric.get((key, kind)), arrival))
         # covered now; and a silence the buffered readings contradict is retracted
         for key, sp in spans.items():
             st = states[key]
             p = lane_plans[key]
-            thr = deadman.gap_threshold_ms(p, st.get("cad") or [], self.gap_factor)
+            thr = deadman.gap_threshold_ms(p, self._cad(key, st), self.gap_factor)
+            cov = self._cov(key, st)
             for a, b in sp:
-                st["cov"] = coverage.add_span(st.get("cov") or [], a, b, thr, self.max_intervals)
+                cov = coverage.add_span(cov, a, b, thr, self.max_intervals)
+            self._set_cov(key, st, cov)
             sx = st.get("sx")
             if sx and any(a < sx[1] and b > sx[0] for a, b in sp):
                 lo = min(a for a, _ in sp)
@@ -1146,14 +1229,13 @@ class DetectorEngine:
                 st["sx"] = None
         return out
 
-    @staticmethod
-    def _mark_late(f: Finding, st: dict, arrival: int, outage: list | None = None) -> Finding:
+    def _mark_late(self, f: Finding, st: dict, arrival: int, outage: list | None = None) -> Finding:
         """Late, with its arrival delay and the outage it fell in: ``outage`` if given, else as heard live
         (``og``) where one contains it, else the gap between the covered stretches around it."""
         if outage is None:
             outage = next(([o[0], o[1]] for o in st.get("og") or [] if o[0] <= f.ts <= o[1]), None)
         if outage is None:
-            _, gfrom, gto = coverage.classify(st.get("cov") or [], np.array([f.ts], dtype=np.int64))
+            _, gfrom, gto = coverage.classify(self._cov(f.key, st), np.array([f.ts], dtype=np.int64))
             outage = [int(gfrom[0]) if gfrom[0] >= 0 else None, int(gto[0]) if gto[0] >= 0 else None]
         if st.get("via"):
             f.evidence["gateway"] = st["via"]
@@ -1612,8 +1694,10 @@ class DetectorEngine:
             return None
         return st.get("due", st.get("dl"))
 
-    def _silent_finding(self, p: DevicePlan, level: Level, ts: int, silent_ms: int, st: dict) -> Finding:
-        cad = st.get("cad") or []
+    def _silent_finding(self, p: DevicePlan, level: Level, ts: int, silent_ms: int, st: dict,
+                        cad: list | None = None) -> Finding:
+        if cad is None:
+            cad = self._cad(f"{p.site}/{p.device}", st)
         limit = deadman.limit_ms(p, cad) / 1000
         interval = deadman.interval_ms(p, cad) / 1000
         learned = len(cad) >= p.min_gaps
@@ -1651,7 +1735,7 @@ class DetectorEngine:
             h = self._health(p, ns, _OFF, ds.ts, f"off: announced ({ds.reason or 'power off'})")
         else:
             ns["off"] = None
-            dl, offat = deadman.deadlines(p, self.calendar(ds.site), ds.ts, ns.get("cad") or [], ns.get("via"))
+            dl, offat = deadman.deadlines(p, self.calendar(ds.site), ds.ts, self._cad(key, ns), ns.get("via"))
             ns["lt"] = max(ns["lt"] or ds.ts, ds.ts)
             ns["dl"], ns["offat"] = dl, offat
             ns["due"] = min(dl, offat) if offat is not None else dl
@@ -1702,6 +1786,8 @@ class DetectorEngine:
         out = dict(st)
         out["m"] = m
         out["c"] = self._store.checks(key)
+        out["cad"] = self._store.cad_of(key)
+        out["cov"] = self._store.cov_of(key)
         return out
 
     def export_states(self, states: dict[str, Any]) -> dict[str, Any]:
@@ -1710,6 +1796,30 @@ class DetectorEngine:
     def drop_resident(self) -> None:
         """Forget every stored series block (the caller's states are to be reloaded in full)."""
         self._store.clear()
+
+    def _resident(self, st: dict) -> bool:
+        """A state whose ``m``, ``c``, ``cad`` and ``cov`` are in the store."""
+        return self.resident and "m" not in st
+
+    def _cad(self, key: str, st: dict) -> list:
+        """``cad`` of a state: from the state, or from the store for a resident one."""
+        if "cad" in st or not self._resident(st):
+            return st.get("cad") or []
+        return self._store.cad_of(key)
+
+    def _cov(self, key: str, st: dict) -> list:
+        """``cov`` of a state: from the state, or from the store for a resident one."""
+        if "cov" in st or not self._resident(st):
+            return st.get("cov") or []
+        return self._store.cov_of(key)
+
+    def _set_cov(self, key: str, st: dict, cov: list) -> None:
+        if "cov" in st or not self._resident(st) or key not in self._store.at:
+            st["cov"] = cov
+            return
+        k = np.array([self._store.at[key]], dtype=np.int64)
+        self._store.cov.queue(k, np.repeat(k, len(cov)), np.array(cov, dtype=np.int64).reshape(-1, 2))
+        self._store.cov.apply()
 
     def _checks(self, key: str, st: dict) -> dict:
         """``c`` of a state: from the state, or from the store for a resident one."""

@@ -190,3 +190,37 @@ def test_a_device_key_reused_by_another_family_starts_without_the_old_check_stat
     store = eng._store
     new_id = store.at["s-a/p-1"]
     assert all(pool.key.shape[0] == 0 or (pool.key // len(CHECKS) == new_id).all() for pool in store.pools)
+
+
+def test_gaps_and_covered_time_live_in_the_store():
+    """A device's learned gaps (``cad``) and covered time (``cov``) are kept in the store: its state carries neither.
+    They still decide what depends on them, as in the plain engine: the silent limit (the clock raises a silent
+    fault), the silence ending when readings resume, the outage the buffered readings fall in (late lane), the
+    covered time those readings add and the silence they retract — findings and exported states equal after
+    every step."""
+    dev = ("s-a", "p-2", "pit", "wall_top_horizontal")
+    t0, H = 1_700_000_000_000, 3_600_000
+    before = [(*dev, t0 + k * 1000, 1.0 + 0.05 * (k % 3)) for k in range(30)]
+    buffered = [(*dev, t0 + 30_000 + k * 1000, 12.0 + 0.01 * k) for k in range(400)]
+    after = [(*dev, t0 + 3 * H + k * 1000, 1.0 + 0.05 * (k % 3)) for k in range(10)]
+    eng, plain = DetectorEngine(rules(), resident=True), DetectorEngine(rules())
+    s_res: dict = {}
+    s_plain: dict = {}
+    got = []
+    for step, arg in (("b", (before, t0 + 30_000)), ("t", t0 + 2 * H + 60_000), ("t", t0 + 2 * H + 600_000),
+                      ("b", (after, t0 + 3 * H + 10_000)), ("b", (buffered, t0 + 3 * H + 20_000))):
+        if step == "b":
+            b = ReadingBatch.from_columns(*zip(*arg[0]))
+            a, c = plain.process(b, s_plain, arg[1]), eng.process(b, s_res, arg[1])
+        else:
+            a, c = plain.tick(arg, s_plain), eng.tick(arg, s_res)
+        assert list(map(full, c)) == list(map(full, a))
+        assert "cad" not in s_res["s-a/p-2"] and "cov" not in s_res["s-a/p-2"]
+        assert js(eng.export_states(s_res)) == js(s_plain)
+        got += c
+    silent = [f for f in got if f.kind == "fault.silent"]
+    assert silent and silent[0].level  # the clock found it silent (2 h floor of its limit)
+    assert any(not f.level and not f.evidence.get("retracted") for f in silent)  # ended when readings resumed
+    assert any(f.evidence.get("retracted") for f in silent)  # and retracted by the buffered readings
+    assert any(f.evidence.get("late") for f in got if f.kind != "fault.silent")  # judged on the late lane
+    assert len(js(eng.export_states(s_res))["s-a/p-2"]["cov"]) >= 1
