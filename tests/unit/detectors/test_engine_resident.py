@@ -218,6 +218,8 @@ def test_gaps_and_covered_time_live_in_the_store():
         assert "cad" not in s_res["s-a/p-2"] and "cov" not in s_res["s-a/p-2"]
         assert js(eng.export_states(s_res)) == js(s_plain)
         got += c
+        # null off/offat/sx are left out of the resident state (its dict stays small), and exported
+        assert all(s_res["s-a/p-2"].get(k, 0) is not None for k in ("off", "offat", "sx"))
     silent = [f for f in got if f.kind == "fault.silent"]
     assert silent and silent[0].level  # the clock found it silent (2 h floor of its limit)
     assert any(not f.level and not f.evidence.get("retracted") for f in silent)  # ended when readings resumed
