@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 from tenacity import AsyncRetrying, stop_after_attempt, wait_random_exponential
 
 from alerts.channels import build_sender
+from alerts.channels.base import close_pooled_clients
 from alerts.config import AlertsConfig, Receiver
 from alerts.delivery_log import Delivery, DeliveryLog, Notification
 from alerts.render import Renderer
@@ -247,6 +248,10 @@ class Notifier:
     async def tick(self) -> int:
         self.escalate()
         return await self.flush()
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections the channels keep open on this event loop (a worker shutting down)."""
+        await close_pooled_clients()
 
     # ------------------------------------------------------------------------------------------------ stage: group
     def _quiet_until(self, r: Receiver, at_ms: int) -> int:

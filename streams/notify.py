@@ -84,6 +84,16 @@ def register(pipe: Pipeline, notifier: AlertDispatcher) -> None:
             return notifier.ingest(json.loads(data))  # idempotent: a retry after a half-done one queues nothing twice
         return call
 
+    @pipe.app.on_before_shutdown.connect
+    async def close_connections(sender, **kwargs):
+        """The channels keep their HTTP connections open between messages; a clean stop closes them."""
+        close = getattr(notifier, "aclose", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception:  # noqa: BLE001 - a stop must not fail on a connection that is already gone
+                log.warning("closing the alert channels' connections failed", exc_info=True)
+
     @pipe.app.timer(FLUSH_S, name="alerts-flush")
     async def flush():
         kick()  # group_wait ends, durable retries come due, quiet hours end

@@ -89,3 +89,19 @@ def test_the_policy_is_checked_for_every_message_not_once_per_kept_client(http, 
     assert [r.json["alert_id"] for r in http.got("/hook")] == ["t1-opened-L3"]
     assert {d.alert_id: d.status for d in n.log_db.all() if d.receiver == "r-webhook"} == \
         {"t1-opened-L3": "delivered", "t2-opened-L3": "pending"}
+
+
+def test_aclose_closes_the_kept_connections_and_the_next_message_opens_a_new_one(http, secrets_env, db_url, clock):
+    """What the worker's shutdown hook calls (streams/notify.py): nothing is left open, nothing is lost."""
+    n = make_notifier(_cfg(http), db_url, clock)
+
+    async def around_a_close():
+        await n.deliver(alert(1, site="cz-0001"))
+        await n.aclose()
+        await n.deliver(alert(2, site="cz-0002"))
+        await n.aclose()
+
+    run(around_a_close())
+    got = http.got("/hook")
+    assert [r.json["alert_id"] for r in got] == ["t1-opened-L3", "t2-opened-L3"]
+    assert got[0].peer != got[1].peer
