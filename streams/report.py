@@ -27,7 +27,9 @@ def register(pipe: Pipeline) -> None:
         rate = (c.get("readings_detected", 0) - last["detected"]) / max(now - last["t"], 1e-6)
         last.update(t=now, detected=c.get("readings_detected", 0))
         log.info(
-            "worker: %.0f readings/s | valid %d rejected %d detected %d findings %d alerts queued %d sent %d",
+            "worker: %.0f readings/s | valid %d rejected %d detected %d (late %d, stale %d) findings %d "
+            "alerts queued %d sent %d",
             rate, c.get("readings_valid", 0), c.get("readings_rejected", 0), c.get("readings_detected", 0),
-            c.get("findings", 0), c.get("alerts_queued", 0), c.get("alerts_sent", 0),
+            c.get("readings_late", 0), c.get("readings_stale", 0), c.get("findings", 0), c.get("alerts_queued", 0), c.get("alerts_sent", 0),
         )
+

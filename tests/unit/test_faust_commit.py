@@ -1,7 +1,8 @@
 """The Faust fixes in ``streams.pipeline``, each against the loss it prevents: the commit guard (an offset is
 committed only once every record before it was acknowledged; a single unacknowledged record at the committed offset
-used to be committed over, faust-streaming issue #606) and the recovery order (stream partitions resumed only after
-the seek to committed offsets, so nothing fetched meanwhile is cleared from the stream queues)."""
+used to be committed over, faust-streaming issue #606), the recovery order (stream partitions resumed only after
+the seek to committed offsets, so nothing fetched meanwhile is cleared from the stream queues) and the fetch (only
+the partitions active when it started; what Faust will not take is fetched again)."""
 
 from __future__ import annotations
 
@@ -116,3 +117,85 @@ def test_recovery_drops_nothing_fetched_while_seeking():
     asyncio.run(Recovery.on_recovery_completed(fake_recovery(consumer), 7))
     assert consumer.dropped == []
     assert consumer.paused == {TP("sitewatch-worker-device-state-changelog", 2)}  # streams resumed, changelog not
+
+
+# ------------------------------------------------------------------------------------------ fetch while pausing
+RAW, CHANGELOG = TP("sw.raw", 1), TP("sitewatch-worker-device-state-changelog", 1)
+
+
+class WaitingFetcher:
+    """aiokafka's ``Fetcher.fetched_records`` as far as it matters here: it waits for data, then reads the
+    ``partitions`` it was given *again*, and an empty set means every partition."""
+
+    def __init__(self, records: dict):
+        self.records = records
+        self.data = asyncio.Event()
+        self._closed = False
+        self._subscriptions = SimpleNamespace(fetch_context=lambda: _Nothing())
+
+    async def fetched_records(self, partitions, timeout=0, max_records=None):
+        await self.data.wait()
+        return {tp: recs for tp, recs in self.records.items() if not partitions or tp in partitions}
+
+
+class _Nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_a_fetch_returns_only_the_partitions_active_when_it_started():
+    """The consumer's live active set emptied while the fetch waited (the recovery paused the changelog):
+    Faust's fetch came back with the records of every partition, ``sw.raw`` included, and dropped them."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from streams.pipeline import _fetch_only_what_is_resumed
+
+    _fetch_only_what_is_resumed()
+    fetcher = WaitingFetcher({RAW: ["r47", "r48"], CHANGELOG: ["c3"]})
+    aio = SimpleNamespace(_fetcher=fetcher, _closed=False, _max_poll_records=None)
+
+    async def call_thread(fn, *args, **kwargs):
+        return await fn(*args, **kwargs)
+
+    thread = SimpleNamespace(_ensure_consumer=lambda: aio, call_thread=call_thread,
+                             consumer=SimpleNamespace(flow_active=True))
+    thread._fetch_records = AIOKafkaConsumerThread._fetch_records.__get__(thread)
+    live = {CHANGELOG}
+
+    async def scenario():
+        fetch = asyncio.ensure_future(AIOKafkaConsumerThread.getmany(thread, live, 1.0))
+        await asyncio.sleep(0)
+        live.clear()  # recovery done: the changelog is paused, the streams are not resumed yet
+        fetcher.data.set()
+        return await fetch
+
+    assert asyncio.run(scenario()) == {CHANGELOG: ["c3"]}
+    assert asyncio.run(AIOKafkaConsumerThread.getmany(thread, set(), 1.0)) == {}  # nothing active: no fetch
+
+
+def test_records_of_a_partition_paused_meanwhile_are_fetched_again():
+    """Faust drops the records of a partition that is not active when they come back; the fetch position has
+    moved past them. The partition is rewound to the first of them instead."""
+    from streams.pipeline import _fetch_only_what_is_resumed
+
+    _fetch_only_what_is_resumed()
+    live = {RAW, CHANGELOG}
+    seeks = []
+
+    async def _getmany(active_partitions, timeout):
+        live.discard(RAW)  # paused (a rebalance) while the fetch was under way
+        return {RAW: [SimpleNamespace(offset=47), SimpleNamespace(offset=48)], CHANGELOG: [SimpleNamespace(offset=3)]}
+
+    async def seek(tp, offset):
+        seeks.append((tp, offset))
+
+    consumer = SimpleNamespace(flow_active=True, not_waiting_next_records=asyncio.Event(),
+                               app=SimpleNamespace(client_only=False), _get_active_partitions=lambda: live,
+                               _getmany=_getmany, _buffered_partitions=set(), assignment=lambda: {RAW, CHANGELOG},
+                               seek=seek)
+    records, active = asyncio.run(Consumer._wait_next_records(consumer, 1.0))
+    assert RAW not in active and len(records[RAW]) == 2  # what Faust will drop ...
+    assert seeks == [(RAW, 47)]  # ... is read again from its first record
