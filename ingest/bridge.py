@@ -83,7 +83,8 @@ _Item = tuple[str, bytes, int, int, int]  # topic, payload, packet id, qos, conn
 class BridgeStats:
     received: int = 0
     produced_records: int = 0
-    acked: int = 0
+    acked: int = 0  # PUBACKs sent (written to Kafka, acknowledged on the connection they came on)
+    left_to_redelivery: int = 0  # written, but their connection is gone or failed: the broker sends them again
     kafka_errors: int = 0
 
 
@@ -313,13 +314,16 @@ class Bridge:
         # once it is acknowledged: a late PUBACK from the old connection could then acknowledge a different,
         # not yet written message. Old ones are left to their redelivered copies instead (a duplicate, not a loss).
         current, poisoned = self._connection, self._poisoned
+        sent = 0
         for mid, qos, conn in mids:
             if conn == current and conn != poisoned:
                 self._mqtt.ack(mid, qos)
+                sent += 1
         with self._lock:
             if generation == self._generation:  # a replaced producer's messages are counted again on redelivery
                 self._unacked -= len(mids)
-        self.stats.acked += len(mids)
+        self.stats.acked += sent
+        self.stats.left_to_redelivery += len(mids) - sent
 
     def _failed(self, count: int, exc: Exception, generation: int | None = None) -> None:
         """A write Kafka did not take. From then on nothing of this MQTT connection is written or acknowledged:
@@ -395,10 +399,11 @@ class Bridge:
                 if report_every_s and time.monotonic() - last_report >= report_every_s:
                     dt = time.monotonic() - last_report
                     log.info(
-                        "bridge: %.0f msg/s, received %d, acked %d, kafka errors %d",
+                        "bridge: %.0f msg/s, received %d, acked %d, left to redelivery %d, kafka errors %d",
                         (self.stats.received - last_received) / dt,
                         self.stats.received,
                         self.stats.acked,
+                        self.stats.left_to_redelivery,
                         self.stats.kafka_errors,
                     )
                     last_report, last_received = time.monotonic(), self.stats.received

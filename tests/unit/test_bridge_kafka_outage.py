@@ -118,6 +118,7 @@ def test_after_a_failed_write_nothing_of_that_connection_is_written_or_acknowled
     assert bridge._flush() == 0 and not bridge._pending and not _Producer.sent, "nothing of it written"
     bridge._acked([(3, 1, conn)], bridge._generation, None)  # a write that succeeded just before the failure
     assert acks == [], "nothing of it acknowledged: the broker sends it all again, oldest first"
+    assert bridge.stats.acked == 0 and bridge.stats.left_to_redelivery == 1, "the report says so, too"
     bridge._failed(1, KafkaTimeoutError("aborted"), generation=bridge._generation - 1)
     assert bridge.stats.kafka_errors == 1, "a replaced producer dropping its buffer is not a new failure"
 
