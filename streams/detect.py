@@ -6,7 +6,8 @@ in a single call; Python work per *device* (state in and out) remains, per *read
 Device state lives in memory and is checkpointed to the changelogged Faust table:
 
 - at once for a device whose batch produced a finding (alarm state is never lost on a crash), and
-- otherwise at most every ``state_checkpoint_s`` per device (default 5 s).
+- otherwise at most every ``state_checkpoint_s`` per device (default 5 s; each device at its own phase, so a
+  fleet's checkpoints do not all fall into one batch).
 
 A changelog record per device per batch was the worker's largest single cost; with the checkpoint a crash can
 roll a quiet device's state (last values, rate samples) back by a few seconds. Replayed readings older than
@@ -50,13 +51,14 @@ from sitewatch.findings import Finding
 from detectors.model import ReadingBatch
 from sitewatch.contracts import (SCHEMA_VERSION, TOPIC_READINGS, DeviceStatus, GatewayStatus, decode_readings_records,
                                  now_ms, partition_of)
-from streams.input_watch import BrokerWatch, kafka_probe
+from streams.input_watch import BrokerWatch, StallWatch, kafka_probe
 from streams.pipeline import Pipeline
 
 log = logging.getLogger("sitewatch.detect")
 
 STATE_CHECKPOINT_S = 5.0
 SNAPSHOT_FLUSH_S = 1.0
+STALL_S = 15.0  # records waiting in sw.readings and none taken for this long: the stage, not the fleet, stopped
 NO_SNAPSHOT_MAX = 1_000_000  # devices remembered as having no snapshot (then forgotten all at once)
 
 
@@ -277,8 +279,16 @@ class Detection:
         self.pipe.device_state[k.encode()] = v
         if self.snapshots is not None:
             self.to_snapshot[k] = v
-        self.saved_at[k] = now
+        self.saved_at[k] = now - self._phase(k)
         self.dirty.discard(k)
+
+    def _phase(self, k: str) -> float:
+        """Up to half an interval earlier, by device: a fleet whose states were all saved at once (the first
+        batches after a start, a clock tick) would otherwise come due again all at once, every interval — 2,500
+        table writes and state exports in one batch held the event loop ~0.1–0.4 s and filled the producer's
+        buffer every 5 s, in front of whatever alarm came next (``sitewatch bench pipeline``). Spread this way,
+        each device's checkpoint comes at its own phase and no state is older than the interval."""
+        return (hash(k) & 1023) / 2048 * self.checkpoint_s
 
     def take_pending(self) -> set[str]:
         keys, self.pending = self.pending, set()
@@ -403,6 +413,27 @@ class Detection:
         return True
 
 
+def readings_lag(pipe: Pipeline) -> int:
+    """Records of the assigned ``sw.readings`` partitions the detect stage has not taken yet: the consumer's high
+    watermark minus Faust's read offset (the last record it handed to the stream), for ``StallWatch``. The read
+    offset, not the fetch position: a fetch that ran ahead of the stream (what Faust dropped) must count."""
+    try:
+        consumer = pipe.app.consumer
+        read = consumer._read_offset  # faust-streaming 0.15.3; no public accessor
+        total = 0
+        for tp in pipe.app.assignor.assigned_actives():
+            if tp.topic != TOPIC_READINGS:
+                continue
+            end = consumer.highwater(tp)
+            if not end or end <= 0:
+                continue
+            last = read.get(tp)
+            total += end if last is None else max(0, end - 1 - last)
+        return total
+    except Exception:  # noqa: BLE001 - a diagnostic must not stop the tick: unknown counts as nothing waiting
+        return 0
+
+
 def register(pipe: Pipeline, snapshots: SnapshotStore | None = None, record: ReadingRecord | None = None) -> None:
     s = pipe.settings
     detection = Detection(pipe, snapshots=snapshots)
@@ -466,12 +497,16 @@ def register(pipe: Pipeline, snapshots: SnapshotStore | None = None, record: Rea
             await write_record()  # a clean stop leaves no received batch off the record
 
     watch = BrokerWatch(kafka_probe(s.kafka_bootstrap, s.kafka_options()), s.deadman_settle_s)
+    stall = StallWatch(lambda: readings_lag(pipe), lambda: pipe.counters.get("readings_detected", 0),
+                       stall_s=STALL_S, settle_s=s.deadman_settle_s)
 
     @pipe.app.timer(5.0, name="deadman-tick")
     async def tick():
         if snapshots is not None:
             await detection.restore_assigned()
-        if await watch.trusted():  # not while Kafka is away or the worker catches up (streams/input_watch.py)
+        # not while Kafka is away, the stage stands still or the worker catches up (streams/input_watch.py)
+        reachable, moving = await watch.trusted(), stall.trusted()
+        if reachable and moving:
             await emit(detection.run_tick(now_ms()))
 
     @pipe.app.on_partitions_revoked.connect

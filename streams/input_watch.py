@@ -57,6 +57,44 @@ class BrokerWatch:
         return True
 
 
+class StallWatch:
+    """``trusted()`` on each deadman tick: False while the detect stage has records of ``sw.readings`` waiting and
+    has taken none of them for ``stall_s``, and for ``settle_s`` after it moves again.
+
+    Why: a worker that stops consuming looks, to its own clock, exactly like a fleet that stopped reporting. A
+    worker restarted after a SIGKILL once sat with its fetch position at the end of ``sw.raw`` and
+    ``sw.readings`` and its read offsets at the committed ones (a Faust fetch race, fixed in
+    ``streams.pipeline``) and called all 100 devices of the crash test silent: 100 tickets, each an SMS about a
+    sensor that was fine, while the readings that would have cleared them sat unread in Kafka. A stalled stage is
+    the pipeline's fault, not the sensors': it is logged as an error once (operators alert on it) and the
+    silence checks wait. ``lag`` counts the records waiting in the stage's partitions, ``progress`` the readings
+    it has taken (a counter)."""
+
+    def __init__(self, lag: Callable[[], int], progress: Callable[[], int], stall_s: float, settle_s: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.lag, self.progress, self.clock = lag, progress, clock
+        self.stall_s, self.settle_s = stall_s, settle_s
+        self.seen = (progress(), clock())  # the counter, and when it last moved (or nothing waited)
+        self.stalled_at: float | None = None
+        self.moved_at: float | None = None  # when a stall ended
+
+    def trusted(self) -> bool:
+        waiting, done, now = self.lag(), self.progress(), self.clock()
+        if waiting <= 0 or done != self.seen[0]:
+            self.seen = (done, now)
+            if self.stalled_at is not None:
+                log.warning("detect stage moving again after %.0f s: silence checks resume in %.0f s",
+                            now - self.stalled_at, self.settle_s)
+                self.stalled_at, self.moved_at = None, now
+        elif now - self.seen[1] >= self.stall_s and self.stalled_at is None:
+            self.stalled_at = now
+            log.error("detect stage stalled: %d records of sw.readings waiting and none taken for %.0f s — silence "
+                      "(deadman) checks paused; restart the worker if this persists", waiting, now - self.seen[1])
+        if self.stalled_at is not None:
+            return False
+        return self.moved_at is None or now - self.moved_at >= self.settle_s
+
+
 def kafka_probe(bootstrap: str, kafka_options: dict, timeout_s: float = 3.0) -> Callable[[], Awaitable[bool]]:
     """A metadata request on an aiokafka client of its own (the worker's consumer keeps its connections busy and
     hides failures behind retries): True if the broker answered within ``timeout_s``."""

@@ -78,3 +78,50 @@ def test_kafka_probe_answers_for_a_live_broker(tansu):
         return await probe(), await probe()
 
     assert asyncio.run(twice()) == (True, True)
+
+
+def test_a_stalled_stage_pauses_the_silence_checks_until_it_moves_again(caplog):
+    """Records waiting and none taken: the stage, not the fleet, has stopped (a worker once called 100 healthy
+    devices silent so)."""
+    from streams.input_watch import StallWatch
+
+    clock, lag, done = Clock(), {"n": 0}, {"n": 0}
+    watch = StallWatch(lambda: lag["n"], lambda: done["n"], stall_s=10, settle_s=30, clock=clock)
+    clock.t += 60
+    assert watch.trusted(), "nothing waiting: a quiet fleet is a quiet fleet"
+    lag["n"], done["n"] = 500, 100  # busy and moving
+    clock.t += 5
+    assert watch.trusted()
+    clock.t += 5
+    assert watch.trusted(), "waiting for less than stall_s since it last moved"
+    clock.t += 6
+    assert not watch.trusted(), "500 records waiting, none taken for 11 s"
+    clock.t += 600
+    assert not watch.trusted(), "however long it lasts"
+    done["n"] = 600  # moving again: catching up on what waited
+    clock.t += 5
+    assert not watch.trusted(), "the readings that waited are not all in yet"
+    clock.t += 30
+    done["n"], lag["n"] = 900, 20
+    assert watch.trusted()
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "stalled" in r.message]
+    assert len(errors) == 1, "one error per stall, not per tick"
+
+
+def test_readings_lag_counts_what_the_stage_has_not_taken():
+    """High watermark minus Faust's read offset, over the assigned sw.readings partitions only (the fetch
+    position is not it: a fetch that ran ahead of the stream must count)."""
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from streams.detect import readings_lag
+
+    read = {TP("sw.readings", 0): 46, TP("sw.readings", 1): None, TP("sw.raw", 0): 3}
+    ends = {TP("sw.readings", 0): 255, TP("sw.readings", 1): 12, TP("sw.raw", 0): 900}
+    pipe = SimpleNamespace(app=SimpleNamespace(
+        consumer=SimpleNamespace(_read_offset=read, highwater=ends.get),
+        assignor=SimpleNamespace(assigned_actives=lambda: set(ends))))
+    assert readings_lag(pipe) == (255 - 1 - 46) + 12  # offsets 47..254 of p0, all 12 of p1 (nothing read yet)
+    pipe.app.consumer = None  # no consumer yet (starting): nothing known to wait
+    assert readings_lag(pipe) == 0
