@@ -286,25 +286,24 @@ class DeliveryLog:
                     (Notification.status == "sending") & (Notification.lease_until_ms < at_ms)))
                 .order_by(Notification.urgent.desc(), Notification.id)))
 
+    @staticmethod
+    def _lease(s, notification_id: int, owner: str, at_ms: int, lease_ms: int) -> bool:
+        res = s.execute(update(Notification).where(
+            Notification.id == notification_id,
+            or_((Notification.status == "pending") & (Notification.next_attempt_ms <= at_ms),
+                (Notification.status == "sending") & (Notification.lease_until_ms < at_ms)))
+            .values(status="sending", owner=owner, lease_until_ms=at_ms + lease_ms))
+        return res.rowcount == 1
+
     def claim(self, notification_id: int, owner: str, at_ms: int, lease_ms: int) -> bool:
         """Lease one due notification to ``owner``; a notifier that dies mid-send loses it when the lease ends."""
         with self.session.begin() as s:
-            res = s.execute(update(Notification).where(
-                Notification.id == notification_id,
-                or_((Notification.status == "pending") & (Notification.next_attempt_ms <= at_ms),
-                    (Notification.status == "sending") & (Notification.lease_until_ms < at_ms)))
-                .values(status="sending", owner=owner, lease_until_ms=at_ms + lease_ms))
-            return res.rowcount == 1
+            return self._lease(s, notification_id, owner, at_ms, lease_ms)
 
     def claim_items(self, notification_id: int, owner: str, at_ms: int, lease_ms: int) -> list[Delivery] | None:
         """``claim``, and the message's items read in the same transaction (None if another notifier has it)."""
         with self.session.begin() as s:
-            res = s.execute(update(Notification).where(
-                Notification.id == notification_id,
-                or_((Notification.status == "pending") & (Notification.next_attempt_ms <= at_ms),
-                    (Notification.status == "sending") & (Notification.lease_until_ms < at_ms)))
-                .values(status="sending", owner=owner, lease_until_ms=at_ms + lease_ms))
-            if res.rowcount != 1:
+            if not self._lease(s, notification_id, owner, at_ms, lease_ms):
                 return None
             return list(s.scalars(select(Delivery).where(Delivery.notification_id == notification_id)
                                   .order_by(Delivery.id)))
