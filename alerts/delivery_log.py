@@ -241,11 +241,6 @@ class DeliveryLog:
                 values["note"] = note
             s.execute(update(Delivery).where(Delivery.id.in_(ids), Delivery.status == "pending").values(**values))
 
-    def items_of(self, notification_id: int) -> list[Delivery]:
-        with self.session() as s:
-            return list(s.scalars(select(Delivery).where(Delivery.notification_id == notification_id)
-                                  .order_by(Delivery.id)))
-
     # -------------------------------------------------------------------------------------------- notifications
     def create_notification(self, key: str, receiver: str, group_key: str, item_ids: list[int], urgent: bool,
                             at_ms: int) -> int | None:
@@ -286,24 +281,16 @@ class DeliveryLog:
                     (Notification.status == "sending") & (Notification.lease_until_ms < at_ms)))
                 .order_by(Notification.urgent.desc(), Notification.id)))
 
-    @staticmethod
-    def _lease(s, notification_id: int, owner: str, at_ms: int, lease_ms: int) -> bool:
-        res = s.execute(update(Notification).where(
-            Notification.id == notification_id,
-            or_((Notification.status == "pending") & (Notification.next_attempt_ms <= at_ms),
-                (Notification.status == "sending") & (Notification.lease_until_ms < at_ms)))
-            .values(status="sending", owner=owner, lease_until_ms=at_ms + lease_ms))
-        return res.rowcount == 1
-
-    def claim(self, notification_id: int, owner: str, at_ms: int, lease_ms: int) -> bool:
-        """Lease one due notification to ``owner``; a notifier that dies mid-send loses it when the lease ends."""
+    def claim(self, notification_id: int, owner: str, at_ms: int, lease_ms: int) -> list[Delivery] | None:
+        """Lease one due notification to ``owner`` and read its items in the same transaction; None if it is not
+        due or another notifier has it. A notifier that dies mid-send loses the lease when it ends."""
         with self.session.begin() as s:
-            return self._lease(s, notification_id, owner, at_ms, lease_ms)
-
-    def claim_items(self, notification_id: int, owner: str, at_ms: int, lease_ms: int) -> list[Delivery] | None:
-        """``claim``, and the message's items read in the same transaction (None if another notifier has it)."""
-        with self.session.begin() as s:
-            if not self._lease(s, notification_id, owner, at_ms, lease_ms):
+            res = s.execute(update(Notification).where(
+                Notification.id == notification_id,
+                or_((Notification.status == "pending") & (Notification.next_attempt_ms <= at_ms),
+                    (Notification.status == "sending") & (Notification.lease_until_ms < at_ms)))
+                .values(status="sending", owner=owner, lease_until_ms=at_ms + lease_ms))
+            if res.rowcount != 1:
                 return None
             return list(s.scalars(select(Delivery).where(Delivery.notification_id == notification_id)
                                   .order_by(Delivery.id)))

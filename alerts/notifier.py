@@ -345,7 +345,7 @@ class Notifier:
         async def one(n: Notification) -> int:
             async with sem:
                 at = self.now_ms()
-                items = self.log_db.claim_items(n.id, self.owner, at, int(self.lease_s * 1000))
+                items = self.log_db.claim(n.id, self.owner, at, int(self.lease_s * 1000))
                 if items is None:
                     return 0
                 return await self._send(n, items, [at + int(self.lease_s * 1000)])

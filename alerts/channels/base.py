@@ -144,45 +144,28 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
                                                   network_backend=_GuardedBackend(policy, where))
 
 
-def _checked(url: str, receiver: str, label: str, policy: Outbound | None) -> tuple[Outbound, str]:
-    policy = (policy or Outbound()).effective()
-    where = f"receiver {receiver}: {label} URL {safe_url(url)}"
-    problem = url_problem(url, policy)
-    if problem:
-        raise ChannelError(f"{where} refused: {problem}")
-    return policy, where
-
-
-def _client(policy: Outbound, where: str, timeout: float) -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=timeout, transport=_GuardedTransport(policy, where), trust_env=False,
-                             follow_redirects=False)
-
-
-def outbound_client(url: str, *, receiver: str, label: str, timeout: float,
-                    policy: Outbound | None = None) -> httpx.AsyncClient:
-    """A new HTTP client allowed to reach ``url``'s host only if ``policy`` (default: https, public addresses,
-    loosened by ``$SW_ALERTS_ALLOW_*``) admits the URL and every address its host resolves to. Raises
-    ChannelError naming the receiver and the URL (without its query) otherwise.
-
-    Redirects are not followed (a 3xx could point anywhere) and proxy variables of the environment are ignored
-    (the check must see the real peer)."""
-    policy, where = _checked(url, receiver, label, policy)
-    return _client(policy, where, timeout)
-
-
 # event loop id -> (the loop, {(where, timeout, policy): client}); the loop is kept to tell a reused id apart
 _POOLS: dict[int, tuple[asyncio.AbstractEventLoop, dict[tuple, httpx.AsyncClient]]] = {}
 
 
 def pooled_client(url: str, *, receiver: str, label: str, timeout: float,
                   policy: Outbound | None = None) -> httpx.AsyncClient:
-    """``outbound_client``'s client, kept for the next message of the same receiver and channel on this event
-    loop (do not close it): its connections stay open (HTTP keep-alive), so a message no longer pays a client, a
-    TCP connect and, on https, a TLS handshake — several round trips to a provider, and CPU on the worker's event
-    loop in front of the next alarm (docs/performance.md). The URL is checked against the policy for every
-    message, and every new connection against the addresses its host resolves to, as before; a connection the
-    receiver closed while idle is dropped by the pool, and an idle one is closed after 5 s."""
-    policy, where = _checked(url, receiver, label, policy)
+    """The HTTP client of one receiver and channel on this event loop, allowed to reach ``url``'s host only if
+    ``policy`` (default: https, public addresses, loosened by ``$SW_ALERTS_ALLOW_*``) admits the URL and every
+    address its host resolves to. Raises ChannelError naming the receiver and the URL (without its query)
+    otherwise. The URL is checked for every message, every new connection against the addresses its host resolves
+    to; redirects are not followed (a 3xx could point anywhere) and proxy variables of the environment are ignored
+    (the check must see the real peer).
+
+    The client is kept for the next message (do not close it): its connections stay open (HTTP keep-alive), so a
+    message no longer pays a client, a TCP connect and, on https, a TLS handshake — several round trips to a
+    provider, and CPU on the worker's event loop in front of the next alarm (docs/performance.md). A connection
+    the receiver closed while idle is dropped by the pool, and an idle one is closed after 5 s."""
+    policy = (policy or Outbound()).effective()
+    where = f"receiver {receiver}: {label} URL {safe_url(url)}"
+    problem = url_problem(url, policy)
+    if problem:
+        raise ChannelError(f"{where} refused: {problem}")
     loop = asyncio.get_running_loop()
     entry = _POOLS.get(id(loop))
     if entry is None or entry[0] is not loop:
@@ -193,7 +176,8 @@ def pooled_client(url: str, *, receiver: str, label: str, timeout: float,
     key = (where, timeout, policy.model_dump_json())
     client = entry[1].get(key)
     if client is None or client.is_closed:
-        client = entry[1][key] = _client(policy, where, timeout)
+        client = entry[1][key] = httpx.AsyncClient(timeout=timeout, transport=_GuardedTransport(policy, where),
+                                                   trust_env=False, follow_redirects=False)
     return client
 
 

@@ -86,7 +86,7 @@ def test_delivery_lands_in_the_chain(db_url):  # noqa: F811
                        group_key="", urgent=False, at_ms=T0)
     items = [d.id for d in log.unbatched()]
     nid = log.create_notification("k-1", "ops-webhook", "", items, urgent=True, at_ms=T0)
-    assert nid is not None and log.claim(nid, "host:1", T0, 30_000)
+    assert nid is not None and [d.id for d in log.claim(nid, "host:1", T0, 30_000)] == items
     log.finish(log.notification(nid), "host:1", "webhook", at_ms=T0 + 250)
     (e,) = rows(log.engine, SITE).values()
     assert e["kind"] == "delivery" and e["at_ms"] == T0 + 250

@@ -15,7 +15,7 @@ import pytest
 
 import alerts.channels.base as base
 from alerts.channels import build_sender
-from alerts.channels.base import ChannelError, Rendered, outbound_client
+from alerts.channels.base import ChannelError, Rendered, close_pooled_clients, pooled_client
 from alerts.channels.webhook import WebhookSender
 from alerts.config import AlertsConfigError, Outbound, parse_config, url_problem, webhook_only
 from tests.alerts.servers import HttpReceiver
@@ -196,6 +196,11 @@ def test_build_sender_carries_the_config_policy(http):
 
 
 def test_redirects_are_not_followed():
-    client = outbound_client("https://hooks.example.cn/", receiver="ops", label="hook", timeout=1)
-    assert client.follow_redirects is False and client._trust_env is False
-    asyncio.run(client.aclose())
+    async def made():
+        client = pooled_client("https://hooks.example.cn/", receiver="ops", label="hook", timeout=1)
+        try:
+            return client.follow_redirects, client._trust_env
+        finally:
+            await close_pooled_clients()
+
+    assert asyncio.run(made()) == (False, False)
