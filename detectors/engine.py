@@ -347,19 +347,14 @@ class _SeriesStore:
         if cov:
             self.cov.queue(k[:0], np.repeat(k, len(cov)), np.array(cov, dtype=np.int64).reshape(-1, 2))
 
-    def cad_of(self, key: str) -> list:
+    def times_of(self, name: str, key: str) -> list:
+        """A device's ``cad`` (gaps) or ``cov`` (covered intervals), as the state's list."""
         a = self.at.get(key)
         if a is None:
             return []
-        x, y = self.cad.span(a, a + 1)
-        return self.cad.col[0][x:y].tolist()
-
-    def cov_of(self, key: str) -> list:
-        a = self.at.get(key)
-        if a is None:
-            return []
-        x, y = self.cov.span(a, a + 1)
-        return self.cov.col[0][x:y].tolist()
+        pool = getattr(self, name)
+        x, y = pool.span(a, a + 1)
+        return pool.col[0][x:y].tolist()
 
     def import_checks(self, dev_id: int, c: dict) -> None:
         """A full state's check states (``c``) into the pools (after ``forget_checks`` of the device)."""
@@ -1163,7 +1158,7 @@ class DetectorEngine:
             st = states.get(dkeys[d])
             if p is None or not isinstance(st, dict):
                 continue
-            covered, gfrom, _ = coverage.classify(self._cov(dkeys[d], st), lts[a:b])
+            covered, gfrom, _ = coverage.classify(self._times("cov", dkeys[d], st), lts[a:b])
             keep[a:b] = ~covered
             if not covered.all():
                 t_new = lts[a:b][~covered]
@@ -1210,7 +1205,7 @@ class DetectorEngine:
         # the outage, which are clear: it ended there
         for key, ls in lane_states.items():
             st = states[key]
-            cov = self._cov(key, st)
+            cov = self._times("cov", key, st)
             for kind, ks in ls["k"].items():
                 live = st["k"].get(kind)
                 if not ks.get("l") or (live and live.get("l")):
@@ -1221,15 +1216,15 @@ class DetectorEngine:
                 live_back = next((o[1] for o in st.get("og") or [] if o[0] <= lane_end <= o[1]), None)
                 p = lane_plans[key]
                 if gap_end < 0 or gap_end != live_back or (
-                        gap_end - lane_end > deadman.gap_threshold_ms(p, self._cad(key, st), self.gap_factor)):
+                        gap_end - lane_end > deadman.gap_threshold_ms(p, self._times("cad", key, st), self.gap_factor)):
                     continue  # more buffered data is to come (or a flush sent newest-first), not the live readings
                 out.append(self._late_clear(key, kind, ks, st, gap_end, last_metric.get((key, kind)), arrival))
         # covered now; and a silence the buffered readings contradict is retracted
         for key, sp in spans.items():
             st = states[key]
             p = lane_plans[key]
-            thr = deadman.gap_threshold_ms(p, self._cad(key, st), self.gap_factor)
-            cov = self._cov(key, st)
+            thr = deadman.gap_threshold_ms(p, self._times("cad", key, st), self.gap_factor)
+            cov = self._times("cov", key, st)
             for a, b in sp:
                 cov = coverage.add_span(cov, a, b, thr, self.max_intervals)
             self._set_cov(key, st, cov)
@@ -1252,7 +1247,7 @@ class DetectorEngine:
         if outage is None:
             outage = next(([o[0], o[1]] for o in st.get("og") or [] if o[0] <= f.ts <= o[1]), None)
         if outage is None:
-            _, gfrom, gto = coverage.classify(self._cov(f.key, st), np.array([f.ts], dtype=np.int64))
+            _, gfrom, gto = coverage.classify(self._times("cov", f.key, st), np.array([f.ts], dtype=np.int64))
             outage = [int(gfrom[0]) if gfrom[0] >= 0 else None, int(gto[0]) if gto[0] >= 0 else None]
         if st.get("via"):
             f.evidence["gateway"] = st["via"]
@@ -1716,7 +1711,7 @@ class DetectorEngine:
     def _silent_finding(self, p: DevicePlan, level: Level, ts: int, silent_ms: int, st: dict,
                         cad: list | None = None) -> Finding:
         if cad is None:
-            cad = self._cad(f"{p.site}/{p.device}", st)
+            cad = self._times("cad", f"{p.site}/{p.device}", st)
         limit = deadman.limit_ms(p, cad) / 1000
         interval = deadman.interval_ms(p, cad) / 1000
         learned = len(cad) >= p.min_gaps
@@ -1754,7 +1749,7 @@ class DetectorEngine:
             h = self._health(p, ns, _OFF, ds.ts, f"off: announced ({ds.reason or 'power off'})")
         else:
             ns["off"] = None
-            dl, offat = deadman.deadlines(p, self.calendar(ds.site), ds.ts, self._cad(key, ns), ns.get("via"))
+            dl, offat = deadman.deadlines(p, self.calendar(ds.site), ds.ts, self._times("cad", key, ns), ns.get("via"))
             ns["lt"] = max(ns["lt"] or ds.ts, ds.ts)
             ns["dl"], ns["offat"] = dl, offat
             ns["due"] = min(dl, offat) if offat is not None else dl
@@ -1807,8 +1802,8 @@ class DetectorEngine:
         out = dict(st)
         out["m"] = m
         out["c"] = self._store.checks(key)
-        out["cad"] = self._store.cad_of(key)
-        out["cov"] = self._store.cov_of(key)
+        out["cad"] = self._store.times_of("cad", key)
+        out["cov"] = self._store.times_of("cov", key)
         for k in _SPARSE:
             if k not in out:
                 out[k] = None
@@ -1825,17 +1820,11 @@ class DetectorEngine:
         """A state whose ``m``, ``c``, ``cad`` and ``cov`` are in the store."""
         return self.resident and "m" not in st
 
-    def _cad(self, key: str, st: dict) -> list:
-        """``cad`` of a state: from the state, or from the store for a resident one."""
-        if "cad" in st or not self._resident(st):
-            return st.get("cad") or []
-        return self._store.cad_of(key)
-
-    def _cov(self, key: str, st: dict) -> list:
-        """``cov`` of a state: from the state, or from the store for a resident one."""
-        if "cov" in st or not self._resident(st):
-            return st.get("cov") or []
-        return self._store.cov_of(key)
+    def _times(self, name: str, key: str, st: dict) -> list:
+        """``cad`` or ``cov`` of a state: from the state, or from the store for a resident one."""
+        if name in st or not self._resident(st):
+            return st.get(name) or []
+        return self._store.times_of(name, key)
 
     def _set_cov(self, key: str, st: dict, cov: list) -> None:
         if "cov" in st or not self._resident(st) or key not in self._store.at:
