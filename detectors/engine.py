@@ -91,6 +91,7 @@ _FAULT_BITS = ("fault.out_of_range", "fault.spike", "fault.flatline")
 HEALTH = ("ok", "off", "silent", "faulty")
 _OK, _OFF, _SILENT, _FAULTY = range(4)
 _FAULT_KIND_NAMES = frozenset(_FAULT_BITS)
+_FAULT_KC = np.array(sorted(KIND_CODE[k] for k in _FAULT_BITS), dtype=np.int64)
 
 
 def _f(x: Any) -> float:
@@ -328,6 +329,9 @@ class _SeriesStore:
         # keyed by the device id alone: the last gaps (``cad``) and the covered intervals (``cov``)
         self.cad = _Pool(np.zeros(0, np.int64))
         self.cov = _Pool(np.zeros((0, 2), np.int64))
+        # keyed by device id × ``_NK`` + kind: the kind states (``k``) of kinds raised or with a slot raised
+        self.kinds = _Pool(np.zeros((0, _KI), np.int64), np.zeros((0, MAX_SLOTS), np.int8),
+                           np.zeros((0, _KF)))
 
     def forget_checks(self, ids: np.ndarray) -> None:
         """Drop the check states, gaps and covered time of these device ids (queued: applied with the batch's
@@ -338,6 +342,8 @@ class _SeriesStore:
                 pool.queue(ks, ks[:0])
             self.cad.queue(ids, ids[:0])
             self.cov.queue(ids, ids[:0])
+            kk = (ids[:, None] * _NK + np.arange(_NK)).ravel()
+            self.kinds.queue(kk, kk[:0])
 
     def import_times(self, dev_id: int, cad: list, cov: list) -> None:
         """A full state's gaps and covered intervals into the pools (after ``forget_checks`` of the device)."""
@@ -377,8 +383,28 @@ class _SeriesStore:
                     pt[0] = cs["pt"]
                 self.phase.queue(k[:0], k, ph, pt)
 
+    def import_kinds(self, dev_id: int, k: dict) -> None:
+        """A full state's kind states (``k``) into the pool (after ``forget_checks`` of the device)."""
+        rows = [(KIND_CODE[kind], ks) for kind, ks in k.items() if kind in KIND_CODE and ks]
+        if rows:
+            rows.sort(key=lambda r: r[0])
+            ki, kb, kf = _kind_rows([ks for _, ks in rows])
+            self.kinds.queue(np.zeros(0, np.int64), np.array([dev_id * _NK + kc for kc, _ in rows], np.int64),
+                             ki, kb, kf)
+
+    def kinds_of(self, key: str) -> dict:
+        """``k`` of one device as its state carries it (JSON-able)."""
+        a = self.at.get(key)
+        if a is None:
+            return {}
+        pool = self.kinds
+        x, y = pool.span(a * _NK, a * _NK + _NK)
+        return {KINDS[kc]: ks for kc, ks in zip((pool.key[x:y] - a * _NK).tolist(),
+                                                 _kind_dicts(pool.col[0][x:y], pool.col[1][x:y], pool.col[2][x:y],
+                                                             (pool.key[x:y] - a * _NK)))}
+
     def apply(self) -> None:
-        for pool in (*self.pools, self.cad, self.cov):
+        for pool in (*self.pools, self.cad, self.cov, self.kinds):
             pool.apply()
 
     def checks(self, key: str) -> dict:
@@ -659,6 +685,8 @@ class DetectorEngine:
                     if od is not None:
                         if od.get("c"):
                             store.import_checks(int(dev_id[d]), od["c"])
+                        if od.get("k"):
+                            store.import_kinds(int(dev_id[d]), od["k"])
                         store.import_times(int(dev_id[d]), od.get("cad") or [], od.get("cov") or [])
                 store.apply()
 
@@ -772,9 +800,17 @@ class DetectorEngine:
                 results.append(res)
 
         # ---- combine per (device, kind), emit
-        stated = np.array([d * _NK + KIND_CODE[k] for d, st in enumerate(olds) if st for k in st["k"]
-                           if k in KIND_CODE], dtype=np.int64)
-        findings += self._emit(results, d_, f_, t_, v_, plans, dev_pid, tab, olds, new_states, stated, n_dev)
+        if store is None:
+            stated = np.array([d * _NK + KIND_CODE[k] for d, st in enumerate(olds) if st for k in st["k"]
+                               if k in KIND_CODE], dtype=np.int64)
+        else:  # resident: the kind states are in the store's pool
+            kp = store.kinds
+            lo = kp.key.searchsorted(dev_id * _NK)
+            cnt = kp.key.searchsorted(dev_id * _NK + _NK) - lo
+            own = np.repeat(np.arange(n_dev), cnt)
+            stated = own * _NK + kp.key[_block_rows(lo, cnt)] - dev_id[own] * _NK
+        findings += self._emit(results, d_, f_, t_, v_, plans, dev_pid, tab, olds, new_states, stated, n_dev,
+                               dev_id if store is not None else None)
 
         # ---- per device: cadence, covered time, deadline, silence ended, health
         big = np.iinfo(np.int64)
@@ -811,6 +847,7 @@ class DetectorEngine:
                 ns.pop("c", None)
                 ns.pop("cad", None)
                 ns.pop("cov", None)
+                ns.pop("k", None)
             for d in incoming:
                 if d in new_states:
                     _drop_nulls(new_states[d])
@@ -1002,6 +1039,14 @@ class DetectorEngine:
         # ---- write back
         cad_vals = vals.tolist()
         ncs = nc_start.tolist()
+        if store is not None:  # a sensor fault raised, from the kind states in the store (the new ones)
+            fk = (ids[:, None] * _NK + _FAULT_KC).ravel()
+            lo_k, cnt_k = store.kinds.find(fk)
+            fl = np.where(cnt_k > 0, store.kinds.col[0][np.minimum(lo_k, max(store.kinds.key.shape[0] - 1, 0)), 0]
+                          if store.kinds.key.shape[0] else 0, 0)
+            faulty_l = (fl.reshape(m, -1) > 0).any(axis=1).tolist()
+        else:
+            faulty_l = [any(k in _FAULT_KIND_NAMES and s.get("l") for k, s in ns["k"].items()) for ns in nss]
         gw_l = batch.gateway[first].tolist() if batch.gateway is not None else None
         older_l = older.tolist()
         for i, (d, ns, vec_i, lt, lim_i, lo_i, hi_i, grace) in enumerate(zip(
@@ -1012,7 +1057,7 @@ class DetectorEngine:
             if not vec_i:
                 out += self._upkeep_one(d, ns, p, cad, tt[bnd_a[d]:bnd_a[d + 1]], int(thr[i]), int(gmax[d]),
                                         olds[d], lo_i, hi_i, gw_l, pre_of.get(d),
-                                        int(ids[i]) if store is not None else None)
+                                        int(ids[i]) if store is not None else None, faulty_l[i])
                 continue
             if store is None:
                 ns["cov"] = cov_pairs[cvs[i]:cvs[i + 1]]
@@ -1043,8 +1088,7 @@ class DetectorEngine:
                 ns["offat"] = offat
             elif "offat" in ns:
                 del ns["offat"]
-            ks = ns["k"]
-            faulty = bool(ks) and any(k in _FAULT_KIND_NAMES and s.get("l") for k, s in ks.items())
+            faulty = faulty_l[i]
             if (ns.get("hs") or (_OK,))[0] != (_FAULTY if faulty else _OK):
                 h = self._health(p, ns, _FAULTY if faulty else _OK, lo_i if not faulty else hi_i,
                                  "sensor fault raised" if faulty else "reporting")
@@ -1053,7 +1097,8 @@ class DetectorEngine:
         return out
 
     def _upkeep_one(self, d: int, ns: dict, p: DevicePlan, cad: list, tt: np.ndarray, thr: int, gmax: int, old,
-                    lo_t: int, hi_t: int, gw_l, pre: dict | None = None, rid: int | None = None) -> list[Finding]:
+                    lo_t: int, hi_t: int, gw_l, pre: dict | None = None, rid: int | None = None,
+                    faulty: bool = False) -> list[Finding]:
         """One device whose batch leaves a gap in its covered time, ends a silence or follows a calendar.
 
         ``rid``: the device's id in the store (resident): its old gaps and covered time are read there (the new
@@ -1116,7 +1161,6 @@ class DetectorEngine:
         ns["due"] = min(dl, offat) if offat is not None else dl
         if rid is not None:
             _drop_nulls(ns)
-        faulty = any(k in _FAULT_KIND_NAMES and ks.get("l") for k, ks in ns["k"].items())
         h = self._health(p, ns, _FAULTY if faulty else _OK, lo_t if not faulty else hi_t,
                          "sensor fault raised" if faulty else "reporting")
         if h is not None:
@@ -1189,8 +1233,7 @@ class DetectorEngine:
             ev = f.evidence
             if ev.get("reassert"):
                 continue
-            live = st["k"].get(f.kind)
-            if f.level == Level.CLEAR and live and live.get("l"):
+            if f.level == Level.CLEAR and self._kind_level(f.key, st, f.kind):
                 continue  # newer readings hold this alarm: a late reading never clears it
             out.append(self._mark_late(f, st, arrival))
             last_metric[(f.key, f.kind)] = f.metric
@@ -1207,8 +1250,7 @@ class DetectorEngine:
             st = states[key]
             cov = self._times("cov", key, st)
             for kind, ks in ls["k"].items():
-                live = st["k"].get(kind)
-                if not ks.get("l") or (live and live.get("l")):
+                if not ks.get("l") or self._kind_level(key, st, kind):
                     continue
                 lane_end = max(b for _, b in spans[key])
                 _, _, gto = coverage.classify(cov, np.array([lane_end], dtype=np.int64))
@@ -1408,9 +1450,12 @@ class DetectorEngine:
 
     # -------------------------------------------------------------------------------------------- emission
     def _emit(self, results: list[_Res], d_, f_, t_, v_, plans, dev_pid, tab: _Tables, olds, new_states,
-              stated, n_dev: int) -> list[Finding]:
+              stated, n_dev: int, dev_id: np.ndarray | None = None) -> list[Finding]:
         """Combine levels per (device, kind) and emit. A (device, kind) that is clear now and was clear (no
-        stored state) is skipped before any sorting: in a quiet batch that is nearly every row."""
+        stored state) is skipped before any sorting: in a quiet batch that is nearly every row.
+
+        ``dev_id`` (resident): the kind states are read from and written to the store's pool (applied before
+        this returns: upkeep reads the new ones)."""
         kcode = [KIND_CODE[CHECKS[r.check].kind] if r.check >= 0 else -1 - r.check for r in results]
         raised = [(d_[r.rows[r.level > 0]] * _NK + kc) for r, kc in zip(results, kcode)]
         live_tab = np.zeros(n_dev * _NK, dtype=bool)
@@ -1449,16 +1494,41 @@ class DetectorEngine:
         carry_l = np.zeros(G, dtype=np.int8)
         carry_te = np.zeros(G, dtype=np.int64)
         carry_lt = np.zeros(G, dtype=np.int64)
-        kstates = []
-        for g in range(G):
-            st = olds[g_dev[g]]
-            ks = st["k"].get(KINDS[g_kind[g]]) if st else None
-            kstates.append(ks)
-            if ks:
-                carry_l[g] = ks["l"]
-                carry_te[g] = ks["te"]
-                carry_lt[g] = ks["lt"]
-                carry_slots[g, :len(ks["s"])] = ks["s"]
+        carry_x = np.full((G, MAX_SLOTS), np.nan)  # the kind state's last checked quantity per slot
+        store = self._store if dev_id is not None else None
+        if store is None:
+            kstates = []
+            for g in range(G):
+                st = olds[g_dev[g]]
+                ks = st["k"].get(KINDS[g_kind[g]]) if st else None
+                kstates.append(ks)
+                if ks:
+                    carry_l[g] = ks["l"]
+                    carry_te[g] = ks["te"]
+                    carry_lt[g] = ks["lt"]
+                    carry_slots[g, :len(ks["s"])] = ks["s"]
+                    carry_x[g, :len(ks["x"])] = [_f(x) for x in ks["x"]]
+            has_ks = np.array([ks is not None for ks in kstates], dtype=bool)
+
+            def old_ep(g: int) -> dict | None:
+                ks = kstates[g]
+                return dict(ks["ep"]) if ks.get("ep") else None
+        else:  # resident: from the store's pool, all groups at once
+            g_key = dev_id[g_dev] * _NK + g_kind
+            k_lo, k_cnt = store.kinds.find(g_key)
+            has_ks = k_cnt > 0
+            hit = np.flatnonzero(has_ks)
+            pi = k_lo[hit]
+            k_i, k_f = store.kinds.col[0][pi], store.kinds.col[2][pi]
+            carry_l[hit], carry_te[hit], carry_lt[hit] = k_i[:, 0], k_i[:, 1], k_i[:, 2]
+            carry_slots[hit] = store.kinds.col[1][pi]
+            carry_x[hit] = k_f[:, :MAX_SLOTS]
+            k_at = np.full(G, -1, dtype=np.int64)
+            k_at[hit] = np.arange(hit.shape[0])
+
+            def old_ep(g: int) -> dict | None:
+                j = int(k_at[g])
+                return _ep_dict(k_i[j].tolist(), k_f[j].tolist()) if k_i[j, 3] else None
 
         li = np.empty((e_dev.shape[0], MAX_SLOTS), dtype=np.int64)
         slot_lvl = np.empty((e_dev.shape[0], MAX_SLOTS), dtype=np.int8)
@@ -1498,9 +1568,8 @@ class DetectorEngine:
             """The episode that row ``e`` is in (or, for a clear, the one it ends), up to and including ``e``."""
             lo = int(ep_lo[e])
             hi = e + 1 if agg[e] > 0 else e
-            ks = kstates[g]
-            carried = lo == first_idx[e] and carry_l[g] > 0 and ks is not None
-            ep = dict(ks["ep"]) if carried and ks.get("ep") else None
+            carried = lo == first_idx[e] and carry_l[g] > 0 and has_ks[g]
+            ep = old_ep(g) if carried else None
             if hi > lo and raised[hi - 1]:
                 q = hi - 1
                 j = int(peak_at[q])
@@ -1536,7 +1605,7 @@ class DetectorEngine:
             g_dev_l, g_kind_l = g_dev.tolist(), g_kind.tolist()
             for e, g, level, before, ts, c, kk, ri, loc, x, raw, rts, fm, changed in zip(emit.tolist(), *cols):
                 f = self._finding(results, plans[g_dev_l[g]], KINDS[g_kind_l[g]], level, before, ts, c,
-                                  kk, ri, loc, x, raw, rts, fm, kstates[g], changed)
+                                  kk, ri, loc, x, raw, rts, fm, float(carry_x[g, c]), changed)
                 ep = episode(g, e)
                 if ep is not None:
                     f.evidence["episode"] = ep
@@ -1549,6 +1618,24 @@ class DetectorEngine:
         # write kind states
         lj = li[last]
         has = lj >= 0
+        if store is not None:  # resident: the groups' rows replace theirs in the pool
+            agg_g = agg[last]
+            slots_g = slot_lvl[last]
+            keep = np.flatnonzero((agg_g > 0) | slots_g.any(axis=1))
+            w_i = np.zeros((keep.shape[0], _KI), np.int64)
+            w_f = np.full((keep.shape[0], _KF), np.nan)
+            w_i[:, 0], w_i[:, 1], w_i[:, 2] = agg_g[keep], te[last][keep], e_ts[last][keep]
+            w_f[:, :MAX_SLOTS] = np.where(has, x_e[np.maximum(lj, 0)], carry_x)[keep]
+            for j, g in enumerate(keep.tolist()):
+                if agg_g[g]:
+                    ep = episode(g, int(last[g]))
+                    if ep is not None:
+                        w_i[j, 3:9] = 1, ep["start"], ep["peak_ts"], ep["first_breach"], ep["last_breach"], \
+                            ep.get("worst", 0)
+                        w_f[j, MAX_SLOTS:] = _f(ep.get("peak")), _f(ep.get("peak_reading"))
+            store.kinds.queue(g_key, g_key[keep], w_i, slots_g[keep], w_f)
+            store.kinds.apply()
+            return findings
         xl = np.where(has, x_e[np.maximum(lj, 0)], np.nan).tolist()
         has = has.tolist()
         slot_l = slot_lvl[last].tolist()
@@ -1579,7 +1666,7 @@ class DetectorEngine:
         return findings
 
     def _finding(self, results, p: DevicePlan, kind: str, level: int, before: int, ts: int, col: int, k: int,
-                 ri: int, loc: int, x: float, raw: float, rts: int, fm: int, ks: dict | None,
+                 ri: int, loc: int, x: float, raw: float, rts: int, fm: int, x_kept: float,
                  changed: bool) -> Finding:
         ev: dict[str, Any] = {"level": _LNAMES[level], "previous": _LNAMES[before], "reassert": not changed}
         if k >= 0:
@@ -1587,7 +1674,7 @@ class DetectorEngine:
             metric = FM_LIST[fm][1] if r.check < 0 or CHECKS[r.check].metric != "*" else "*"
         else:  # the worst slot has no reading in this batch: take what the state remembered
             r = None
-            x = _f(ks["x"][col]) if ks else _NAN
+            x = x_kept
             raw, rts = x, ts
             metric = ""
         if kind in FAULT_KINDS:
@@ -1804,6 +1891,7 @@ class DetectorEngine:
         out["c"] = self._store.checks(key)
         out["cad"] = self._store.times_of("cad", key)
         out["cov"] = self._store.times_of("cov", key)
+        out["k"] = self._store.kinds_of(key)
         for k in _SPARSE:
             if k not in out:
                 out[k] = None
@@ -1825,6 +1913,18 @@ class DetectorEngine:
         if name in st or not self._resident(st):
             return st.get(name) or []
         return self._store.times_of(name, key)
+
+    def _kind_level(self, key: str, st: dict, kind: str) -> int:
+        """The level a device's kind holds: from the state, or from the store for a resident one."""
+        if "k" in st or not self._resident(st):
+            ks = (st.get("k") or {}).get(kind)
+            return (ks.get("l") or 0) if ks else 0
+        a = self._store.at.get(key)
+        if a is None:
+            return 0
+        pool = self._store.kinds
+        lo, cnt = pool.find(np.array([a * _NK + KIND_CODE[kind]], dtype=np.int64))
+        return int(pool.col[0][lo[0], 0]) if cnt[0] else 0
 
     def _set_cov(self, key: str, st: dict, cov: list) -> None:
         if "cov" in st or not self._resident(st) or key not in self._store.at:
@@ -1921,6 +2021,50 @@ def _drop_nulls(ns: dict) -> None:
 
 def _nullable(a: np.ndarray) -> list:
     return np.where(np.isnan(a), None, a.astype(object)).tolist()
+
+
+# a kind state in the store: ints [l, te, lt, has episode, start, peak_ts, first_breach, last_breach, worst],
+# int8 slot levels, floats [x per slot, peak, peak_reading] (NaN: null)
+_KI, _KF = 9, MAX_SLOTS + 2
+_EP_I = ("start", "peak_ts", "first_breach", "last_breach", "worst")
+
+
+def _kind_rows(kss: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Kind state dicts as the store's rows."""
+    n = len(kss)
+    ki = np.zeros((n, _KI), np.int64)
+    kb = np.zeros((n, MAX_SLOTS), np.int8)
+    kf = np.full((n, _KF), np.nan)
+    for j, ks in enumerate(kss):
+        ki[j, 0:3] = ks["l"], ks["te"], ks["lt"]
+        kb[j, :len(ks["s"])] = ks["s"]
+        kf[j, :len(ks["x"])] = [_f(x) for x in ks["x"]]
+        ep = ks.get("ep")
+        if ep:
+            ki[j, 3] = 1
+            ki[j, 4:9] = [int(ep.get(f) or 0) for f in _EP_I]
+            kf[j, MAX_SLOTS:] = _f(ep.get("peak")), _f(ep.get("peak_reading"))
+    return ki, kb, kf
+
+
+def _ep_dict(ki: list, kf: list) -> dict:
+    """An episode as the state carries it, from a kind state's store row (as lists)."""
+    pk, pr = kf[MAX_SLOTS], kf[MAX_SLOTS + 1]
+    return {"start": ki[4], "peak": None if pk != pk else pk, "peak_ts": ki[5],
+            "peak_reading": None if pr != pr else pr, "first_breach": ki[6], "last_breach": ki[7], "worst": ki[8]}
+
+
+def _kind_dicts(ki: np.ndarray, kb: np.ndarray, kf: np.ndarray, kc: np.ndarray) -> list[dict]:
+    """The store's kind rows as the state's dicts."""
+    out = []
+    for r_i, r_b, r_f, c in zip(ki.tolist(), kb.tolist(), kf.tolist(), kc.tolist()):
+        nsl = KIND_SLOTS[KINDS[c]]
+        ks = {"l": r_i[0], "te": r_i[1], "lt": r_i[2], "s": r_b[:nsl],
+              "x": [None if x != x else x for x in r_f[:nsl]]}
+        if r_i[3]:
+            ks["ep"] = _ep_dict(r_i, r_f)
+        out.append(ks)
+    return out
 
 
 _CHECK_INDEX = {c.id: c.index for c in CHECKS}
