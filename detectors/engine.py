@@ -155,17 +155,22 @@ def _upgrade(st: Any) -> dict | None:
 
 
 class _SharedPlan:
-    """A device without rules of its own: its name, and the plan of its (site, family) for everything else.
+    """A device's plan and its place in the engine's tables — the one context entry the engine keeps per device:
+    its site and name, and the plan it shares (of its family with the built-in rules, of its (site, family) with
+    a site's family block, or its own with a device block) for everything else.
 
-    One ``DevicePlan`` (and ``DeviceRules``) per such device was ~1.7 KB of heap per device at fleet size; this is
-    one small object. The fields read per device on the hot path are copied; the rest is looked up on the plan."""
+    One ``DevicePlan`` (and ``DeviceRules``) per device was ~1.7 KB of heap per device at fleet size, one per
+    (site, family) still ~0.4 KB at 100 devices per site; this is one small object. The fields read per device on
+    the hot path are copied; the rest is looked up on the plan. ``fc``: family code; ``pid``: parameter-table
+    row; ``nm``: the family's metric slots."""
 
-    __slots__ = ("_p", "site", "device", "family", "gateway", "follows_calendar")
+    __slots__ = ("_p", "site", "device", "family", "gateway", "follows_calendar", "fc", "pid", "nm")
 
-    def __init__(self, base: DevicePlan, device: str, gateway: str | None):
+    def __init__(self, base: DevicePlan, site: str, device: str, gateway: str | None, pid: int):
         self._p = base
-        self.site, self.device, self.family = base.site, device, base.family
+        self.site, self.device, self.family = site, device, base.family
         self.gateway, self.follows_calendar = gateway, base.follows_calendar
+        self.fc, self.pid, self.nm = FAM_CODE[base.family], pid, _FAM_NM[base.family]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._p, name)
@@ -531,13 +536,16 @@ class DetectorEngine:
         self.rules = rules
         self.resident = resident
         self._store = _SeriesStore()
-        self._shared: dict[tuple[str, str], tuple[DevicePlan, int]] = {}  # (site, family) without device block
+        # (site or None, family) -> plan and table row of the devices without a device block: None for the sites
+        # whose family has no block of its own (the built-in numbers, the same for all of them)
+        self._shared: dict[tuple[str | None, str], tuple[DevicePlan, int]] = {}
         self._rows: list[DevicePlan] = []  # one plan per table row
         self._tab: _Tables | None = None
         self._calendars: dict[str, Any] = {}
-        # device key -> (plan, family code, table row, metric slots, family): a batch's per-device lookup, and the
-        # plan cache (one entry per device: a device heard under another family replaces it)
-        self._ctx: dict[str, tuple[Any, int, int, int, str]] = {}
+        # device key -> its context (``_SharedPlan``: plan, family code, table row, metric slots): a batch's
+        # per-device lookup, and the plan cache (one entry per device: a device heard under another family
+        # replaces it)
+        self._ctx: dict[str, _SharedPlan] = {}
         lateness = getattr(rules, "lateness", None)
         self.gap_factor = float(getattr(lateness, "gap_factor", 3.0))
         self.allowed_lateness_ms = int(1000 * getattr(lateness, "allowed", 72 * 3600))
@@ -550,32 +558,41 @@ class DetectorEngine:
         """The site's working calendar, built once per site from the rules' ``calendar:`` block."""
         cal = self._calendars.get(site)
         if cal is None:
-            cal = self._calendars[site] = Calendar.from_config(self.rules.calendar_config(site))
+            cfg = self.rules.calendar_config(site)
+            own = site in getattr(self.rules, "sites", (site,))  # sites without a file share the built-in one
+            cal = self._calendars.get(None) if not own else None
+            if cal is None:
+                cal = Calendar.from_config(cfg)
+                if not own:
+                    self._calendars[None] = cal
+            self._calendars[site] = cal
         return cal
 
     def plan(self, site: str, device: str, family: str) -> DevicePlan:
         return self._plan(site, device, family)[0]
 
-    def _plan(self, site: str, device: str, family: str) -> tuple[DevicePlan, int]:
-        """The device's plan and parameter-table row. Devices without a device block share their site's plan
-        (``_SharedPlan`` carries the device's name; ``rules`` is the shared one, which has no device-level
-        ``overridden_by`` by construction)."""
-        key = site + "/" + device
+    def _plan(self, site: str, device: str, family: str, key: str | None = None) -> tuple[Any, int]:
+        """The device's plan and parameter-table row. Devices without a device block share the plan of their
+        site's family block, or, without one, the plan of the built-in numbers (``_SharedPlan`` carries the
+        device's site and name; ``rules`` is the shared one, which has no device-level ``overridden_by`` by
+        construction, and no ``site`` read by anyone). ``key``: the caller's key string, kept as the entry's key
+        (one string per device for the states, the store and this cache)."""
+        if key is None:
+            key = site + "/" + device
         c = self._ctx.get(key)
-        if c is None or c[4] != family:
+        if c is None or c.family != family:
             dr = self.rules.device(site, device, family)
             if dr.rules is self.rules.family(site, family):  # no device-level block: its site's numbers
-                sh = self._shared.get((site, family))
+                skey = (site if dr.overridden_by else None, family)
+                sh = self._shared.get(skey)
                 if sh is None:
                     p = build_plan(self.rules, site, device, family)
-                    pp = self._shared[(site, family)] = (p, self._add_row(p))
-                else:
-                    pp = (_SharedPlan(sh[0], device, dr.gateway), sh[1])
+                    sh = self._shared[skey] = (p, self._add_row(p))
             else:
                 p = build_plan(self.rules, site, device, family)
-                pp = (p, self._add_row(p))
-            c = self._ctx[key] = (pp[0], FAM_CODE[family], pp[1], _FAM_NM[family], family)
-        return c[0], c[2]
+                sh = (p, self._add_row(p))
+            c = self._ctx[key] = _SharedPlan(sh[0], site, device, dr.gateway, sh[1])
+        return c, c.pid
 
     def _add_row(self, p: DevicePlan) -> int:
         self._rows.append(p)
@@ -637,33 +654,32 @@ class DetectorEngine:
             if st is not None:
                 # the current layout, checked as ``_upgrade`` does, without a call per device
                 if type(st) is dict and st.get("v") == STATE_VERSION and (
-                        c := ctx.get(key)) is not None and c[4] == st.get("fam"):
+                        c := ctx.get(key)) is not None and c.family == st.get("fam"):
                     m = st.get("m")
-                    if (m is None and (row := store_at.get(key)) is not None and store_fam[row] == c[1]) or (
-                            type(m) is list and len(m) == 2 and len(m[0]) == c[3] * _NI and len(m[1]) == c[3] * _NF):
+                    if (m is None and (row := store_at.get(key)) is not None and store_fam[row] == c.fc) or (
+                            type(m) is list and len(m) == 2 and len(m[0]) == c.nm * _NI and len(m[1]) == c.nm * _NF):
                         if m is None:
                             in_store.append(len(olds))
                         olds.append(st)
-                        plans.append(c[0])
-                        fam_c.append(c[1])
-                        pid_l.append(c[2])
+                        plans.append(c)
+                        fam_c.append(c.fc)
+                        pid_l.append(c.pid)
                         continue
                 st = _upgrade(st)
                 if st is not None:
                     fam = st["fam"]
             olds.append(st)
             c = ctx.get(key)
-            if c is None or c[4] != fam:
+            if c is None or c.family != fam:
                 if fam not in FAMILIES:
                     plans.append(None)
                     fam_c.append(-1)
                     pid_l.append(0)
                     continue
-                self._plan(site, device, fam)
-                c = ctx[key]
-            plans.append(c[0])
-            fam_c.append(c[1])
-            pid_l.append(c[2])
+                c = self._plan(site, device, fam, key)[0]
+            plans.append(c)
+            fam_c.append(c.fc)
+            pid_l.append(c.pid)
         dev_fam = np.array(fam_c, dtype=np.int64)
         dev_pid = np.array(pid_l, dtype=np.int64)
         tab = self._tables()
