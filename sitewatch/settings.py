@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # A take() window is paid once per stage an alarm crosses (validate, detect); under load a batch grows by
     # what arrives while the previous one is processed, so a short window costs little throughput.
     batch_within_s: float = 0.05
+    validate_batches_in_flight: int = Field(4, ge=1, description="batches the validate stage may have sent but not "
+                                            "yet acknowledged by Kafka while it takes the next (1: await each "
+                                            "batch's deliveries first); their offsets are committed only after")
 
     @model_validator(mode="after")
     def _kafka_auth_complete(self) -> "Settings":
