@@ -858,15 +858,14 @@ class DetectorEngine:
             store.scatter(rows_s, S_i[rows_b])
             store.f[rows_s] = S_f[rows_b]
             store.apply()
-            for ns in new_states.values():
-                ns.pop("m", None)
-                ns.pop("c", None)
-                ns.pop("cad", None)
-                ns.pop("cov", None)
-                ns.pop("k", None)
+            # only a device that came in (fresh, or a full state) carries what the store now holds: the others'
+            # states are copies of the engine's own, which never do
             for d in incoming:
-                if d in new_states:
-                    _drop_nulls(new_states[d])
+                ns = new_states.get(d)
+                if ns is not None:
+                    for k in _IN_STORE:
+                        ns.pop(k, None)
+                    _drop_nulls(ns)
         else:
             ints = S_i.ravel().tolist()
             fl = S_f.ravel()
@@ -1084,9 +1083,14 @@ class DetectorEngine:
                 # late lane will need them to judge a rate inside the outage
                 pre = pre_of[d] if resident_ids is not None else self._pre_outage(olds[d])
                 og = (ns.get("og") or []) + [[x, y, pre] for x, y in gaps]
-                ns["og"] = [o for o in og if o[1] >= older_l[i]][-self.max_intervals:]
+                og = [o for o in og if o[1] >= older_l[i]][-self.max_intervals:]
+                if og or store is None:
+                    ns["og"] = og
+                elif "og" in ns:
+                    del ns["og"]
             via = p.gateway or (gw_l[d] if gw_l is not None else None) or ns.get("via")
-            ns["via"] = via
+            if via is not None or store is None:
+                ns["via"] = via
             ns["lt"] = lt
             # a reading says it is on; resident states leave out off/offat/sx while they are null (_SPARSE)
             if store is None:
@@ -1781,7 +1785,7 @@ class DetectorEngine:
                     if h is not None:
                         out.append(h)
                 continue
-            sil = st["sil"]
+            sil = st.get("sil") or _SIL0
             silent_for = now_ms - st["lt"]
             reassert_ms = p.reassert_ms
             if not sil[0]:
@@ -1845,7 +1849,7 @@ class DetectorEngine:
         out: list[Finding] = []
         if not ds.online:
             ns["off"], ns["due"], ns["offat"] = ds.ts, None, None
-            if ns["sil"][0]:
+            if (ns.get("sil") or _SIL0)[0]:
                 f = self._silent_finding(p, Level.CLEAR, ds.ts, ds.ts - (ns["lt"] or ds.ts), ns)
                 out.append(replace(f, rule="cleared: the device announced it is powered off"))
                 ns["sil"] = _SIL0
@@ -1908,9 +1912,9 @@ class DetectorEngine:
         out["cad"] = self._store.times_of("cad", key)
         out["cov"] = self._store.times_of("cov", key)
         out["k"] = self._store.kinds_of(key)
-        for k in _SPARSE:
+        for k, v in _SPARSE.items():
             if k not in out:
-                out[k] = None
+                out[k] = list(v) if type(v) is list else v
         return out
 
     def export_states(self, states: dict[str, Any]) -> dict[str, Any]:
@@ -2024,14 +2028,19 @@ def _hyst_rows(out: HystCarry) -> list[list[int]]:
 
 
 
-# Fields a resident state leaves out while they are null (mostly): the state dict stays at 10 keys (272 B in
-# CPython, against 464 B from 11 keys on); every reader uses ``.get``, and ``export_state`` puts them back.
-_SPARSE = ("off", "offat", "sx")
+# Fields a resident state leaves out while they hold their default (null, no silence, healthy since ever, no
+# outage record): a healthy device's state is 5 keys (``v fam lt dl due``: a 184 B dict in CPython, against 272 B
+# from 6 to 10 keys and 464 B from 11 on); every reader uses ``.get`` with the default, and ``export_state`` puts
+# them back.
+_SPARSE = {"off": None, "offat": None, "sx": None, "sil": _SIL0, "hs": _HS0, "og": _NONE0, "via": None}
+
+
+_IN_STORE = ("m", "c", "cad", "cov", "k")  # what a resident state leaves to the store
 
 
 def _drop_nulls(ns: dict) -> None:
-    for k in _SPARSE:
-        if k in ns and ns[k] is None:
+    for k, v in _SPARSE.items():
+        if k in ns and ns[k] == v:
             del ns[k]
 
 
