@@ -84,10 +84,11 @@ def scale_cmd(readings, workers, partitions):
 @click.option("--profile", help="sample both Faust processes with py-spy (else cProfile), files PREFIX-*.txt")
 @click.option("--baseline-src", type=click.Path(exists=True, file_okay=False),
               help="also time the worker of this source tree (e.g. `git archive` of an older commit) on the same data")
-def worker_cmd(readings, single_readings, singles_per_record, profile, baseline_src):
+@click.option("--repeat", default=1, show_default=True, help="drain the same records N times, interleaved (medians)")
+def worker_cmd(readings, single_readings, singles_per_record, profile, baseline_src, repeat):
     """One worker draining a preloaded sw.raw, beside the bare Faust take() and kafka-python ceilings."""
     bench_worker(readings, single_readings, singles_per_envelope=singles_per_record, profile=profile,
-                 baseline_src=baseline_src)
+                 baseline_src=baseline_src, repeat=repeat)
 
 
 bench.add_command(chain_cmd)

@@ -128,6 +128,23 @@ def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     return {tp.partition: end for tp, end in end_offsets(bootstrap, [topic]).items()}
 
 
+def _start_group_at(bootstrap: str, group: str, offsets: dict[tuple[str, int], int]) -> None:
+    """Commit ``offsets`` for a consumer group before its first member starts, so it reads from there and not from
+    the beginning of the topic (``consumer_auto_offset_reset=earliest``)."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    if not offsets:
+        return
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        tps = {TopicPartition(t, p): off for (t, p), off in offsets.items()}
+        c.assign(list(tps))
+        c.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in tps.items()})
+    finally:
+        c.close()
+
+
 def kafka_python_ceiling(bootstrap: str, start: dict[int, int], end: dict[int, int]) -> float:
     """Seconds for one kafka-python consumer to read ``sw.raw`` from ``start`` to ``end`` (first record → last)."""
     from kafka import KafkaConsumer, TopicPartition
@@ -268,8 +285,17 @@ def profile_summary(path: Path, top: int = 25) -> str:
     return "\n".join(lines)
 
 
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
 def _round(label: str, key: str, records: list[tuple[int, bytes]], readings: int, stack, tmp: Path, env: dict,
-           profile: Path | None, echo, baseline_src: Path | None = None) -> dict[str, float]:
+           profile: Path | None, echo, baseline_src: Path | None = None, repeat: int = 1) -> dict[str, float]:
+    """Each consumer drains the same records ``repeat`` times, interleaved (take, worker, baseline, take …) so a
+    machine shared with other jobs slows them alike; medians are reported, and the ratio is the median of each
+    repeat's ratio. Every run has a consumer group and a data directory of its own: a worker started in the data
+    directory of another restores its detector states from the snapshots there and finds every reading stale."""
     from app.localstack import sitewatch_argv
 
     start = _end_offsets(stack.bootstrap, TOPIC_RAW)
@@ -278,52 +304,85 @@ def _round(label: str, key: str, records: list[tuple[int, bytes]], readings: int
     end = _end_offsets(stack.bootstrap, TOPIC_RAW)
     echo(f"{label}: {readings:,} readings in {len(records):,} sw.raw records (preloaded in {load_s:.1f} s)")
     kp_s = kafka_python_ceiling(stack.bootstrap, start, end)
-    take_env = {**env, "SW_WORKER_ID": f"bench-take-{key}"}
+    runs: dict[str, list[tuple[float, float]]] = {"take": [], "worker": [], "baseline": []}
     take_prof = Path(f"{profile}-take-{key}.txt") if profile is not None else None
-    take_s, take_cpu = _drain(f"take-{key}", [sys.executable, "-c",
-                                              "from app.bench.worker import take_ceiling_main as m; m()"],
-                              take_env, tmp / "logs", stack.bootstrap, (TOPIC_RAW,), take_prof)
-    worker_env = {**env, "SW_WORKER_ID": f"bench-worker-{key}"}
     prof = Path(f"{profile}-{key}.txt") if profile is not None else None
-    worker_s, worker_cpu = _drain(f"worker-{key}", sitewatch_argv("worker"), worker_env, tmp / "logs",
-                                  stack.bootstrap, (TOPIC_RAW, TOPIC_READINGS), prof)
-    if baseline_src is not None:  # the same worker command from another source tree (e.g. the previous commit)
-        boot = (f"import sys, runpy; sys.path.insert(0, {str(baseline_src)!r}); "
-                "runpy.run_module('app', run_name='__main__')")
-        base_s, base_cpu = _drain(f"baseline-{key}", [sys.executable, "-c", boot, "worker"],
-                                  {**env, "SW_WORKER_ID": f"bench-baseline-{key}", "PYTHONPATH": str(baseline_src)},
-                                  tmp / "logs", stack.bootstrap, (TOPIC_RAW, TOPIC_READINGS))
+    for r in range(repeat):
+        sfx = f"-{r + 1}" if repeat > 1 else ""
+        first = r == 0
+
+        def run(what: str, argv: list[str], topics: tuple[str, ...], profile_to: Path | None,
+                extra: dict | None = None) -> None:
+            name = f"{what}-{key}{sfx}"
+            data = tmp / f"data-{name}"
+            data.mkdir(parents=True, exist_ok=True)
+            run_env = {**env, "SW_WORKER_ID": f"bench-{name}", "SW_DATA_DIR": str(data), **(extra or {})}
+            # this round's records only, and only the sw.readings records this run produces (not those of the
+            # runs before it, nor the previous round's records, which a new group would read from the beginning)
+            first_offsets = {(TOPIC_RAW, p): start.get(p, 0) for p in end}
+            if TOPIC_READINGS in topics:
+                first_offsets |= {(TOPIC_READINGS, p): o for p, o in _end_offsets(stack.bootstrap, TOPIC_READINGS).items()}
+            _start_group_at(stack.bootstrap, f"bench-{name}", first_offsets)
+            runs[what].append(_drain(name, argv, run_env, tmp / "logs", stack.bootstrap, topics,
+                                     profile_to if first else None))
+
+        run("take", [sys.executable, "-c", "from app.bench.worker import take_ceiling_main as m; m()"],
+            (TOPIC_RAW,), take_prof)
+        run("worker", sitewatch_argv("worker"), (TOPIC_RAW, TOPIC_READINGS), prof)
+        if baseline_src is not None:  # the same worker command from another source tree (e.g. the previous commit)
+            boot = (f"import sys, runpy; sys.path.insert(0, {str(baseline_src)!r}); "
+                    "runpy.run_module('app', run_name='__main__')")
+            run("baseline", [sys.executable, "-c", boot, "worker"], (TOPIC_RAW, TOPIC_READINGS), None,
+                {"PYTHONPATH": str(baseline_src)})
     for what, path in (("bare take()", take_prof), ("worker", prof)):
         if path is not None and path.exists():
             echo(f"  {what} profile ({path}):\n" + profile_summary(path))
     after = {t: sum(_end_offsets(stack.bootstrap, t).values()) for t in (TOPIC_HAZARDS, TOPIC_DLQ)}
+    take_s = _median([w for w, _ in runs["take"]])
+    take_cpu = _median([c for _, c in runs["take"]])
+    worker_s = _median([w for w, _ in runs["worker"]])
+    worker_cpu = _median([c for _, c in runs["worker"]])
+    vs_take = _median([t[0] / w[0] for t, w in zip(runs["take"], runs["worker"])])
+    vs_take_cpu = _median([t[1] / w[1] for t, w in zip(runs["take"], runs["worker"])])
     out = {f"{key}_worker_rps": readings / worker_s, f"{key}_faust_take_rps": readings / take_s,
-           f"{key}_kafka_python_rps": readings / kp_s, f"{key}_worker_vs_take": take_s / worker_s,
+           f"{key}_kafka_python_rps": readings / kp_s, f"{key}_worker_vs_take": vs_take,
            f"{key}_worker_cpu_us_per_reading": 1e6 * worker_cpu / readings,
            f"{key}_take_cpu_us_per_reading": 1e6 * take_cpu / readings,
-           f"{key}_worker_vs_take_cpu": take_cpu / worker_cpu,
-           f"{key}_findings": after[TOPIC_HAZARDS] - before[TOPIC_HAZARDS],
-           f"{key}_dlq": after[TOPIC_DLQ] - before[TOPIC_DLQ]}
+           f"{key}_worker_vs_take_cpu": vs_take_cpu,
+           f"{key}_findings": (after[TOPIC_HAZARDS] - before[TOPIC_HAZARDS]) // repeat // (2 if baseline_src else 1),
+           f"{key}_dlq": (after[TOPIC_DLQ] - before[TOPIC_DLQ]) // repeat // (2 if baseline_src else 1)}
     n = len(records)
+    med = f"median of {repeat}, " if repeat > 1 else ""
     echo(f"  kafka-python consume ceiling   {readings / kp_s:10,.0f} readings/s  ({n / kp_s:9,.0f} records/s, "
          f"{kp_s:.2f} s)")
     echo(f"  bare Faust take() ceiling      {readings / take_s:10,.0f} readings/s  ({n / take_s:9,.0f} records/s, "
-         f"{take_s:.2f} s, {1e6 * take_cpu / readings:.1f} CPU-µs/reading)")
+         f"{med}{take_s:.2f} s, {1e6 * take_cpu / readings:.1f} CPU-µs/reading)")
     echo(f"  sitewatch worker               {readings / worker_s:10,.0f} readings/s  ({n / worker_s:9,.0f} records/s, "
-         f"{worker_s:.2f} s, {1e6 * worker_cpu / readings:.1f} CPU-µs/reading) = {take_s / worker_s:.0%} of the "
-         f"take() ceiling by wall time, {take_cpu / worker_cpu:.0%} by CPU time; "
-         f"{out[f'{key}_findings']} findings, {out[f'{key}_dlq']} DLQ records")
+         f"{med}{worker_s:.2f} s, {1e6 * worker_cpu / readings:.1f} CPU-µs/reading) = {vs_take:.0%} of the "
+         f"take() ceiling by wall time, {vs_take_cpu:.0%} by CPU time; "
+         f"{out[f'{key}_findings']} findings, {out[f'{key}_dlq']} DLQ records (per run)")
+    if repeat > 1:
+        echo("  per repeat, worker / take by wall time: " +
+             ", ".join(f"{t[0] / w[0]:.0%}" for t, w in zip(runs["take"], runs["worker"])))
     if baseline_src is not None:
+        base_s = _median([w for w, _ in runs["baseline"]])
+        base_cpu = _median([c for _, c in runs["baseline"]])
+        base_vs_take = _median([t[0] / b[0] for t, b in zip(runs["take"], runs["baseline"])])
         out.update({f"{key}_baseline_rps": readings / base_s,
-                    f"{key}_baseline_cpu_us_per_reading": 1e6 * base_cpu / readings})
+                    f"{key}_baseline_cpu_us_per_reading": 1e6 * base_cpu / readings,
+                    f"{key}_baseline_vs_take": base_vs_take})
         echo(f"  baseline worker                {readings / base_s:10,.0f} readings/s  ({n / base_s:9,.0f} records/s, "
-             f"{base_s:.2f} s, {1e6 * base_cpu / readings:.1f} CPU-µs/reading) — {baseline_src}")
+             f"{med}{base_s:.2f} s, {1e6 * base_cpu / readings:.1f} CPU-µs/reading) = {base_vs_take:.0%} of the "
+             f"take() ceiling by wall time — {baseline_src}")
+        if repeat > 1:
+            echo("  per repeat, baseline / take by wall time: " +
+                 ", ".join(f"{t[0] / b[0]:.0%}" for t, b in zip(runs["take"], runs["baseline"])))
     return out
 
 
 def bench_worker(readings: int = 1_000_000, single_readings: int = 200_000, sites: int = 50, per_frame: int = 200,
                  frames_per_envelope: int = 10, singles_per_envelope: int = 1, profile: str | None = None,
-                 baseline_src: str | None = None, echo=click.echo) -> dict[str, float]:
+                 baseline_src: str | None = None, repeat: int = 1, echo=click.echo) -> dict[str, float]:
     from app.localstack import LocalStack, free_port
 
     stop_on_sigterm()
@@ -342,11 +401,11 @@ def bench_worker(readings: int = 1_000_000, single_readings: int = 200_000, site
         if readings:
             recs, n = gateway_envelopes(readings, sites, per_frame, frames_per_envelope, stack.partitions)
             out.update(_round(f"gateway frames ({per_frame} readings/frame, {frames_per_envelope} frames/record)",
-                              "gateway", recs, n, stack, tmp, env, prof, echo, base))
+                              "gateway", recs, n, stack, tmp, env, prof, echo, base, repeat))
         if single_readings:
             recs, n = single_envelopes(single_readings, sites, singles_per_envelope, stack.partitions)
             out.update(_round(f"single-reading messages ({singles_per_envelope} per sw.raw record)", "single",
-                              recs, n, stack, tmp, env, prof, echo, base))
+                              recs, n, stack, tmp, env, prof, echo, base, repeat))
     finally:
         stack.stop()
     return out
