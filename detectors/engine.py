@@ -337,6 +337,11 @@ class _SeriesStore:
         # keyed by device id × ``_NK`` + kind: the kind states (``k``) of kinds raised or with a slot raised
         self.kinds = _Pool(np.zeros((0, _KI), np.int64), np.zeros((0, MAX_SLOTS), np.int8),
                            np.zeros((0, _KF)))
+        # keyed by the device id: outages heard live (``og``: last before, first after, whether the record keeps
+        # rate samples), in time order, and the rate samples each kept from before it (record's start, check,
+        # time; value)
+        self.og = _Pool(np.zeros((0, 3), np.int64))
+        self.ogs = _Pool(np.zeros((0, 3), np.int64), np.zeros(0))
 
     def forget_checks(self, ids: np.ndarray) -> None:
         """Drop the check states, gaps and covered time of these device ids (queued: applied with the batch's
@@ -349,6 +354,8 @@ class _SeriesStore:
             self.cov.queue(ids, ids[:0])
             kk = (ids[:, None] * _NK + np.arange(_NK)).ravel()
             self.kinds.queue(kk, kk[:0])
+            self.og.queue(ids, ids[:0])
+            self.ogs.queue(ids, ids[:0])
 
     def import_times(self, dev_id: int, cad: list, cov: list) -> None:
         """A full state's gaps and covered intervals into the pools (after ``forget_checks`` of the device)."""
@@ -409,8 +416,95 @@ class _SeriesStore:
                                                              (pool.key[x:y] - a * _NK)))}
 
     def apply(self) -> None:
-        for pool in (*self.pools, self.cad, self.cov, self.kinds):
+        for pool in (*self.pools, self.cad, self.cov, self.kinds, self.og, self.ogs):
             pool.apply()
+
+    def import_outages(self, dev_id: int, og: list) -> None:
+        """A full state's outage records (``og``) into the pools (after ``forget_checks`` of the device)."""
+        recs, smp = [], []
+        for o in og:
+            recs.append([int(o[0]), int(o[1]), int(len(o) > 2)])
+            for cid, (tl, vl) in (o[2] if len(o) > 2 else {}).items():
+                ci = _CHECK_INDEX.get(cid)
+                if ci is not None:
+                    smp += [(int(o[0]), ci, int(t), float(v)) for t, v in zip(tl, vl)]
+        k = np.array([dev_id], dtype=np.int64)
+        if recs:
+            self.og.queue(k[:0], np.repeat(k, len(recs)), np.array(recs, dtype=np.int64).reshape(-1, 3))
+        if smp:
+            self.ogs.queue(k[:0], np.repeat(k, len(smp)), np.array([r[:3] for r in smp], dtype=np.int64),
+                           np.array([r[3] for r in smp], dtype=np.float64))
+
+    def outages(self, key: str) -> list:
+        """``og`` of one device as its state carries it (JSON-able)."""
+        a = self.at.get(key)
+        if a is None:
+            return []
+        x, y = self.og.span(a, a + 1)
+        recs = self.og.col[0][x:y].tolist()
+        if not recs:
+            return []
+        x, y = self.ogs.span(a, a + 1)
+        pre: dict[int, dict] = {}
+        for (sx, ci, t), v in zip(self.ogs.col[0][x:y].tolist(), self.ogs.col[1][x:y].tolist()):
+            h = pre.setdefault(sx, {}).setdefault(_CHECK_IDS[ci], [[], []])
+            h[0].append(t)
+            h[1].append(v)
+        return [[x0, y0, pre.get(x0, {})] if has else [x0, y0] for x0, y0, has in recs]
+
+    def record_outages(self, ids: np.ndarray, own: np.ndarray, xs: np.ndarray, ys: np.ndarray,
+                       older: np.ndarray, keep_n: int) -> None:
+        """New outage records of these devices (``own``: index into ``ids``, in time order per device), each with
+        the device's rate samples as the rate pool holds them (before this batch's changes are applied), then
+        the records older than ``older`` (per device) dropped and the last ``keep_n`` kept — what the plain
+        engine does to a state's ``og`` list. Records only ever end later than the ones before them, so what
+        goes is always a device's oldest records."""
+        G = ids.shape[0]
+        lo, cnt = self.og.find(ids)
+        rows = _block_rows(lo, cnt)
+        o_own = np.repeat(np.arange(G), cnt)
+        o_rec = self.og.col[0][rows]
+        n_old = o_own.shape[0]
+        own = np.concatenate([o_own, own])
+        rec = np.concatenate([o_rec, np.column_stack([xs, ys, np.ones_like(xs)])])
+        so = np.argsort(own, kind="stable")  # a device's old records first, then its new ones
+        own, rec = own[so], rec[so]
+        is_new = so >= n_old
+        keep = rec[:, 1] >= older[own]
+        own, rec, is_new = own[keep], rec[keep], is_new[keep]
+        ends = np.searchsorted(own, np.arange(G), side="right")
+        keep = (ends[own] - np.arange(own.shape[0])) <= keep_n
+        own, rec, is_new = own[keep], rec[keep], is_new[keep]
+        # samples: those of the old records kept (from the first one kept on), and a copy of the rate pool's for
+        # each new record kept
+        first_x = np.full(G, np.iinfo(np.int64).max, dtype=np.int64)
+        old_k = ~is_new
+        np.minimum.at(first_x, own[old_k], rec[old_k, 0])
+        lo, cnt = self.ogs.find(ids)
+        rows = _block_rows(lo, cnt)
+        s_own = np.repeat(np.arange(G), cnt)
+        s_i, s_v = self.ogs.col[0][rows], self.ogs.col[1][rows]
+        sk = s_i[:, 0] >= first_x[s_own]
+        k0 = ids * _NC
+        lo = self.rate.key.searchsorted(k0)
+        cnt = self.rate.key.searchsorted(k0 + _NC) - lo
+        rrows = _block_rows(lo, cnt)
+        r_own = np.repeat(np.arange(G), cnt)
+        r_ci = self.rate.key[rrows] - k0[r_own]
+        r_t, r_v = self.rate.col[0][rrows], self.rate.col[1][rrows]
+        nr = np.flatnonzero(is_new)
+        # per new record, the rate rows of its device: rows of r_* in device order, repeated per record
+        r_lo = np.searchsorted(r_own, own[nr])
+        r_cnt = np.searchsorted(r_own, own[nr], side="right") - r_lo
+        cp = _block_rows(r_lo, r_cnt)
+        c_own = np.repeat(own[nr], r_cnt)
+        c_x = np.repeat(rec[nr, 0], r_cnt)
+        a_own = np.concatenate([s_own[sk], c_own])
+        a_i = np.concatenate([s_i[sk], np.column_stack([c_x, r_ci[cp], r_t[cp]])])
+        a_v = np.concatenate([s_v[sk], r_v[cp]])
+        so = np.argsort(a_own, kind="stable")
+        self.og.queue(ids, ids[own], rec)
+        self.ogs.queue(ids, ids[a_own[so]], a_i[so], a_v[so])
 
     def checks(self, key: str) -> dict:
         """``c`` of one device as its state carries it (JSON-able)."""
@@ -434,25 +528,6 @@ class _SeriesStore:
             cs = out.setdefault(k - k0, {})
             cs["ph"], cs["pt"] = ph, pt
         return {CHECKS[ci].id: out[ci] for ci in sorted(out)}
-
-    def pre_outages(self, ids: np.ndarray) -> list[dict]:
-        """Per device id: each rate check's samples (``hist``), as an outage record keeps them."""
-        pool = self.rate
-        k0 = ids * _NC
-        lo = pool.key.searchsorted(k0)
-        cnt = pool.key.searchsorted(k0 + _NC) - lo
-        rows = _block_rows(lo, cnt)
-        out: list[dict] = [{} for _ in range(ids.shape[0])]
-        if not rows.shape[0]:
-            return out
-        ks = pool.key[rows]
-        own = np.repeat(np.arange(ids.shape[0]), cnt)
-        seg = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
-        bounds = np.r_[seg, rows.shape[0]].tolist()
-        tl, vl = pool.col[0][rows].tolist(), pool.col[1][rows].tolist()
-        for a, b, o, ci in zip(bounds[:-1], bounds[1:], own[seg].tolist(), (ks[seg] - k0[own[seg]]).tolist()):
-            out[o][_CHECK_IDS[ci]] = [tl[a:b], vl[a:b]]
-        return out
 
     def place(self, keys: list[str], nm: np.ndarray, fam: np.ndarray) -> np.ndarray:
         """The first row of each device's block, given a block (at the end) if it has none of its family yet."""
@@ -703,6 +778,8 @@ class DetectorEngine:
                             store.import_checks(int(dev_id[d]), od["c"])
                         if od.get("k"):
                             store.import_kinds(int(dev_id[d]), od["k"])
+                        if od.get("og"):
+                            store.import_outages(int(dev_id[d]), od["og"])
                         store.import_times(int(dev_id[d]), od.get("cad") or [], od.get("cov") or [])
                 store.apply()
 
@@ -1042,15 +1119,15 @@ class DetectorEngine:
             sel = vec[own]
             store.cov.queue(ids[vec], ids[own[sel]], np.column_stack([a_[sel], b_[sel]]))
         og_new: dict[int, list] = {}
-        for i, x, y in zip(r_i[ogp].tolist(), prev_x[ogp].tolist(), r_t[ogp].tolist()):
-            og_new.setdefault(i, []).append((x, y))
+        if store is None:
+            for i, x, y in zip(r_i[ogp].tolist(), prev_x[ogp].tolist(), r_t[ogp].tolist()):
+                og_new.setdefault(i, []).append((x, y))
         # resident: the rate samples before this batch of the devices that may record an outage, from the store
         # all at once (its pools still hold the old samples while upkeep runs)
-        pre_of: dict[int, dict] = {}
-        if resident_ids is not None:
-            cand = sorted(set(og_new) | set(np.flatnonzero(~vec).tolist()))
-            if cand:
-                pre_of = dict(zip((devs[i] for i in cand), self._store.pre_outages(resident_ids[D[cand]])))
+        if store is not None and ogp.shape[0]:  # resident: the records go to the store's pools, all at once
+            gi = r_i[ogp]  # ascending (rows are in device order), each device's gaps in time order
+            u, inv = np.unique(gi, return_inverse=True)
+            store.record_outages(ids[u], inv.ravel(), prev_x[ogp], r_t[ogp], older[u], self.max_intervals)
         # ---- write back
         cad_vals = vals.tolist()
         ncs = nc_start.tolist()
@@ -1071,17 +1148,17 @@ class DetectorEngine:
             cad = cad_vals[ncs[i]:ncs[i + 1]]
             if not vec_i:
                 out += self._upkeep_one(d, ns, p, cad, tt[bnd_a[d]:bnd_a[d + 1]], int(thr[i]), int(gmax[d]),
-                                        olds[d], lo_i, hi_i, gw_l, pre_of.get(d),
+                                        olds[d], lo_i, hi_i, gw_l,
                                         int(ids[i]) if store is not None else None, faulty_l[i])
                 continue
             if store is None:
                 ns["cov"] = cov_pairs[cvs[i]:cvs[i + 1]]
                 ns["cad"] = cad
-            gaps = og_new.get(i)
+            gaps = og_new.get(i) if store is None else None
             if gaps is not None:
                 # with the rate samples from before the outage: the live history moves on past them, the
                 # late lane will need them to judge a rate inside the outage
-                pre = pre_of[d] if resident_ids is not None else self._pre_outage(olds[d])
+                pre = self._pre_outage(olds[d])
                 og = (ns.get("og") or []) + [[x, y, pre] for x, y in gaps]
                 og = [o for o in og if o[1] >= older_l[i]][-self.max_intervals:]
                 if og or store is None:
@@ -1117,7 +1194,7 @@ class DetectorEngine:
         return out
 
     def _upkeep_one(self, d: int, ns: dict, p: DevicePlan, cad: list, tt: np.ndarray, thr: int, gmax: int, old,
-                    lo_t: int, hi_t: int, gw_l, pre: dict | None = None, rid: int | None = None,
+                    lo_t: int, hi_t: int, gw_l, rid: int | None = None,
                     faulty: bool = False) -> list[Finding]:
         """One device whose batch leaves a gap in its covered time, ends a silence or follows a calendar.
 
@@ -1141,13 +1218,13 @@ class DetectorEngine:
             # no gap, the last covered stretch grows
             cov = cov[:-1] + [[cov[-1][0], max(cov[-1][1], ts_d[-1])]]
         else:
-            if first_gap > thr or gmax > thr:  # outages as heard live: late findings inside one name it
+            if (first_gap > thr or gmax > thr) and rid is None:  # outages as heard live (resident: in the
+                # store, recorded by ``_upkeep`` for every device): late findings inside one name it
                 prev = [lt_old] + ts_d[:-1] if lt_old is not None else ts_d[:-1]
                 nxt = ts_d if lt_old is not None else ts_d[1:]
                 # with the rate samples from before the outage: the live history moves on past them, the
                 # late lane will need them to judge a rate inside the outage
-                if pre is None:
-                    pre = self._pre_outage(old)
+                pre = self._pre_outage(old)
                 og = (ns.get("og") or []) + [[x, y, pre] for x, y in zip(prev, nxt) if y - x > thr]
                 ns["og"] = [o for o in og if o[1] >= hi_t - self.allowed_lateness_ms][-self.max_intervals:]
             cov = coverage.extend(cov, ts_d, thr, self.max_intervals)
@@ -1226,7 +1303,7 @@ class DetectorEngine:
             keep[a:b] = ~covered
             if not covered.all():
                 t_new = lts[a:b][~covered]
-                lane_states[dkeys[d]] = self._lane_seed(p, st, int(t_new.min()), int(t_new.max()),
+                lane_states[dkeys[d]] = self._lane_seed(p, self._og(dkeys[d], st), int(t_new.min()), int(t_new.max()),
                                                         self._series_floats(dkeys[d], st),
                                                         self._checks(dkeys[d], st))
                 lane_plans[dkeys[d]] = p
@@ -1275,7 +1352,7 @@ class DetectorEngine:
                 lane_end = max(b for _, b in spans[key])
                 _, _, gto = coverage.classify(cov, np.array([lane_end], dtype=np.int64))
                 gap_end = int(gto[0])
-                live_back = next((o[1] for o in st.get("og") or [] if o[0] <= lane_end <= o[1]), None)
+                live_back = next((o[1] for o in self._og(key, st) if o[0] <= lane_end <= o[1]), None)
                 p = lane_plans[key]
                 if gap_end < 0 or gap_end != live_back or (
                         gap_end - lane_end > deadman.gap_threshold_ms(p, self._times("cad", key, st), self.gap_factor)):
@@ -1307,7 +1384,7 @@ class DetectorEngine:
         """Late, with its arrival delay and the outage it fell in: ``outage`` if given, else as heard live
         (``og``) where one contains it, else the gap between the covered stretches around it."""
         if outage is None:
-            outage = next(([o[0], o[1]] for o in st.get("og") or [] if o[0] <= f.ts <= o[1]), None)
+            outage = next(([o[0], o[1]] for o in self._og(f.key, st) if o[0] <= f.ts <= o[1]), None)
         if outage is None:
             _, gfrom, gto = coverage.classify(self._times("cov", f.key, st), np.array([f.ts], dtype=np.int64))
             outage = [int(gfrom[0]) if gfrom[0] >= 0 else None, int(gto[0]) if gto[0] >= 0 else None]
@@ -1336,7 +1413,7 @@ class DetectorEngine:
         return self._mark_late(f, st, arrival)
 
     @staticmethod
-    def _lane_seed(p: DevicePlan, st: dict, t0: int, t1: int, live_f: list, live_c: dict) -> dict:
+    def _lane_seed(p: DevicePlan, og: list, t0: int, t1: int, live_f: list, live_c: dict) -> dict:
         """The late lane starts from what the device had before the gap: series baselines, and each rate
         check's samples older than the first late reading (newer samples belong to readings after the gap) —
         from the live history, or from the copy kept with the outage when the live history has moved on."""
@@ -1345,7 +1422,7 @@ class DetectorEngine:
         for i in range(_FAM_NM[p.family]):
             flts[i * _NF + 2] = live_f[i * _NF + 2]
         ns["m"] = [ns["m"][0], flts]
-        pre = next((o[2] for o in st.get("og") or [] if len(o) > 2 and o[0] <= t1 and t0 <= o[1]), {})
+        pre = next((o[2] for o in og if len(o) > 2 and o[0] <= t1 and t0 <= o[1]), {})
         for cid in set(pre) | set(live_c):
             cs = live_c.get(cid)
             samples = sorted(set(zip(*(pre.get(cid) or [[], []]))) | set(zip(*(cs.get("hist") if cs and cs.get(
@@ -1912,6 +1989,7 @@ class DetectorEngine:
         out["cad"] = self._store.times_of("cad", key)
         out["cov"] = self._store.times_of("cov", key)
         out["k"] = self._store.kinds_of(key)
+        out["og"] = self._store.outages(key)
         for k, v in _SPARSE.items():
             if k not in out:
                 out[k] = list(v) if type(v) is list else v
@@ -1933,6 +2011,12 @@ class DetectorEngine:
         if name in st or not self._resident(st):
             return st.get(name) or []
         return self._store.times_of(name, key)
+
+    def _og(self, key: str, st: dict) -> list:
+        """``og`` of a state: from the state, or from the store for a resident one."""
+        if "og" in st or not self._resident(st):
+            return st.get("og") or []
+        return self._store.outages(key)
 
     def _kind_level(self, key: str, st: dict, kind: str) -> int:
         """The level a device's kind holds: from the state, or from the store for a resident one."""
@@ -2035,7 +2119,7 @@ def _hyst_rows(out: HystCarry) -> list[list[int]]:
 _SPARSE = {"off": None, "offat": None, "sx": None, "sil": _SIL0, "hs": _HS0, "og": _NONE0, "via": None}
 
 
-_IN_STORE = ("m", "c", "cad", "cov", "k")  # what a resident state leaves to the store
+_IN_STORE = ("m", "c", "cad", "cov", "k", "og")  # what a resident state leaves to the store
 
 
 def _drop_nulls(ns: dict) -> None:

@@ -226,3 +226,37 @@ def test_gaps_and_covered_time_live_in_the_store():
     assert any(f.evidence.get("retracted") for f in silent)  # and retracted by the buffered readings
     assert any(f.evidence.get("late") for f in got if f.kind != "fault.silent")  # judged on the late lane
     assert len(js(eng.export_states(s_res))["s-a/p-2"]["cov"]) >= 1
+
+
+def test_kind_states_and_outage_records_live_in_the_store():
+    """A raised alarm's kind state (``k``: level, slots, open episode) and the outage records heard live (``og``,
+    each with a copy of the rate samples from before the outage) are kept in the store: the resident state carries
+    neither. A checkpoint brings both back (a restart from exported JSON), and they still decide what depends on
+    them as in the plain engine: the episode carried into the next finding, the outage a buffered reading is
+    named late in, and the rate samples the late lane starts from — findings and exported states equal after
+    every step."""
+    ramp = _pit_ramp(0, 420)
+    live, buffered, after = ramp[:100], ramp[100:400], ramp[400:]
+    eng, plain = DetectorEngine(rules(), resident=True), DetectorEngine(rules())
+    s_res: dict = {}
+    s_plain: dict = {}
+    got = []
+    t_end = after[-1][4]
+    for i, part in enumerate((live[:60], live[60:], after, buffered)):
+        if i == 3:  # the worker restarts before the buffered readings arrive: full states from the table
+            s_res = js(eng.export_states(s_res))
+            eng = DetectorEngine(rules(), resident=True)
+        b = ReadingBatch.from_columns(*zip(*part))
+        a, c = plain.process(b, s_plain, t_end + 10_000), eng.process(b, s_res, t_end + 10_000)
+        assert list(map(full, c)) == list(map(full, a))
+        if i < 3:  # (the last batch is all late readings: the state handed in, a full one, is kept as it is)
+            assert not {"k", "og"} & set(s_res["s-a/p-1"])
+        assert js(eng.export_states(s_res)) == js(s_plain)
+        got += c
+        if i == 2:
+            exported = js(eng.export_states(s_res))["s-a/p-1"]
+            assert exported["k"]["pit.rate"]["ep"]  # an open episode, from the store
+            (x, y, pre), = exported["og"]
+            assert (x, y) == (live[-1][4], after[0][4]) and pre["pit.rate:wall_top_horizontal"][0]
+        s_plain = js(s_plain)
+    assert any(f.evidence.get("late") and f.kind == "pit.rate" for f in got)  # the lane judged the buffered rate
