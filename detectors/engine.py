@@ -1141,6 +1141,10 @@ class DetectorEngine:
             faulty_l = [any(k in _FAULT_KIND_NAMES and s.get("l") for k, s in ns["k"].items()) for ns in nss]
         gw_l = batch.gateway[first].tolist() if batch.gateway is not None else None
         older_l = older.tolist()
+        if store is not None:
+            return out + self._upkeep_resident(devs, nss, vec, lt_new, lim, lo_t, hi_t, tab.gw_grace[pid],
+                                               tab.follows_cal[pid], plans, olds, cad_vals, ncs, tt, bnd_a, thr,
+                                               gmax, gw_l, ids, faulty_l)
         for i, (d, ns, vec_i, lt, lim_i, lo_i, hi_i, grace) in enumerate(zip(
                 devs, nss, vec.tolist(), lt_new.tolist(), lim.tolist(), lo_t.tolist(), hi_t.tolist(),
                 tab.gw_grace[pid].tolist())):
@@ -1188,6 +1192,47 @@ class DetectorEngine:
             faulty = faulty_l[i]
             if (ns.get("hs") or (_OK,))[0] != (_FAULTY if faulty else _OK):
                 h = self._health(p, ns, _FAULTY if faulty else _OK, lo_i if not faulty else hi_i,
+                                 "sensor fault raised" if faulty else "reporting")
+                if h is not None:
+                    out.append(h)
+        return out
+
+    def _upkeep_resident(self, devs, nss, vec, lt_new, lim, lo_t, hi_t, grace, follows_cal, plans, olds, cad_vals,
+                         ncs, tt, bnd_a, thr, gmax, gw_l, ids, faulty_l) -> list[Finding]:
+        """``_upkeep``'s write-back for resident states: what the loop of the plain engine writes, with the
+        plain deadline computed for all devices at once and a device's gaps sliced out only where a calendar or
+        the general path needs them (outage records, gaps and covered time are in the store already)."""
+        out: list[Finding] = []
+        dl_plain = (lt_new + lim).tolist()
+        dl_gw = (lt_new + lim + grace).tolist()
+        for i, (d, ns, vec_i, lt, cal, faulty) in enumerate(zip(devs, nss, vec.tolist(), lt_new.tolist(),
+                                                                 follows_cal.tolist(), faulty_l)):
+            p = plans[d]
+            if not vec_i:
+                out += self._upkeep_one(d, ns, p, cad_vals[ncs[i]:ncs[i + 1]], tt[bnd_a[d]:bnd_a[d + 1]],
+                                        int(thr[i]), int(gmax[d]), olds[d], int(lo_t[i]), int(hi_t[i]), gw_l,
+                                        int(ids[i]), faulty)
+                continue
+            via = p.gateway or (gw_l[d] if gw_l is not None else None) or ns.get("via")
+            if via is not None:
+                ns["via"] = via
+            ns["lt"] = lt
+            if "off" in ns:  # a reading says it is on (left out while null: _SPARSE)
+                del ns["off"]
+            offat = None
+            if cal and not self.calendar(p.site).always_working:  # always working: plain
+                dl, offat = deadman.deadlines(p, self.calendar(p.site), lt, cad_vals[ncs[i]:ncs[i + 1]], via,
+                                              int(lim[i]))
+                ns["dl"] = dl
+                ns["due"] = min(dl, offat) if offat is not None else dl
+            else:
+                ns["dl"] = ns["due"] = dl_gw[i] if via else dl_plain[i]
+            if offat is not None:
+                ns["offat"] = offat
+            elif "offat" in ns:
+                del ns["offat"]
+            if (ns.get("hs") or _HS0)[0] != (_FAULTY if faulty else _OK):
+                h = self._health(p, ns, _FAULTY if faulty else _OK, int(hi_t[i]) if faulty else int(lo_t[i]),
                                  "sensor fault raised" if faulty else "reporting")
                 if h is not None:
                     out.append(h)
