@@ -205,7 +205,8 @@ def bench_state_memory(devices: int, batches: int = 2, echo=click.echo) -> dict[
     """What the worker keeps per device, measured: the JSON of each device's state (the Faust table's value, what
     the changelog and RocksDB hold) and the Python heap the states and the engine's per-device caches take in the
     worker process (tracemalloc: the growth from before the first batch to after the last; the resident engine's
-    store included: series arrays and the pools of check states, gaps and covered time)."""
+    store included: series arrays and the pools of check states, gaps, covered time, kind states and outage
+    records)."""
     import gc
     import tracemalloc
 
