@@ -161,16 +161,32 @@ class _SharedPlan:
 
     One ``DevicePlan`` (and ``DeviceRules``) per device was ~1.7 KB of heap per device at fleet size, one per
     (site, family) still ~0.4 KB at 100 devices per site; this is one small object. The fields read per device on
-    the hot path are copied; the rest is looked up on the plan. ``fc``: family code; ``pid``: parameter-table
-    row; ``nm``: the family's metric slots."""
+    the hot path are copied; the rest is looked up on the plan (site and name are read off the key: a finding's
+    fields). ``fc``: family code; ``pid``: parameter-table row."""
 
-    __slots__ = ("_p", "site", "device", "family", "gateway", "follows_calendar", "fc", "pid", "nm")
+    __slots__ = ("_p", "key", "family", "gateway", "fc", "pid")
 
-    def __init__(self, base: DevicePlan, site: str, device: str, gateway: str | None, pid: int):
+    def __init__(self, base: DevicePlan, key: str, gateway: str | None, pid: int):
         self._p = base
-        self.site, self.device, self.family = site, device, base.family
-        self.gateway, self.follows_calendar = gateway, base.follows_calendar
-        self.fc, self.pid, self.nm = FAM_CODE[base.family], pid, _FAM_NM[base.family]
+        self.key, self.family = key, base.family  # key: site + "/" + device, the string the caches share
+        self.gateway = gateway
+        self.fc, self.pid = FAM_CODE[base.family], pid
+
+    @property
+    def site(self) -> str:
+        return self.key.partition("/")[0]
+
+    @property
+    def device(self) -> str:
+        return self.key.partition("/")[2]
+
+    @property
+    def follows_calendar(self) -> bool:
+        return self._p.follows_calendar
+
+    @property
+    def nm(self) -> int:
+        return _FAM_NM[self.family]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._p, name)
@@ -666,7 +682,7 @@ class DetectorEngine:
             else:
                 p = build_plan(self.rules, site, device, family)
                 sh = (p, self._add_row(p))
-            c = self._ctx[key] = _SharedPlan(sh[0], site, device, dr.gateway, sh[1])
+            c = self._ctx[key] = _SharedPlan(sh[0], key, dr.gateway, sh[1])
         return c, c.pid
 
     def _add_row(self, p: DevicePlan) -> int:
