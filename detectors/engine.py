@@ -32,6 +32,7 @@ import math
 from bisect import bisect_left
 from dataclasses import dataclass, replace
 from itertools import chain
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -162,12 +163,14 @@ class _SharedPlan:
     One ``DevicePlan`` (and ``DeviceRules``) per device was ~1.7 KB of heap per device at fleet size, one per
     (site, family) still ~0.4 KB at 100 devices per site; this is one small object. The fields read per device on
     the hot path are copied; the rest is looked up on the plan (site and name are read off the key: a finding's
-    fields). ``fc``: family code; ``pid``: parameter-table row."""
+    fields). ``fc``: family code; ``pid``: parameter-table row; ``row``: its block in the resident store (the
+    store's key → row map is these objects, not a dict of its own)."""
 
-    __slots__ = ("_p", "key", "family", "gateway", "fc", "pid")
+    __slots__ = ("_p", "key", "family", "gateway", "fc", "pid", "row")
 
-    def __init__(self, base: DevicePlan, key: str, gateway: str | None, pid: int):
+    def __init__(self, base: DevicePlan, key: str, gateway: str | None, pid: int, row: int = -1):
         self._p = base
+        self.row = row  # the first row of its block in the resident store, -1 without one
         self.key, self.family = key, base.family  # key: site + "/" + device, the string the caches share
         self.gateway = gateway
         self.fc, self.pid = FAM_CODE[base.family], pid
@@ -323,6 +326,38 @@ class _Pool:
         self._drop, self._add = [], []
 
 
+class _Rows(Mapping):
+    """The store's key → first row map, read off the engine's device contexts (``_SharedPlan.row``): one entry
+    per device in one dict instead of two."""
+
+    __slots__ = ("ctx",)
+
+    def __init__(self, ctx: dict):
+        self.ctx = ctx
+
+    def get(self, key: str, default: Any = None) -> Any:
+        c = self.ctx.get(key)
+        return c.row if c is not None and c.row >= 0 else default
+
+    def __getitem__(self, key: str) -> int:
+        row = self.get(key)
+        if row is None:
+            raise KeyError(key)
+        return row
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key) is not None  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, c in self.ctx.items() if c.row >= 0)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __setitem__(self, key: str, row: int) -> None:
+        self.ctx[key].row = row
+
+
 class _SeriesStore:
     """The series blocks (``m``) and check states (``c``) of resident devices, as arrays that persist across
     batches: a device owns ``nm`` consecutive rows (one per metric slot of its family) of ``i`` and ``f`` from
@@ -336,8 +371,9 @@ class _SeriesStore:
     ``fam[row]`` is the family code of the block starting at a row. Rows are handed out once per device and never
     moved; ``clear`` drops everything (partitions moved away)."""
 
-    def __init__(self) -> None:
-        self.at: dict[str, int] = {}  # key -> first row
+    def __init__(self, ctx: dict | None = None) -> None:
+        self._ctx = ctx if ctx is not None else {}
+        self.at = _Rows(self._ctx)  # key -> first row (kept on the engine's device contexts)
         self.fam = bytearray()  # per row: family code of the block starting there
         self.i = np.empty((0, len(_I64)), dtype=np.int64)
         self.b = np.empty((0, len(_I8)), dtype=np.int8)
@@ -598,7 +634,9 @@ class _SeriesStore:
                 np.where(np.isnan(fl), None, fl.astype(object)).tolist()]
 
     def clear(self) -> None:
-        self.__init__()
+        for c in self._ctx.values():
+            c.row = -1
+        self.__init__(self._ctx)
 
 
 def _code(values: list) -> tuple[np.ndarray, list]:
@@ -626,17 +664,17 @@ class DetectorEngine:
     def __init__(self, rules: RuleSet, resident: bool = False):
         self.rules = rules
         self.resident = resident
-        self._store = _SeriesStore()
+        # device key -> its context (``_SharedPlan``: plan, family code, table row, metric slots, block in the
+        # store): a batch's per-device lookup, the plan cache and the store's key -> row map (one entry per
+        # device: a device heard under another family replaces it, keeping its row)
+        self._ctx: dict[str, _SharedPlan] = {}
+        self._store = _SeriesStore(self._ctx)
         # (site or None, family) -> plan and table row of the devices without a device block: None for the sites
         # whose family has no block of its own (the built-in numbers, the same for all of them)
         self._shared: dict[tuple[str | None, str], tuple[DevicePlan, int]] = {}
         self._rows: list[DevicePlan] = []  # one plan per table row
         self._tab: _Tables | None = None
         self._calendars: dict[str, Any] = {}
-        # device key -> its context (``_SharedPlan``: plan, family code, table row, metric slots): a batch's
-        # per-device lookup, and the plan cache (one entry per device: a device heard under another family
-        # replaces it)
-        self._ctx: dict[str, _SharedPlan] = {}
         lateness = getattr(rules, "lateness", None)
         self.gap_factor = float(getattr(lateness, "gap_factor", 3.0))
         self.allowed_lateness_ms = int(1000 * getattr(lateness, "allowed", 72 * 3600))
@@ -682,7 +720,7 @@ class DetectorEngine:
             else:
                 p = build_plan(self.rules, site, device, family)
                 sh = (p, self._add_row(p))
-            c = self._ctx[key] = _SharedPlan(sh[0], key, dr.gateway, sh[1])
+            c = self._ctx[key] = _SharedPlan(sh[0], key, dr.gateway, sh[1], c.row if c is not None else -1)
         return c, c.pid
 
     def _add_row(self, p: DevicePlan) -> int:
@@ -736,7 +774,7 @@ class DetectorEngine:
         ctx = self._ctx
         store = self._store if (self.resident and not lane) else None
         in_store: list[int] = []  # devices whose series block is in the store (their state has no "m")
-        store_at = store.at if store is not None else {}
+        in_rows: list[int] = []  # and their rows
         store_fam = store.fam if store is not None else b""
         for site, device, fam in zip([site_l[r] for r in first_row], [dev_l[r] for r in first_row], fam_l):
             key = site + "/" + device
@@ -747,10 +785,11 @@ class DetectorEngine:
                 if type(st) is dict and st.get("v") == STATE_VERSION and (
                         c := ctx.get(key)) is not None and c.family == st.get("fam"):
                     m = st.get("m")
-                    if (m is None and (row := store_at.get(key)) is not None and store_fam[row] == c.fc) or (
+                    if (m is None and store is not None and (row := c.row) >= 0 and store_fam[row] == c.fc) or (
                             type(m) is list and len(m) == 2 and len(m[0]) == c.nm * _NI and len(m[1]) == c.nm * _NF):
                         if m is None:
                             in_store.append(len(olds))
+                            in_rows.append(row)
                         olds.append(st)
                         plans.append(c)
                         fam_c.append(c.fc)
@@ -780,7 +819,7 @@ class DetectorEngine:
             # state, or a fresh device) drops what the store held for it and brings its own check states
             dev_id = np.full(n_dev, -1, dtype=np.int64)
             if in_store:
-                dev_id[in_store] = [store_at[dkeys[d]] for d in in_store]
+                dev_id[in_store] = in_rows
             others = np.flatnonzero((dev_id < 0) & (dev_fam >= 0))
             incoming: list[int] = []
             if others.shape[0]:
