@@ -72,6 +72,16 @@ class Stage:
     def deliveries(self, start: int = 0) -> list[asyncio.Future]:
         return [f for _, f in self.pipe.readings.sent[start:]]
 
+    async def deliver(self, futures: list[asyncio.Future]) -> None:
+        """Kafka acknowledges these records; the done callbacks and acknowledgements run."""
+        for f in futures:
+            f.set_result(None)
+        await settle()
+
+    async def close(self) -> None:
+        await self.batches.put(None)
+        await self.task
+
 
 def in_loop(test):
     """Run an async test in its own event loop."""
@@ -97,19 +107,14 @@ async def test_a_batch_is_acknowledged_only_after_its_deliveries_and_the_next_is
     assert sent_second
     await settle()
     assert st.acked == []  # nothing delivered yet: nothing may become committable
-    for f in sent_second:
-        f.set_result(None)
-    await settle()
+    await st.deliver(sent_second)
     assert st.acked == []  # the second batch is delivered, the first is not: still nothing
-    for f in sent_first[:-1]:
-        f.set_result(None)
-    await settle()
+    await st.deliver(sent_first[:-1])
     assert st.acked == []  # one record of the first batch is still owed
     sent_first[-1].set_result(None)
     await settle()
     assert st.acked == first + second  # in batch order
-    await st.batches.put(None)
-    await st.task
+    await st.close()
 
 
 @in_loop
@@ -121,9 +126,7 @@ async def test_after_a_failed_delivery_nothing_more_is_acknowledged_and_the_stag
     for f in st.deliveries(n1):
         f.set_result(None)  # the later batch made it
     st.deliveries()[0].set_exception(RuntimeError("broker said no"))
-    for f in st.deliveries()[1:n1]:
-        f.set_result(None)
-    await settle()
+    await st.deliver(st.deliveries()[1:n1])
     assert st.acked == []  # neither the failed batch nor the one after it
     assert st.window.failed is not None
     await st.put(2)  # the next batch finds the failure
@@ -140,17 +143,12 @@ async def test_the_stage_waits_when_depth_batches_are_in_flight():
     await st.batches.put([SimpleNamespace(value=envelope("t-9", int(time.time() * 1000)), offset=99)])
     await settle()
     assert len(st.deliveries()) == n1  # the second batch is not taken before the first is acknowledged
-    for f in st.deliveries():
-        f.set_result(None)
-    await settle()
+    await st.deliver(st.deliveries())
     assert st.acked[:2] == [0, 1]
     assert len(st.deliveries()) > n1  # now it is
-    for f in st.deliveries(n1):
-        f.set_result(None)
-    await settle()
+    await st.deliver(st.deliveries(n1))
     assert st.acked == [0, 1, 99]
-    await st.batches.put(None)
-    await st.task
+    await st.close()
 
 
 @in_loop
@@ -161,5 +159,4 @@ async def test_a_quiet_stream_still_acknowledges_its_last_batch():
         f.set_result(None)
     await settle()  # no next batch comes
     assert st.acked == only
-    await st.batches.put(None)
-    await st.task
+    await st.close()
