@@ -23,6 +23,9 @@ The per-series part is columnar: ``m = [ints, floats]``, one fixed block per met
 ``FAMILIES`` order), so a batch gathers and scatters it with a handful of array operations instead of a Python
 loop per series. Devices whose effective rules are the same (no device-level override) share one parameter row:
 the numbers a check compares against are gathered from per-plan numpy tables by fancy indexing.
+
+In the worker the engine is *resident*: what it keeps per device between batches lives in ``detectors.store``
+(series blocks and pools of check states, gaps, covered time, kind states and outage records, as arrays).
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ import math
 from bisect import bisect_left
 from dataclasses import dataclass, replace
 from itertools import chain
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -46,6 +48,8 @@ from sitewatch.findings import Finding, Level
 from detectors.model import ReadingBatch
 from detectors.plan import (CHECKS, FAM_CODE, FAULT_KINDS, FM_CODE, FM_LIST, FM_SLOT, KIND_CODE,
                             KIND_SLOTS, KINDS, MAX_SLOTS, DevicePlan, build_plan)
+from detectors.store import (_EMPTY_F, _EMPTY_I, _FAM_NM, _KF, _KI, _NAN, _NC, _NF, _NI, _NK, _NM_BY_CODE, _NO_TS,
+                              _SeriesStore, _block_rows, _ep_dict, _f, _nullable)
 from detectors.rate import hist_arrays, hist_lists, windowed_rate
 from detectors.families.electrical import PHASES
 from sitewatch.contracts import FAMILIES, DeviceStatus, GatewayStatus
@@ -56,25 +60,12 @@ from sitewatch.rules import LEVEL_NAMES, RuleSet
 STATE_VERSION = 2
 _READABLE = (1, 2)
 _NFM = len(FM_LIST)
-_NK = len(KINDS)
-_NC = len(CHECKS)
 _LEVELS = tuple(Level)
 _LNAMES = ("clear",) + tuple(LEVEL_NAMES)
 _METRIC_CODE = {m: i for i, m in enumerate(sorted({m for ms in FAMILIES.values() for m in ms}))}
 _FM_TABLE = np.full((len(FAMILIES) + 1, len(_METRIC_CODE) + 1), -1, dtype=np.int64)  # [-1] row/col: unknown
 for _i, (_fam, _m) in enumerate(FM_LIST):
     _FM_TABLE[FAM_CODE[_fam], _METRIC_CODE[_m]] = _i
-_FAM_NM = {f: len(ms) for f, ms in FAMILIES.items()}  # metric slots per family
-_NM_BY_CODE = np.array([_FAM_NM[f] for f in FAMILIES] + [0], dtype=np.int64)  # [-1]: unknown family
-# series state, per metric slot: ints [t, p1_ts, suspect, flat_run, flat_start, oor_bit, oor_good, spike_bit,
-# spike_good, flat_bit] (t = _NO_TS before the first reading) and floats [p1, p2, baseline] (null = none yet)
-_NI, _NF = 10, 3
-_NO_TS = int(np.iinfo(np.int64).min)
-_EMPTY_I = [_NO_TS] + [0] * (_NI - 1)
-_EMPTY_F = [None] * _NF
-_I8 = [2, 5, 7, 9]  # the flags (suspect, oor_bit, spike_bit, flat_bit): int8 in the store
-_I64 = [j for j in range(_NI) if j not in _I8]
-_FAM_NM_L = _NM_BY_CODE.tolist()
 _FM_SLOT = np.array(FM_SLOT, dtype=np.int64)
 _KIND_SLOT_CHECK: dict[tuple[str, int], int] = {(c.kind, c.slot): c.index for c in CHECKS}
 _CHECKS_BY_FM: dict[int, list[int]] = {}
@@ -83,7 +74,6 @@ for _c in CHECKS:
         _CHECKS_BY_FM.setdefault(FM_CODE[f"{_c.family}/{_c.metric}"], []).append(_c.index)
 _PHASE_FM = [FM_CODE[f"electrical/{p}"] for p in PHASES]
 _IMBALANCE = next(c.index for c in CHECKS if c.mode == "imbalance")
-_NAN = float("nan")
 _PHASE_SKEW_MS = 120_000  # phase currents measured further apart than this (one before an outage, one after) are not compared
 _NO_HIST: list = [[], []]  # read-only: a rate check without samples yet
 _FAULT_BITS = ("fault.out_of_range", "fault.spike", "fault.flatline")
@@ -93,10 +83,6 @@ HEALTH = ("ok", "off", "silent", "faulty")
 _OK, _OFF, _SILENT, _FAULTY = range(4)
 _FAULT_KIND_NAMES = frozenset(_FAULT_BITS)
 _FAULT_KC = np.array(sorted(KIND_CODE[k] for k in _FAULT_BITS), dtype=np.int64)
-
-
-def _f(x: Any) -> float:
-    return _NAN if x is None else float(x)
 
 
 def _j(x: float) -> float | None:
@@ -263,380 +249,6 @@ class _Tables:
                 self.consecutive[i, ci] = prm.consecutive
                 self.per_ms[i, ci] = prm.per_ms
                 self.min_load[i, ci] = prm.min_load
-
-
-def _block_rows(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Row numbers of consecutive blocks: ``starts[i] .. starts[i] + counts[i] - 1`` for each i, concatenated."""
-    total = int(counts.sum())
-    if not total:
-        return np.zeros(0, dtype=np.int64)
-    return np.repeat(starts - np.cumsum(np.r_[0, counts[:-1]]), counts) + np.arange(total)
-
-
-class _Pool:
-    """Entries sorted by an int64 key (a device's id × ``_NC`` + check index), with columns beside the key; a
-    key may have several entries (a rate check's samples, in time order). Changes are queued during a batch and
-    applied at once: one merge per batch instead of a Python object per (device, check)."""
-
-    def __init__(self, *proto: np.ndarray):
-        self.key = np.zeros(0, dtype=np.int64)
-        self.col = list(proto)  # empty arrays: dtype and trailing shape of each column
-        self._drop: list[np.ndarray] = []
-        self._add: list[tuple] = []
-
-    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Where each key's entries start, and how many there are."""
-        lo = np.searchsorted(self.key, keys, side="left")
-        return lo, np.searchsorted(self.key, keys, side="right") - lo
-
-    def span(self, k0: int, k1: int) -> tuple[int, int]:
-        """The entries with keys in ``[k0, k1)``."""
-        return int(self.key.searchsorted(k0)), int(self.key.searchsorted(k1))
-
-    def queue(self, drop: np.ndarray, key: np.ndarray, *cols: np.ndarray) -> None:
-        """Every entry of the keys ``drop`` goes, the given entries come (keys in ``drop``; grouped by key)."""
-        self._drop.append(drop)
-        if key.shape[0]:
-            self._add.append((key, *cols))
-
-    def apply(self) -> None:
-        """Drop, then merge the new entries in (sorted among themselves, inserted by binary search): linear in
-        the pool, with a sort of the batch's entries only."""
-        key, cols = self.key, self.col
-        if self._drop and key.shape[0]:
-            lo, cnt = self.find(np.concatenate(self._drop))
-            rows = _block_rows(lo, cnt)
-            if rows.shape[0]:
-                keep = np.ones(key.shape[0], dtype=bool)
-                keep[rows] = False
-                key, cols = key[keep], [c[keep] for c in cols]
-        if self._add:
-            ak = np.concatenate([a[0] for a in self._add])
-            acols = [np.concatenate([a[j + 1] for a in self._add]) for j in range(len(cols))]
-            if 4 * ak.shape[0] > key.shape[0]:  # most of the pool is new: one stable sort of everything
-                key = np.concatenate([key, ak])
-                o = np.argsort(key, kind="stable")
-                key, cols = key[o], [np.concatenate([c, ac])[o] for c, ac in zip(cols, acols)]
-            else:
-                o = np.argsort(ak, kind="stable")  # a key's entries keep their order (samples, gaps: in time)
-                pos = np.searchsorted(key, ak[o], side="right")
-                cols = [np.insert(c, pos, ac[o], axis=0) for c, ac in zip(cols, acols)]
-                key = np.insert(key, pos, ak[o])
-        self.key, self.col = key, cols
-        self._drop, self._add = [], []
-
-
-class _Rows(Mapping):
-    """The store's key → first row map, read off the engine's device contexts (``_SharedPlan.row``): one entry
-    per device in one dict instead of two."""
-
-    __slots__ = ("ctx",)
-
-    def __init__(self, ctx: dict):
-        self.ctx = ctx
-
-    def get(self, key: str, default: Any = None) -> Any:
-        c = self.ctx.get(key)
-        return c.row if c is not None and c.row >= 0 else default
-
-    def __getitem__(self, key: str) -> int:
-        row = self.get(key)
-        if row is None:
-            raise KeyError(key)
-        return row
-
-    def __contains__(self, key: object) -> bool:
-        return self.get(key) is not None  # type: ignore[arg-type]
-
-    def __iter__(self) -> Iterator[str]:
-        return (k for k, c in self.ctx.items() if c.row >= 0)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def __setitem__(self, key: str, row: int) -> None:
-        self.ctx[key].row = row
-
-
-class _SeriesStore:
-    """The series blocks (``m``) and check states (``c``) of resident devices, as arrays that persist across
-    batches: a device owns ``nm`` consecutive rows (one per metric slot of its family) of ``i`` and ``f`` from
-    the row ``at[key]``, which is also its id in the check pools (key = id × ``_NC`` + check): the hysteresis
-    of checks with a latch set or a hold running (``hyst``: 3 bits, 3 runs, 3 run starts), the samples of rate
-    checks (``rate``: time, value) and the last phase currents of the imbalance check (``phase``); and in the
-    pools keyed by the id alone, the device's last gaps (``cad``) and covered intervals (``cov``). A pool is
-    rebuilt once per batch (linear in its size: at 100k devices a few ms per pool, see docs/performance.md).
-
-    The integer columns of a series are kept as int64 (times and counts: ``i``) and int8 (the four flags: ``b``);
-    ``fam[row]`` is the family code of the block starting at a row. Rows are handed out once per device and never
-    moved; ``clear`` drops everything (partitions moved away)."""
-
-    def __init__(self, ctx: dict | None = None) -> None:
-        self._ctx = ctx if ctx is not None else {}
-        self.at = _Rows(self._ctx)  # key -> first row (kept on the engine's device contexts)
-        self.fam = bytearray()  # per row: family code of the block starting there
-        self.i = np.empty((0, len(_I64)), dtype=np.int64)
-        self.b = np.empty((0, len(_I8)), dtype=np.int8)
-        self.f = np.empty((0, _NF))
-        self.top = 0
-        self.hyst = _Pool(np.zeros((0, 9), np.int64))
-        self.rate = _Pool(np.zeros(0, np.int64), np.zeros(0))
-        self.phase = _Pool(np.zeros((0, 3)), np.zeros((0, 3), np.int64))
-        self.pools = (self.hyst, self.rate, self.phase)
-        # keyed by the device id alone: the last gaps (``cad``) and the covered intervals (``cov``)
-        self.cad = _Pool(np.zeros(0, np.int64))
-        self.cov = _Pool(np.zeros((0, 2), np.int64))
-        # keyed by device id × ``_NK`` + kind: the kind states (``k``) of kinds raised or with a slot raised
-        self.kinds = _Pool(np.zeros((0, _KI), np.int64), np.zeros((0, MAX_SLOTS), np.int8),
-                           np.zeros((0, _KF)))
-        # keyed by the device id: outages heard live (``og``: last before, first after, whether the record keeps
-        # rate samples), in time order, and the rate samples each kept from before it (record's start, check,
-        # time; value)
-        self.og = _Pool(np.zeros((0, 3), np.int64))
-        self.ogs = _Pool(np.zeros((0, 3), np.int64), np.zeros(0))
-
-    def forget_checks(self, ids: np.ndarray) -> None:
-        """Drop the check states, gaps and covered time of these device ids (queued: applied with the batch's
-        own changes)."""
-        if ids.shape[0]:
-            ks = (ids[:, None] * _NC + np.arange(_NC)).ravel()
-            for pool in self.pools:
-                pool.queue(ks, ks[:0])
-            self.cad.queue(ids, ids[:0])
-            self.cov.queue(ids, ids[:0])
-            kk = (ids[:, None] * _NK + np.arange(_NK)).ravel()
-            self.kinds.queue(kk, kk[:0])
-            self.og.queue(ids, ids[:0])
-            self.ogs.queue(ids, ids[:0])
-
-    def import_times(self, dev_id: int, cad: list, cov: list) -> None:
-        """A full state's gaps and covered intervals into the pools (after ``forget_checks`` of the device)."""
-        k = np.array([dev_id], dtype=np.int64)
-        if cad:
-            self.cad.queue(k[:0], np.repeat(k, len(cad)), np.array(cad, dtype=np.int64))
-        if cov:
-            self.cov.queue(k[:0], np.repeat(k, len(cov)), np.array(cov, dtype=np.int64).reshape(-1, 2))
-
-    def times_of(self, name: str, key: str) -> list:
-        """A device's ``cad`` (gaps) or ``cov`` (covered intervals), as the state's list."""
-        a = self.at.get(key)
-        if a is None:
-            return []
-        pool = getattr(self, name)
-        x, y = pool.span(a, a + 1)
-        return pool.col[0][x:y].tolist()
-
-    def import_checks(self, dev_id: int, c: dict) -> None:
-        """A full state's check states (``c``) into the pools (after ``forget_checks`` of the device)."""
-        for cid, cs in c.items():
-            ci = _CHECK_INDEX.get(cid)
-            if ci is None or not cs:
-                continue
-            k = np.array([dev_id * _NC + ci], dtype=np.int64)
-            if h := cs.get("h"):
-                self.hyst.queue(k[:0], k, np.array([h], dtype=np.int64).reshape(1, 9))
-            if hs := cs.get("hist"):
-                self.rate.queue(k[:0], np.repeat(k, len(hs[0])), np.array(hs[0], dtype=np.int64),
-                                np.array(hs[1], dtype=np.float64))
-            if "ph" in cs or "pt" in cs:
-                ph = np.full((1, 3), np.nan)
-                pt = np.full((1, 3), _NO_TS, dtype=np.int64)
-                if cs.get("ph"):
-                    ph[0] = np.array(cs["ph"], dtype=np.float64)
-                if cs.get("pt"):
-                    pt[0] = cs["pt"]
-                self.phase.queue(k[:0], k, ph, pt)
-
-    def import_kinds(self, dev_id: int, k: dict) -> None:
-        """A full state's kind states (``k``) into the pool (after ``forget_checks`` of the device)."""
-        rows = [(KIND_CODE[kind], ks) for kind, ks in k.items() if kind in KIND_CODE and ks]
-        if rows:
-            rows.sort(key=lambda r: r[0])
-            ki, kb, kf = _kind_rows([ks for _, ks in rows])
-            self.kinds.queue(np.zeros(0, np.int64), np.array([dev_id * _NK + kc for kc, _ in rows], np.int64),
-                             ki, kb, kf)
-
-    def kinds_of(self, key: str) -> dict:
-        """``k`` of one device as its state carries it (JSON-able)."""
-        a = self.at.get(key)
-        if a is None:
-            return {}
-        pool = self.kinds
-        x, y = pool.span(a * _NK, a * _NK + _NK)
-        return {KINDS[kc]: ks for kc, ks in zip((pool.key[x:y] - a * _NK).tolist(),
-                                                 _kind_dicts(pool.col[0][x:y], pool.col[1][x:y], pool.col[2][x:y],
-                                                             (pool.key[x:y] - a * _NK)))}
-
-    def apply(self) -> None:
-        for pool in (*self.pools, self.cad, self.cov, self.kinds, self.og, self.ogs):
-            pool.apply()
-
-    def import_outages(self, dev_id: int, og: list) -> None:
-        """A full state's outage records (``og``) into the pools (after ``forget_checks`` of the device)."""
-        recs, smp = [], []
-        for o in og:
-            recs.append([int(o[0]), int(o[1]), int(len(o) > 2)])
-            for cid, (tl, vl) in (o[2] if len(o) > 2 else {}).items():
-                ci = _CHECK_INDEX.get(cid)
-                if ci is not None:
-                    smp += [(int(o[0]), ci, int(t), float(v)) for t, v in zip(tl, vl)]
-        k = np.array([dev_id], dtype=np.int64)
-        if recs:
-            self.og.queue(k[:0], np.repeat(k, len(recs)), np.array(recs, dtype=np.int64).reshape(-1, 3))
-        if smp:
-            self.ogs.queue(k[:0], np.repeat(k, len(smp)), np.array([r[:3] for r in smp], dtype=np.int64),
-                           np.array([r[3] for r in smp], dtype=np.float64))
-
-    def outages(self, key: str) -> list:
-        """``og`` of one device as its state carries it (JSON-able)."""
-        a = self.at.get(key)
-        if a is None:
-            return []
-        x, y = self.og.span(a, a + 1)
-        recs = self.og.col[0][x:y].tolist()
-        if not recs:
-            return []
-        x, y = self.ogs.span(a, a + 1)
-        pre: dict[int, dict] = {}
-        for (sx, ci, t), v in zip(self.ogs.col[0][x:y].tolist(), self.ogs.col[1][x:y].tolist()):
-            h = pre.setdefault(sx, {}).setdefault(_CHECK_IDS[ci], [[], []])
-            h[0].append(t)
-            h[1].append(v)
-        return [[x0, y0, pre.get(x0, {})] if has else [x0, y0] for x0, y0, has in recs]
-
-    def record_outages(self, ids: np.ndarray, own: np.ndarray, xs: np.ndarray, ys: np.ndarray,
-                       older: np.ndarray, keep_n: int) -> None:
-        """New outage records of these devices (``own``: index into ``ids``, in time order per device), each with
-        the device's rate samples as the rate pool holds them (before this batch's changes are applied), then
-        the records older than ``older`` (per device) dropped and the last ``keep_n`` kept — what the plain
-        engine does to a state's ``og`` list. Records only ever end later than the ones before them, so what
-        goes is always a device's oldest records."""
-        G = ids.shape[0]
-        lo, cnt = self.og.find(ids)
-        rows = _block_rows(lo, cnt)
-        o_own = np.repeat(np.arange(G), cnt)
-        o_rec = self.og.col[0][rows]
-        n_old = o_own.shape[0]
-        own = np.concatenate([o_own, own])
-        rec = np.concatenate([o_rec, np.column_stack([xs, ys, np.ones_like(xs)])])
-        so = np.argsort(own, kind="stable")  # a device's old records first, then its new ones
-        own, rec = own[so], rec[so]
-        is_new = so >= n_old
-        keep = rec[:, 1] >= older[own]
-        own, rec, is_new = own[keep], rec[keep], is_new[keep]
-        ends = np.searchsorted(own, np.arange(G), side="right")
-        keep = (ends[own] - np.arange(own.shape[0])) <= keep_n
-        own, rec, is_new = own[keep], rec[keep], is_new[keep]
-        # samples: those of the old records kept (from the first one kept on), and a copy of the rate pool's for
-        # each new record kept
-        first_x = np.full(G, np.iinfo(np.int64).max, dtype=np.int64)
-        old_k = ~is_new
-        np.minimum.at(first_x, own[old_k], rec[old_k, 0])
-        lo, cnt = self.ogs.find(ids)
-        rows = _block_rows(lo, cnt)
-        s_own = np.repeat(np.arange(G), cnt)
-        s_i, s_v = self.ogs.col[0][rows], self.ogs.col[1][rows]
-        sk = s_i[:, 0] >= first_x[s_own]
-        k0 = ids * _NC
-        lo = self.rate.key.searchsorted(k0)
-        cnt = self.rate.key.searchsorted(k0 + _NC) - lo
-        rrows = _block_rows(lo, cnt)
-        r_own = np.repeat(np.arange(G), cnt)
-        r_ci = self.rate.key[rrows] - k0[r_own]
-        r_t, r_v = self.rate.col[0][rrows], self.rate.col[1][rrows]
-        nr = np.flatnonzero(is_new)
-        # per new record, the rate rows of its device: rows of r_* in device order, repeated per record
-        r_lo = np.searchsorted(r_own, own[nr])
-        r_cnt = np.searchsorted(r_own, own[nr], side="right") - r_lo
-        cp = _block_rows(r_lo, r_cnt)
-        c_own = np.repeat(own[nr], r_cnt)
-        c_x = np.repeat(rec[nr, 0], r_cnt)
-        a_own = np.concatenate([s_own[sk], c_own])
-        a_i = np.concatenate([s_i[sk], np.column_stack([c_x, r_ci[cp], r_t[cp]])])
-        a_v = np.concatenate([s_v[sk], r_v[cp]])
-        so = np.argsort(a_own, kind="stable")
-        self.og.queue(ids, ids[own], rec)
-        self.ogs.queue(ids, ids[a_own[so]], a_i[so], a_v[so])
-
-    def checks(self, key: str) -> dict:
-        """``c`` of one device as its state carries it (JSON-able)."""
-        a = self.at.get(key)
-        if a is None:
-            return {}
-        k0 = a * _NC
-        out: dict[int, dict] = {}
-        a, b = self.rate.span(k0, k0 + _NC)
-        if b > a:
-            ks, tl, vl = self.rate.key[a:b].tolist(), self.rate.col[0][a:b].tolist(), self.rate.col[1][a:b].tolist()
-            bnd = [0] + [j for j in range(1, len(ks)) if ks[j] != ks[j - 1]] + [len(ks)]
-            for x, y in zip(bnd[:-1], bnd[1:]):
-                out[ks[x] - k0] = {"hist": [tl[x:y], vl[x:y]]}
-        a, b = self.hyst.span(k0, k0 + _NC)
-        for k, h in zip(self.hyst.key[a:b].tolist(), self.hyst.col[0][a:b].tolist()):
-            out.setdefault(k - k0, {})["h"] = h
-        a, b = self.phase.span(k0, k0 + _NC)
-        for k, ph, pt in zip(self.phase.key[a:b].tolist(), _nullable(self.phase.col[0][a:b]),
-                             self.phase.col[1][a:b].tolist()):
-            cs = out.setdefault(k - k0, {})
-            cs["ph"], cs["pt"] = ph, pt
-        return {CHECKS[ci].id: out[ci] for ci in sorted(out)}
-
-    def place(self, keys: list[str], nm: np.ndarray, fam: np.ndarray) -> np.ndarray:
-        """The first row of each device's block, given a block (at the end) if it has none of its family yet."""
-        at, fams = self.at, self.fam
-        out = np.empty(len(keys), dtype=np.int64)
-        for j, (k, n, fc) in enumerate(zip(keys, nm.tolist(), fam.tolist())):
-            row = at.get(k)
-            if row is None or fams[row] != fc:
-                if row is not None:  # another family now: its old block's check states go with it
-                    self.forget_checks(np.array([row], dtype=np.int64))
-                row = at[k] = self.top
-                fams.extend(bytes(n))
-                fams[row] = fc
-                self.top += n
-            out[j] = row
-        if self.top > self.i.shape[0]:
-            cap = max(self.top, 2 * self.i.shape[0], 1024)
-            i = np.empty((cap, len(_I64)), dtype=np.int64)
-            i[:] = np.array(_EMPTY_I)[_I64]
-            b = np.zeros((cap, len(_I8)), dtype=np.int8)
-            f = np.full((cap, _NF), np.nan)
-            i[:self.i.shape[0]] = self.i
-            b[:self.b.shape[0]] = self.b
-            f[:self.f.shape[0]] = self.f
-            self.i, self.b, self.f = i, b, f
-        return out
-
-    def has(self, key: str, fc: int) -> bool:
-        """Whether the store holds a block of this family for the device."""
-        row = self.at.get(key)
-        return row is not None and self.fam[row] == fc
-
-    def gather(self, rows: np.ndarray) -> np.ndarray:
-        """The integer series columns of these rows, in the state's layout (``_NI`` columns)."""
-        out = np.empty((rows.shape[0], _NI), dtype=np.int64)
-        out[:, _I64] = self.i[rows]
-        out[:, _I8] = self.b[rows]
-        return out
-
-    def scatter(self, rows: np.ndarray, ints: np.ndarray) -> None:
-        self.i[rows] = ints[:, _I64]
-        self.b[rows] = ints[:, _I8]
-
-    def block(self, key: str) -> list | None:
-        """``m`` of one device as its state carries it (JSON-able), or None if it has no block."""
-        a = self.at.get(key)
-        if a is None:
-            return None
-        n = _FAM_NM_L[self.fam[a]]
-        fl = self.f[a:a + n].ravel()
-        return [self.gather(np.arange(a, a + n)).ravel().tolist(),
-                np.where(np.isnan(fl), None, fl.astype(object)).tolist()]
-
-    def clear(self) -> None:
-        for c in self._ctx.values():
-            c.row = -1
-        self.__init__(self._ctx)
 
 
 def _code(values: list) -> tuple[np.ndarray, list]:
@@ -2226,58 +1838,6 @@ def _drop_nulls(ns: dict) -> None:
     for k, v in _SPARSE.items():
         if k in ns and ns[k] == v:
             del ns[k]
-
-
-def _nullable(a: np.ndarray) -> list:
-    return np.where(np.isnan(a), None, a.astype(object)).tolist()
-
-
-# a kind state in the store: ints [l, te, lt, has episode, start, peak_ts, first_breach, last_breach, worst],
-# int8 slot levels, floats [x per slot, peak, peak_reading] (NaN: null)
-_KI, _KF = 9, MAX_SLOTS + 2
-_EP_I = ("start", "peak_ts", "first_breach", "last_breach", "worst")
-
-
-def _kind_rows(kss: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Kind state dicts as the store's rows."""
-    n = len(kss)
-    ki = np.zeros((n, _KI), np.int64)
-    kb = np.zeros((n, MAX_SLOTS), np.int8)
-    kf = np.full((n, _KF), np.nan)
-    for j, ks in enumerate(kss):
-        ki[j, 0:3] = ks["l"], ks["te"], ks["lt"]
-        kb[j, :len(ks["s"])] = ks["s"]
-        kf[j, :len(ks["x"])] = [_f(x) for x in ks["x"]]
-        ep = ks.get("ep")
-        if ep:
-            ki[j, 3] = 1
-            ki[j, 4:9] = [int(ep.get(f) or 0) for f in _EP_I]
-            kf[j, MAX_SLOTS:] = _f(ep.get("peak")), _f(ep.get("peak_reading"))
-    return ki, kb, kf
-
-
-def _ep_dict(ki: list, kf: list) -> dict:
-    """An episode as the state carries it, from a kind state's store row (as lists)."""
-    pk, pr = kf[MAX_SLOTS], kf[MAX_SLOTS + 1]
-    return {"start": ki[4], "peak": None if pk != pk else pk, "peak_ts": ki[5],
-            "peak_reading": None if pr != pr else pr, "first_breach": ki[6], "last_breach": ki[7], "worst": ki[8]}
-
-
-def _kind_dicts(ki: np.ndarray, kb: np.ndarray, kf: np.ndarray, kc: np.ndarray) -> list[dict]:
-    """The store's kind rows as the state's dicts."""
-    out = []
-    for r_i, r_b, r_f, c in zip(ki.tolist(), kb.tolist(), kf.tolist(), kc.tolist()):
-        nsl = KIND_SLOTS[KINDS[c]]
-        ks = {"l": r_i[0], "te": r_i[1], "lt": r_i[2], "s": r_b[:nsl],
-              "x": [None if x != x else x for x in r_f[:nsl]]}
-        if r_i[3]:
-            ks["ep"] = _ep_dict(r_i, r_f)
-        out.append(ks)
-    return out
-
-
-_CHECK_INDEX = {c.id: c.index for c in CHECKS}
-_CHECK_IDS = [c.id for c in CHECKS]
 
 
 class _DictCarry:
