@@ -221,12 +221,17 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_TS_LIMIT = 2 ** 63
+
+
 def parse_ts(raw: Any) -> int:
     if isinstance(raw, bool):
         raise InvalidReading("bad_timestamp", f"ts must be epoch ms or RFC 3339, got {raw!r}")
     if isinstance(raw, (int, float)):
-        if not math.isfinite(raw):
+        if isinstance(raw, float) and not math.isfinite(raw):
             raise InvalidReading("bad_timestamp", f"ts is not finite: {raw!r}")
+        if not -_TS_LIMIT < raw < _TS_LIMIT:  # an int past int64 (or a float that becomes one) would crash later
+            raise InvalidReading("bad_timestamp", f"ts is out of range for epoch ms: {raw!r:.40}")
         return int(raw)
     if isinstance(raw, str):
         try:

@@ -64,6 +64,8 @@ def test_degree_sign_alias():
         ("sw/s1/crane/tc-01/load", {"ts": NOW + 3_600_000, "value": 1, "unit": "t"}, "future_timestamp"),
         ("sw/s1/crane/tc-01/load", {"ts": 12345, "value": 1, "unit": "t"}, "bad_timestamp"),
         ("sw/s1/crane/tc-01/load", {"ts": "yesterday", "value": 1, "unit": "t"}, "bad_timestamp"),
+        ("sw/s1/crane/tc-01/load", {"ts": 10 ** 40, "value": 1, "unit": "t"}, "bad_timestamp"),  # past int64
+        ("sw/s1/crane/tc-01/load", {"ts": 1e300, "value": 1, "unit": "t"}, "bad_timestamp"),
         ("sw/s1/crane/tc-01/load", {"value": 1, "unit": "t"}, "missing_field"),
         ("sw/s1/crane/tc-01", {"ts": NOW, "value": 1, "unit": "t"}, "bad_topic"),
         ("sw/S 1/crane/tc-01/load", {"ts": NOW, "value": 1, "unit": "t"}, "bad_identifier"),
