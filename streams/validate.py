@@ -77,9 +77,6 @@ class DeliveryWindow:
         self._acking: set[asyncio.Task] = set()
         self.failed: BaseException | None = None
 
-    def __len__(self) -> int:
-        return len(self._pending)
-
     def add(self, deliveries: list[asyncio.Future], events: Sequence[Any]) -> None:
         done = asyncio.gather(*deliveries)
         self._pending.append((done, events))
@@ -112,15 +109,6 @@ class DeliveryWindow:
         while len(self._pending) >= self.depth and self.failed is None:
             await asyncio.wait([self._pending[0][0]])
             await asyncio.sleep(0)  # let the done callbacks run
-        self.raise_if_failed()
-
-    async def drain(self) -> None:
-        """Until every batch in flight is acknowledged (or one failed)."""
-        while self._pending and self.failed is None:
-            await asyncio.wait([self._pending[-1][0]])
-            await asyncio.sleep(0)
-        if self._acking:
-            await asyncio.wait(list(self._acking))
         self.raise_if_failed()
 
 

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import click
 
@@ -285,11 +286,6 @@ def profile_summary(path: Path, top: int = 25) -> str:
     return "\n".join(lines)
 
 
-def _median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
-
-
 def _round(label: str, key: str, records: list[tuple[int, bytes]], readings: int, stack, tmp: Path, env: dict,
            profile: Path | None, echo, baseline_src: Path | None = None, repeat: int = 1) -> dict[str, float]:
     """Each consumer drains the same records ``repeat`` times, interleaved (take, worker, baseline, take …) so a
@@ -338,12 +334,12 @@ def _round(label: str, key: str, records: list[tuple[int, bytes]], readings: int
         if path is not None and path.exists():
             echo(f"  {what} profile ({path}):\n" + profile_summary(path))
     after = {t: sum(_end_offsets(stack.bootstrap, t).values()) for t in (TOPIC_HAZARDS, TOPIC_DLQ)}
-    take_s = _median([w for w, _ in runs["take"]])
-    take_cpu = _median([c for _, c in runs["take"]])
-    worker_s = _median([w for w, _ in runs["worker"]])
-    worker_cpu = _median([c for _, c in runs["worker"]])
-    vs_take = _median([t[0] / w[0] for t, w in zip(runs["take"], runs["worker"])])
-    vs_take_cpu = _median([t[1] / w[1] for t, w in zip(runs["take"], runs["worker"])])
+    take_s = median([w for w, _ in runs["take"]])
+    take_cpu = median([c for _, c in runs["take"]])
+    worker_s = median([w for w, _ in runs["worker"]])
+    worker_cpu = median([c for _, c in runs["worker"]])
+    vs_take = median([t[0] / w[0] for t, w in zip(runs["take"], runs["worker"])])
+    vs_take_cpu = median([t[1] / w[1] for t, w in zip(runs["take"], runs["worker"])])
     out = {f"{key}_worker_rps": readings / worker_s, f"{key}_faust_take_rps": readings / take_s,
            f"{key}_kafka_python_rps": readings / kp_s, f"{key}_worker_vs_take": vs_take,
            f"{key}_worker_cpu_us_per_reading": 1e6 * worker_cpu / readings,
@@ -365,9 +361,9 @@ def _round(label: str, key: str, records: list[tuple[int, bytes]], readings: int
         echo("  per repeat, worker / take by wall time: " +
              ", ".join(f"{t[0] / w[0]:.0%}" for t, w in zip(runs["take"], runs["worker"])))
     if baseline_src is not None:
-        base_s = _median([w for w, _ in runs["baseline"]])
-        base_cpu = _median([c for _, c in runs["baseline"]])
-        base_vs_take = _median([t[0] / b[0] for t, b in zip(runs["take"], runs["baseline"])])
+        base_s = median([w for w, _ in runs["baseline"]])
+        base_cpu = median([c for _, c in runs["baseline"]])
+        base_vs_take = median([t[0] / b[0] for t, b in zip(runs["take"], runs["baseline"])])
         out.update({f"{key}_baseline_rps": readings / base_s,
                     f"{key}_baseline_cpu_us_per_reading": 1e6 * base_cpu / readings,
                     f"{key}_baseline_vs_take": base_vs_take})
