@@ -141,6 +141,33 @@ def _upgrade(st: Any) -> dict | None:
     return None
 
 
+class IdleState:
+    """A resident device's state while it holds nothing but its times — ``v fam lt dl due``, every other field at
+    its default or in the store: a healthy device between batches, nearly the whole fleet. A slotted object of
+    64 B instead of a 184 B dict, because the worker keeps one state per device for as long as it owns the
+    partition (docs/performance.md, "heap per device"). The resident engine hands it back for such a device
+    and takes it wherever it takes a resident state; ``export_state`` (and ``as_dict``) give the dict."""
+
+    __slots__ = ("fam", "lt", "dl", "due")
+
+    def __init__(self, fam: str, lt: int | None, dl: int | None, due: int | None):
+        self.fam, self.lt, self.dl, self.due = fam, lt, dl, due
+
+    def as_dict(self) -> dict:
+        return {"v": STATE_VERSION, "fam": self.fam, "lt": self.lt, "dl": self.dl, "due": self.due}
+
+    def __repr__(self) -> str:
+        return f"IdleState({self.as_dict()!r})"
+
+
+_IDLE_KEYS = frozenset(("v", "fam", "lt", "dl", "due"))
+
+
+def _as_dict(st: Any) -> Any:
+    """A state as a dict (an ``IdleState`` expanded; anything else as it is)."""
+    return st.as_dict() if type(st) is IdleState else st
+
+
 class _SharedPlan:
     """A device's plan and its place in the engine's tables — the one context entry the engine keeps per device:
     its site and name, and the plan it shares (of its family with the built-in rules, of its (site, family) with
@@ -393,6 +420,8 @@ class DetectorEngine:
             dkeys.append(key)
             st = states.get(key)
             if st is not None:
+                if type(st) is IdleState:
+                    st = st.as_dict()
                 # the current layout, checked as ``_upgrade`` does, without a call per device
                 if type(st) is dict and st.get("v") == STATE_VERSION and (
                         c := ctx.get(key)) is not None and c.family == st.get("fam"):
@@ -518,6 +547,8 @@ class DetectorEngine:
             self._write_back(states, dkeys, new_states)
             if late is not None:
                 findings += self._late_lane(late, site_l, dev_l, first_row, plans, dkeys, states, now_ms)
+            if store is not None:
+                self._compact_all(states, dkeys, new_states)
             return findings
 
         # ---- sensor faults per series
@@ -626,6 +657,8 @@ class DetectorEngine:
         self._write_back(states, dkeys, new_states)
         if late is not None:
             findings += self._late_lane(late, site_l, dev_l, first_row, plans, dkeys, states, now_ms)
+        if store is not None:
+            self._compact_all(states, dkeys, new_states)
         findings.sort(key=lambda f: (f.ts, f.site, f.device, f.kind))
         return findings
 
@@ -1553,7 +1586,7 @@ class DetectorEngine:
         the clock must look at it again."""
         out: list[Finding] = []
         for key in (list(states) if keys is None else keys):
-            st = states.get(key)
+            st = _as_dict(states.get(key))
             if not isinstance(st, dict) or st.get("v") not in _READABLE or st.get("dl") is None:
                 continue
             if st.get("off") is not None:
@@ -1570,7 +1603,7 @@ class DetectorEngine:
                     ns["offat"], ns["due"] = None, dl
                     if self._resident(ns):
                         _drop_nulls(ns)
-                    states[key] = ns
+                    states[key] = self._compact(ns)
                     if h is not None:
                         out.append(h)
                 continue
@@ -1600,6 +1633,8 @@ class DetectorEngine:
     @staticmethod
     def next_due(st: Any) -> int | None:
         """When the clock must next look at this device (for a ``deadman.DeadlineIndex``)."""
+        if type(st) is IdleState:
+            return st.due
         if not isinstance(st, dict) or st.get("off") is not None:
             return None
         return st.get("due", st.get("dl"))
@@ -1654,7 +1689,7 @@ class DetectorEngine:
             out.append(h)
         if self._resident(ns):
             _drop_nulls(ns)
-        states[key] = ns
+        states[key] = self._compact(ns)
         return out
 
     def on_status(self, status: GatewayStatus, states: dict[str, dict]) -> list[Finding]:
@@ -1690,6 +1725,7 @@ class DetectorEngine:
     # ============================================================================================ state
     def export_state(self, key: str, st: Any) -> Any:
         """The full, JSON-able state of a device (``m`` filled in from the store when the engine is resident)."""
+        st = _as_dict(st)
         if not isinstance(st, dict) or "m" in st or st.get("gw"):
             return st
         m = self._store.block(key)
@@ -1766,6 +1802,7 @@ class DetectorEngine:
 
     def _readable(self, key: str, st: Any) -> dict | None:
         """``_upgrade``, knowing that a resident state's series block is in the store."""
+        st = _as_dict(st)
         if (isinstance(st, dict) and "m" not in st and st.get("v") == STATE_VERSION and st.get("fam") in FAMILIES
                 and self._store.has(key, FAM_CODE[st["fam"]])):
             return st
@@ -1775,6 +1812,20 @@ class DetectorEngine:
     def _write_back(states, dkeys, new_states) -> None:
         for d, ns in new_states.items():
             states[dkeys[d]] = ns
+
+    def _compact(self, st: Any) -> Any:
+        """A resident state that holds nothing but its times, as an ``IdleState``; any other state as it is."""
+        if self.resident and type(st) is dict and len(st) == 5 and st.keys() == _IDLE_KEYS and st["v"] == STATE_VERSION:
+            return IdleState(st["fam"], st["lt"], st["dl"], st["due"])
+        return st
+
+    @staticmethod
+    def _compact_all(states, dkeys, new_states) -> None:
+        """The end of a resident batch (after the late lane, which still writes to the batch's states): the
+        ``_compact`` of every state written, in one loop."""
+        for d, ns in new_states.items():
+            if len(ns) == 5 and ns.keys() == _IDLE_KEYS and ns["v"] == STATE_VERSION:
+                states[dkeys[d]] = IdleState(ns["fam"], ns["lt"], ns["dl"], ns["due"])
 
 
 def _check_index(olds: list) -> dict[str, tuple[list[int], list[dict]]]:

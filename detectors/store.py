@@ -30,7 +30,11 @@ _NO_TS = int(np.iinfo(np.int64).min)
 _EMPTY_I = [_NO_TS] + [0] * (_NI - 1)
 _EMPTY_F = [None] * _NF
 _I8 = [2, 5, 7, 9]  # the flags (suspect, oor_bit, spike_bit, flat_bit): int8 in the store
-_I64 = [j for j in range(_NI) if j not in _I8]
+# the run counts (flat_run, oor_good, spike_good): int32 in the store, saturated at its top — they are only compared
+# against small limits (a few readings), and 2**31 readings of one series are decades at one a second
+_I32 = [3, 6, 8]
+_I32_MAX = int(np.iinfo(np.int32).max)
+_I64 = [j for j in range(_NI) if j not in _I8 and j not in _I32]  # the times
 _FAM_NM_L = _NM_BY_CODE.tolist()
 
 # a kind state in the store: ints [l, te, lt, has episode, start, peak_ts, first_breach, last_breach, worst],
@@ -191,7 +195,8 @@ class _SeriesStore:
     pools keyed by the id alone, the device's last gaps (``cad``) and covered intervals (``cov``). A pool is
     rebuilt once per batch (linear in its size: at 100k devices a few ms per pool, see docs/performance.md).
 
-    The integer columns of a series are kept as int64 (times and counts: ``i``) and int8 (the four flags: ``b``);
+    The integer columns of a series are kept as int64 (times: ``i``), int32 (run counts: ``n``) and int8 (the four
+    flags: ``b``) — 19 B less per metric slot than int64 throughout;
     ``fam[row]`` is the family code of the block starting at a row. Rows are handed out once per device and never
     moved; ``clear`` drops everything (partitions moved away)."""
 
@@ -200,6 +205,7 @@ class _SeriesStore:
         self.at = _Rows(self._ctx)  # key -> first row (kept on the engine's device contexts)
         self.fam = bytearray()  # per row: family code of the block starting there
         self.i = np.empty((0, len(_I64)), dtype=np.int64)
+        self.n = np.empty((0, len(_I32)), dtype=np.int32)
         self.b = np.empty((0, len(_I8)), dtype=np.int8)
         self.f = np.empty((0, _NF))
         self.top = 0
@@ -423,12 +429,14 @@ class _SeriesStore:
             cap = max(self.top, 2 * self.i.shape[0], 1024)
             i = np.empty((cap, len(_I64)), dtype=np.int64)
             i[:] = np.array(_EMPTY_I)[_I64]
+            cnt = np.zeros((cap, len(_I32)), dtype=np.int32)
             b = np.zeros((cap, len(_I8)), dtype=np.int8)
             f = np.full((cap, _NF), np.nan)
             i[:self.i.shape[0]] = self.i
+            cnt[:self.n.shape[0]] = self.n
             b[:self.b.shape[0]] = self.b
             f[:self.f.shape[0]] = self.f
-            self.i, self.b, self.f = i, b, f
+            self.i, self.n, self.b, self.f = i, cnt, b, f
         return out
 
     def has(self, key: str, fc: int) -> bool:
@@ -440,11 +448,13 @@ class _SeriesStore:
         """The integer series columns of these rows, in the state's layout (``_NI`` columns)."""
         out = np.empty((rows.shape[0], _NI), dtype=np.int64)
         out[:, _I64] = self.i[rows]
+        out[:, _I32] = self.n[rows]
         out[:, _I8] = self.b[rows]
         return out
 
     def scatter(self, rows: np.ndarray, ints: np.ndarray) -> None:
         self.i[rows] = ints[:, _I64]
+        self.n[rows] = np.minimum(ints[:, _I32], _I32_MAX)
         self.b[rows] = ints[:, _I8]
 
     def block(self, key: str) -> list | None:

@@ -125,7 +125,8 @@ def steps(quick: bool) -> list[tuple[str, Callable[[], list[Row]]]]:
         if m:
             rows.append(Row(f"detector state per device ({m['devices']:,} devices)",
                             f"{n(m['state_json_bytes'])} B of JSON (Faust table)",
-                            f"{n(m['state_heap_bytes'])} B of worker heap; goal ≤ 1,024 B"))
+                            f"{n(m['state_heap_bytes'])} B of worker heap; goal ≤ 1,024 B (the stage's deadline "
+                            f"index and checkpoint clock: {n(m['bookkeeping_heap_bytes'])} B more)"))
         return rows
 
     def deadman() -> list[Row]:

@@ -117,7 +117,7 @@ def test_snapshot_used_on_a_table_miss_only_and_never_ahead_of_delivery(tmp_path
     store.loads.clear()
     run(second, [pit_record("sa", range(12, 14)), pit_record("sb", range(0, 2))])
     assert store.loads == [["sa/jc-01", "sb/jc-01"]] or store.loads == [["sb/jc-01", "sa/jc-01"]]
-    assert second.cache["sa/jc-01"]["lt"] == T0 + 13_000
+    assert second.engine.export_state("sa/jc-01", second.cache["sa/jc-01"])["lt"] == T0 + 13_000
     run(second, [pit_record("sb", range(2, 4))])  # known now (cache): no query
     assert len(store.loads) == 1
     second.cache.pop("sb/jc-01")
