@@ -1824,7 +1824,8 @@ class DetectorEngine:
         """The end of a resident batch (after the late lane, which still writes to the batch's states): the
         ``_compact`` of every state written, in one loop."""
         for d, ns in new_states.items():
-            if len(ns) == 5 and ns.keys() == _IDLE_KEYS and ns["v"] == STATE_VERSION:
+            # a device state of a batch always has v (the current one), fam, lt, dl and due: five keys are those
+            if len(ns) == 5 and "due" in ns and "dl" in ns and "lt" in ns:
                 states[dkeys[d]] = IdleState(ns["fam"], ns["lt"], ns["dl"], ns["due"])
 
 
