@@ -405,7 +405,6 @@ class DetectorEngine:
 
         # ---- device contexts: state and plan (Python per device)
         fam_l = batch.family[first].tolist()
-        dkeys: list[str] = []
         plans: list[DevicePlan | None] = []
         olds: list[dict | None] = []
         fam_c: list[int] = []
@@ -415,16 +414,24 @@ class DetectorEngine:
         in_store: list[int] = []  # devices whose series block is in the store (their state has no "m")
         in_rows: list[int] = []  # and their rows
         store_fam = store.fam if store is not None else b""
-        for site, device, fam in zip([site_l[r] for r in first_row], [dev_l[r] for r in first_row], fam_l):
-            key = site + "/" + device
-            dkeys.append(key)
-            st = states.get(key)
+        sites, devices = [site_l[r] for r in first_row], [dev_l[r] for r in first_row]
+        dkeys = [site + "/" + device for site, device in zip(sites, devices)]
+        for key, site, device, fam, st, c in zip(dkeys, sites, devices, fam_l, map(states.get, dkeys),
+                                                 map(ctx.get, dkeys)):
+            if (type(st) is IdleState and store is not None and c is not None and c.family == st.fam
+                    and (row := c.row) >= 0 and store_fam[row] == c.fc):  # a healthy resident device: as a dict
+                in_store.append(len(olds))
+                in_rows.append(row)
+                olds.append({"v": STATE_VERSION, "fam": st.fam, "lt": st.lt, "dl": st.dl, "due": st.due})
+                plans.append(c)
+                fam_c.append(c.fc)
+                pid_l.append(c.pid)
+                continue
             if st is not None:
                 if type(st) is IdleState:
                     st = st.as_dict()
                 # the current layout, checked as ``_upgrade`` does, without a call per device
-                if type(st) is dict and st.get("v") == STATE_VERSION and (
-                        c := ctx.get(key)) is not None and c.family == st.get("fam"):
+                if type(st) is dict and st.get("v") == STATE_VERSION and c is not None and c.family == st.get("fam"):
                     m = st.get("m")
                     if (m is None and store is not None and (row := c.row) >= 0 and store_fam[row] == c.fc) or (
                             type(m) is list and len(m) == 2 and len(m[0]) == c.nm * _NI and len(m[1]) == c.nm * _NF):
