@@ -344,7 +344,8 @@ def _round(label: str, key: str, records: list[tuple[int, bytes]], readings: int
            f"{key}_kafka_python_rps": readings / kp_s, f"{key}_worker_vs_take": vs_take,
            f"{key}_worker_cpu_us_per_reading": 1e6 * worker_cpu / readings,
            f"{key}_take_cpu_us_per_reading": 1e6 * take_cpu / readings,
-           f"{key}_worker_vs_take_cpu": vs_take_cpu,
+           f"{key}_worker_vs_take_cpu": vs_take_cpu, f"{key}_repeats": repeat,
+           f"{key}_worker_vs_take_each": [t[0] / w[0] for t, w in zip(runs["take"], runs["worker"])],
            f"{key}_findings": (after[TOPIC_HAZARDS] - before[TOPIC_HAZARDS]) // repeat // (2 if baseline_src else 1),
            f"{key}_dlq": (after[TOPIC_DLQ] - before[TOPIC_DLQ]) // repeat // (2 if baseline_src else 1)}
     n = len(records)
@@ -359,7 +360,7 @@ def _round(label: str, key: str, records: list[tuple[int, bytes]], readings: int
          f"{out[f'{key}_findings']} findings, {out[f'{key}_dlq']} DLQ records (per run)")
     if repeat > 1:
         echo("  per repeat, worker / take by wall time: " +
-             ", ".join(f"{t[0] / w[0]:.0%}" for t, w in zip(runs["take"], runs["worker"])))
+             ", ".join(f"{x:.0%}" for x in out[f"{key}_worker_vs_take_each"]))
     if baseline_src is not None:
         base_s = median([w for w, _ in runs["baseline"]])
         base_cpu = median([c for _, c in runs["baseline"]])
