@@ -47,7 +47,7 @@ snapshots = Table(
 MIGRATIONS = Migrations(Path(__file__).resolve().parent / "migrations", version_table="alembic_version_streams",
                         lock_key=7408)
 
-ROWS_PER_STATEMENT = 2000  # 3 parameters a row: far below SQLite's 32766 host parameters, and PostgreSQL's 65535
+ROWS_PER_STATEMENT = 2000  # rows per executemany call of the one upsert statement
 KEYS_PER_QUERY = 10000
 
 
@@ -80,10 +80,17 @@ class StateSnapshots:
             from sqlalchemy.dialects.postgresql import insert
         else:
             raise ValueError(f"state snapshots need SQLite or PostgreSQL, not {dialect}")
-        self._insert = insert
+        # One statement, compiled once and run for many rows (executemany): a VALUES list of its own per save was
+        # compiled again every time — a third of a worker's time when a large fleet is checkpointed
+        stmt = insert(snapshots)
+        self._upsert = stmt.on_conflict_do_update(
+            index_elements=[snapshots.c.key],
+            set_={"state": stmt.excluded.state, "updated_ms": stmt.excluded.updated_ms},
+            where=snapshots.c.updated_ms <= stmt.excluded.updated_ms,
+        )
 
     def save(self, states: Mapping[str, dict], at_ms: int | None = None) -> int:
-        """Upsert these device states (one statement per ``ROWS_PER_STATEMENT`` rows, one transaction)."""
+        """Upsert these device states (one statement run for every ``ROWS_PER_STATEMENT`` rows, one transaction)."""
         if not states:
             return 0
         at = int(time.time() * 1000) if at_ms is None else at_ms
@@ -91,13 +98,7 @@ class StateSnapshots:
                 for k, v in states.items()]
         with self.engine.begin() as conn:
             for i in range(0, len(rows), ROWS_PER_STATEMENT):
-                stmt = self._insert(snapshots).values(rows[i:i + ROWS_PER_STATEMENT])
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=[snapshots.c.key],
-                    set_={"state": stmt.excluded.state, "updated_ms": stmt.excluded.updated_ms},
-                    where=snapshots.c.updated_ms <= stmt.excluded.updated_ms,
-                )
-                conn.execute(stmt)
+                conn.execute(self._upsert, rows[i:i + ROWS_PER_STATEMENT])
         return len(rows)
 
     def load_all(self) -> dict[str, dict]:
