@@ -85,10 +85,16 @@ def scale_cmd(readings, workers, partitions):
 @click.option("--baseline-src", type=click.Path(exists=True, file_okay=False),
               help="also time the worker of this source tree (e.g. `git archive` of an older commit) on the same data")
 @click.option("--repeat", default=1, show_default=True, help="drain the same records N times, interleaved (medians)")
-def worker_cmd(readings, single_readings, singles_per_record, profile, baseline_src, repeat):
+@click.option("--fleet-readings", default=0, show_default=True,
+              help="also gateway frames from a large fleet, once (0: skip)")
+@click.option("--fleet-per-family", default=100, show_default=True,
+              help="devices per family and site of that fleet (100: 25,000 devices on 50 sites)")
+def worker_cmd(readings, single_readings, singles_per_record, profile, baseline_src, repeat, fleet_readings,
+               fleet_per_family):
     """One worker draining a preloaded sw.raw, beside the bare Faust take() and kafka-python ceilings."""
     bench_worker(readings, single_readings, singles_per_envelope=singles_per_record, profile=profile,
-                 baseline_src=baseline_src, repeat=repeat)
+                 baseline_src=baseline_src, repeat=repeat, fleet_readings=fleet_readings,
+                 fleet_per_family=fleet_per_family)
 
 
 bench.add_command(chain_cmd)

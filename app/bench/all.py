@@ -136,9 +136,12 @@ def steps(quick: bool) -> list[tuple[str, Callable[[], list[Row]]]]:
 
     def worker() -> list[Row]:
         # three interleaved repeats (take, worker, take, …): one run's ratio moves by ±10 points on a shared machine
-        r = bench_worker(1_000_000 // k, 200_000 // k, repeat=1 if quick else 3)
+        r = bench_worker(1_000_000 // k, 200_000 // k, repeat=1 if quick else 3, fleet_readings=300_000 // k)
         rows = []
-        for key, what in (("gateway", "gateway frames of 200 readings"), ("single", "one reading per MQTT message")):
+        for key, what in (("gateway", "gateway frames of 200 readings, 1,000 devices"),
+                          ("single", "one reading per MQTT message, 1,000 devices"),
+                          ("fleet", f"gateway frames, {r.get('fleet_devices', 0):,} devices (one run; state "
+                                    "checkpoints about one per reading)")):
             if f"{key}_worker_rps" in r:
                 each = r[f"{key}_worker_vs_take_each"]
                 med = f"median of {len(each)}: " + ", ".join(f"{x:.0%}" for x in each) + "; " if len(each) > 1 else ""

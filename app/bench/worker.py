@@ -35,13 +35,13 @@ from sitewatch.contracts import (FAMILIES, TOPIC_DLQ, TOPIC_HAZARDS, TOPIC_RAW, 
 # Long silence: the preloaded devices stop at the end of the data, which the deadman rightly reports; that fault
 # storm is not what this benchmark measures.
 BENCH_RULES = "version: 1\nfaults:\n  silent_after_intervals: 1000000\n"
-DEVICES_PER_FAMILY = 4  # per site
-SERIES_PER_SITE = DEVICES_PER_FAMILY * sum(len(m) for m in FAMILIES.values())
+DEVICES_PER_FAMILY = 4  # per site: 50 sites x 5 families x 4 = 1,000 devices
+METRICS_PER_DEVICE_SET = sum(len(m) for m in FAMILIES.values())  # one device of each family
 
 
-def _series(site: str):
+def _series(site: str, per_family: int = DEVICES_PER_FAMILY):
     for fam, metrics in FAMILIES.items():
-        for d in range(DEVICES_PER_FAMILY):
+        for d in range(per_family):
             for metric, unit in metrics.items():
                 yield fam, f"{fam[:2]}-{d:02d}", metric, unit
 
@@ -52,11 +52,12 @@ def _value(step: int, j: int) -> float:
 
 
 def gateway_envelopes(readings: int, sites: int, per_frame: int, frames_per_envelope: int,
-                      partitions: int) -> tuple[list[tuple[int, bytes]], int]:
-    """Bridge envelopes of gateway frames: every site's series reports once a second through its gateway."""
-    steps = max(1, math.ceil(readings / (sites * SERIES_PER_SITE)))
+                      partitions: int, per_family: int = DEVICES_PER_FAMILY) -> tuple[list[tuple[int, bytes]], int]:
+    """Bridge envelopes of gateway frames: every site's series reports once a second through its gateway
+    (``per_family`` devices of each family per site)."""
+    steps = max(1, math.ceil(readings / (sites * per_family * METRICS_PER_DEVICE_SET)))
     t0 = int(time.time() * 1000) - steps * 1000 - 60_000
-    series = {f"g-{s:03d}": list(_series(f"g-{s:03d}")) for s in range(sites)}
+    series = {f"g-{s:03d}": list(_series(f"g-{s:03d}", per_family)) for s in range(sites)}
     frames: list[tuple[str, bytes]] = []
     n = 0
     for step in range(steps):
@@ -77,7 +78,7 @@ def gateway_envelopes(readings: int, sites: int, per_frame: int, frames_per_enve
 def single_envelopes(readings: int, sites: int, per_envelope: int,
                      partitions: int) -> tuple[list[tuple[int, bytes]], int]:
     """Bridge envelopes of one-reading MQTT messages (``per_envelope`` of them per Kafka record)."""
-    steps = max(1, math.ceil(readings / (sites * SERIES_PER_SITE)))
+    steps = max(1, math.ceil(readings / (sites * DEVICES_PER_FAMILY * METRICS_PER_DEVICE_SET)))
     t0 = int(time.time() * 1000) - steps * 1000 - 60_000
     msgs: list[tuple[str, bytes]] = []
     for step in range(steps):
@@ -379,7 +380,11 @@ def _round(label: str, key: str, records: list[tuple[int, bytes]], readings: int
 
 def bench_worker(readings: int = 1_000_000, single_readings: int = 200_000, sites: int = 50, per_frame: int = 200,
                  frames_per_envelope: int = 10, singles_per_envelope: int = 1, profile: str | None = None,
-                 baseline_src: str | None = None, repeat: int = 1, echo=click.echo) -> dict[str, float]:
+                 baseline_src: str | None = None, repeat: int = 1, fleet_readings: int = 0, fleet_per_family: int = 100,
+                 echo=click.echo) -> dict[str, float]:
+    """``fleet_readings``: also a round of gateway frames from a large fleet (``fleet_per_family`` devices of each
+    family per site: 25,000 devices at 100), run once — the other rounds' 1,000 devices see a few state
+    checkpoints in a whole run, a city's worker share of devices about one per reading (docs/performance.md)."""
     from app.localstack import LocalStack, free_port
 
     stop_on_sigterm()
@@ -403,6 +408,13 @@ def bench_worker(readings: int = 1_000_000, single_readings: int = 200_000, site
             recs, n = single_envelopes(single_readings, sites, singles_per_envelope, stack.partitions)
             out.update(_round(f"single-reading messages ({singles_per_envelope} per sw.raw record)", "single",
                               recs, n, stack, tmp, env, prof, echo, base, repeat))
+        if fleet_readings:
+            devices = sites * fleet_per_family * len(FAMILIES)
+            recs, n = gateway_envelopes(fleet_readings, sites, per_frame, frames_per_envelope, stack.partitions,
+                                        fleet_per_family)
+            out.update(_round(f"gateway frames of a large fleet ({devices:,} devices)", "fleet", recs, n, stack, tmp,
+                              env, prof, echo, base, 1))
+            out["fleet_devices"] = devices
     finally:
         stack.stop()
     return out
