@@ -76,6 +76,8 @@ _PHASE_FM = [FM_CODE[f"electrical/{p}"] for p in PHASES]
 _IMBALANCE = next(c.index for c in CHECKS if c.mode == "imbalance")
 _PHASE_SKEW_MS = 120_000  # phase currents measured further apart than this (one before an outage, one after) are not compared
 _NO_HIST: list = [[], []]  # read-only: a rate check without samples yet
+_LEVEL, _CHANGE, _RATE, _CHARGING, _IMBAL = range(5)
+_MODE_CODE = {"level": _LEVEL, "change": _CHANGE, "rate": _RATE, "charging": _CHARGING, "imbalance": _IMBAL}
 _FAULT_BITS = ("fault.out_of_range", "fault.spike", "fault.flatline")
 # device health, as shown on the API, the ledger and the dashboards: off (announced, or outside working time
 # for a calendar device), silent (a deadman fault), faulty (a sensor fault raised), ok
@@ -544,15 +546,18 @@ class DetectorEngine:
         check_carry: dict[tuple[int, int], dict] = {}  # (device, check) -> new check state (plain engine)
         cc = _StoreCarry(store, dev_id) if store is not None else _DictCarry(olds, check_carry)
         s_base = sf_old[:, 2].copy()  # baseline per series, first taken in this batch where it had none
-        for fm in np.unique(hv_fm).tolist():
-            checks = _CHECKS_BY_FM.get(fm)
-            if not checks:
-                continue
-            rows_fm = hv[hv_fm == fm]
-            for ci in checks:
-                res = self._run_check(ci, rows_fm, d_, sgrp, t_, v_, dev_pid, tab, cc, s_base, dkeys)
-                if res is not None:
-                    results.append(res)
+        if store is not None:  # resident: every check of every metric in one pass (``_run_checks``)
+            results += self._run_checks(hv, hv_fm, d_, sgrp, t_, v_, dev_pid, tab, cc, s_base, dkeys)
+        else:
+            for fm in np.unique(hv_fm).tolist():
+                checks = _CHECKS_BY_FM.get(fm)
+                if not checks:
+                    continue
+                rows_fm = hv[hv_fm == fm]
+                for ci in checks:
+                    res = self._run_check(ci, rows_fm, d_, sgrp, t_, v_, dev_pid, tab, cc, s_base, dkeys)
+                    if res is not None:
+                        results.append(res)
         ph = hv[np.isin(hv_fm, _PHASE_FM)]
         if ph.size:
             res = self._run_imbalance(ph, d_, f_, t_, v_, dev_pid, tab, cc)
@@ -1191,6 +1196,112 @@ class DetectorEngine:
             cc.put_hyst(ci, gdev, out, cstates)
         return _Res(ci, rows, level, x, None, extra)
 
+    def _run_checks(self, hv, hv_fm, d_, sgrp, t_, v_, dev_pid, tab: _Tables, cc: "_StoreCarry", s_base,
+                    dkeys: list[str]) -> list[_Res]:
+        """``_run_check`` for every level, change, rate and charging check at once (resident engine): the rows of
+        all checks one after the other (check after check, in ``_run_check``'s order: metric code, then the
+        metric's checks), grouped by (check, series); one ``windowed_rate`` over the rows of every rate check,
+        one ``graded_levels`` over all rows, one lookup and one write of the hysteresis pool. Every group is
+        computed exactly as its check alone computes it (the grouped primitives never look across a group), so
+        the levels, carries and evidence are ``_run_check``'s; one ``_Res`` per check, as before."""
+        # the blocks: (check, its rows), in the order the per-check loop ran them
+        o = np.argsort(hv_fm, kind="stable")
+        h_rows, h_fm = hv[o], hv_fm[o]  # per metric code: its valid rows, in (device, ts) order
+        fms, fm_at, fm_n = np.unique(h_fm, return_index=True, return_counts=True)
+        b_ci: list[int] = []
+        b_at: list[int] = []
+        b_n: list[int] = []
+        for fm, a, n in zip(fms.tolist(), fm_at.tolist(), fm_n.tolist()):
+            for ci in _CHECKS_BY_FM.get(fm, ()):
+                b_ci.append(ci)
+                b_at.append(a)
+                b_n.append(n)
+        if not b_ci:
+            return []
+        b_ci_a = np.array(b_ci, dtype=np.int64)
+        b_n_a = np.array(b_n, dtype=np.int64)
+        rows = h_rows[_block_rows(np.array(b_at, dtype=np.int64), b_n_a)]
+        r_blk = np.repeat(np.arange(len(b_ci)), b_n_a)
+        r_ci = b_ci_a[r_blk]
+        on = tab.on[dev_pid[d_[rows]], r_ci]  # a check switched off for a device's plan: its rows go
+        if not on.all():
+            rows, r_blk, r_ci = rows[on], r_blk[on], r_ci[on]
+        if not rows.shape[0]:
+            return []
+        n_ser = int(sgrp[-1]) + 1 if sgrp.shape[0] else 1
+        first, grp, first_idx, last = group_layout(r_blk * n_ser + sgrp[rows])
+        gdev = d_[rows[last]]
+        gci = r_ci[last]
+        gp = dev_pid[gdev]
+        ts, v = t_[rows], v_[rows]
+        keys = cc.dev_id[gdev] * _NC + gci
+        b_lo = np.searchsorted(r_blk, np.arange(len(b_ci) + 1))  # each block's rows
+        g_lo = np.searchsorted(r_blk[last], np.arange(len(b_ci) + 1))  # and groups
+        mode = np.array([_MODE_CODE[CHECKS[ci].mode] for ci in b_ci], dtype=np.int8)
+        x = v.copy()
+        base_r = None
+        rate_refs = None
+        g_mode = mode[r_blk[last]]
+        chg = np.flatnonzero(g_mode == _CHANGE)
+        if chg.shape[0]:  # change: from a fixed zero reading, or the series' first reading received
+            cp, cc_i = gp[chg], gci[chg]
+            fixed = tab.baseline[cp, cc_i]
+            ser = sgrp[rows[last[chg]]]
+            base = np.where(np.isnan(fixed), s_base[ser], fixed)
+            take = np.isnan(base)
+            if take.any():
+                base[take] = v[first_idx[last[chg[take]]]]
+                s_base[ser[take]] = base[take]
+            base_g = np.full(last.shape[0], np.nan)
+            base_g[chg] = base
+            base_r = base_g[grp]
+            cr = np.flatnonzero(g_mode[grp] == _CHANGE)
+            diff = v[cr] - base_r[cr]
+            dirs = tab.direction[gp, gci][grp[cr]]
+            x[cr] = np.where(dirs == 0, np.abs(diff), np.where(dirs == 1, diff, -diff))
+        rg = np.flatnonzero(g_mode == _RATE)
+        if rg.shape[0]:  # rate: one windowed_rate over the groups of every rate check
+            rr = np.flatnonzero(g_mode[grp] == _RATE)
+            r_first, r_grp = first[rr], grp[rr]
+            r_grp = np.searchsorted(rg, r_grp)  # group number among the rate groups
+            rp, rc = gp[rg], gci[rg]
+            xr, refs, kept = windowed_rate(v[rr], ts[rr], r_first, r_grp, cc.hist(keys[rg], rg.shape[0]),
+                                           tab.window_ms[rp, rc], tab.bucket_ms[rp, rc], tab.consecutive[rp, rc],
+                                           tab.per_ms[rp, rc], tab.direction[rp, rc])
+            x[rr] = xr
+            rate_refs = (rr, refs)
+            kg, kt, kv = kept
+            rk = keys[rg]
+            cc.store.rate.queue(rk, rk[kg], kt, kv)
+        charging = {}
+        for b in np.flatnonzero(mode == _CHARGING).tolist():
+            a, e = int(b_lo[b]), int(b_lo[b + 1])
+            if a == e:
+                continue
+            ga, ge = int(g_lo[b]), int(g_lo[b + 1])
+            x[a:e], charging[b] = self._charging(ts[a:e], v[a:e], grp[a:e] - ga, gdev[ga:ge],
+                                                 tab.min_load[gp[ga:ge], b_ci[b]][grp[a:e] - ga], dkeys)
+        level, out = self._hyst(x, ts, first, first_idx, grp, last, gp, gci, tab, cc.hyst(keys),
+                                end=b_lo[r_blk + 1] - 1)
+        cc.put_hyst(-1, gdev, out, keys)
+        results: list[_Res] = []
+        for b, ci in enumerate(b_ci):
+            a, e = int(b_lo[b]), int(b_lo[b + 1])
+            if a == e:
+                continue
+            m = mode[b]
+            extra: dict[str, Any] = {}
+            if m == _CHANGE:
+                extra["baseline"] = base_r[a:e]
+            elif m == _RATE:
+                rr, refs = rate_refs
+                i0, i1 = np.searchsorted(rr, (a, e))
+                extra["refs"] = {"ts": refs["ts"], "value": refs["value"], "index": refs["index"][i0:i1]}
+            elif m == _CHARGING:
+                extra["charging"] = charging[b]
+            results.append(_Res(ci, rows[a:e], level[a:e], x[a:e], None, extra))
+        return results
+
     def _charging(self, ts, v, grp, gdev, min_current, dkeys) -> tuple[np.ndarray, dict]:
         """1.0 where charging happens outside the site's charging hours or at an unregistered point, else 0.0."""
         keys = [dkeys[d] for d in gdev.tolist()]
@@ -1246,7 +1357,9 @@ class DetectorEngine:
         return _Res(ci, rows, level, x, None, {"phases": pv})
 
     @staticmethod
-    def _hyst(x, ts, first, first_idx, grp, last, gp, ci, tab: _Tables, busy):
+    def _hyst(x, ts, first, first_idx, grp, last, gp, ci, tab: _Tables, busy, end=None):
+        """``gp`` per group, ``ci`` one check or per group (several checks, ``end``: the last row of each row's
+        check)."""
         G = last.shape[0]
         carry = HystCarry.zeros(G)
         if busy is not None:
@@ -1254,8 +1367,8 @@ class DetectorEngine:
             carry.bits[gi] = hs[:, 0:3].astype(bool)
             carry.run[gi] = hs[:, 3:6]
             carry.start[gi] = hs[:, 6:9]
-        return graded_levels(x, ts, first, first_idx, grp, last, tab.lines[gp, ci][grp], tab.clear[gp, ci][grp],
-                             tab.hold_n[gp, ci][grp], tab.hold_ms[gp, ci][grp], carry)
+        return graded_levels(x, ts, first, first_idx, grp, last, tab.lines[gp, ci], tab.clear[gp, ci],
+                             tab.hold_n[gp, ci], tab.hold_ms[gp, ci], carry, end, per_group=True)
 
     # -------------------------------------------------------------------------------------------- emission
     def _emit(self, results: list[_Res], d_, f_, t_, v_, plans, dev_pid, tab: _Tables, olds, new_states,
