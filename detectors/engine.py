@@ -183,6 +183,11 @@ class _SharedPlan:
         return getattr(self._p, name)
 
 
+def _base_plan(p: Any) -> DevicePlan:
+    """The ``DevicePlan`` behind a device's context (or the plan itself)."""
+    return p._p if type(p) is _SharedPlan else p
+
+
 @dataclass
 class _Res:
     """Output of one check (or one fault kind) over its rows, kept until findings are written."""
@@ -1589,13 +1594,30 @@ class DetectorEngine:
             w_f = np.full((keep.shape[0], _KF), np.nan)
             w_i[:, 0], w_i[:, 1], w_i[:, 2] = agg_g[keep], te[last][keep], e_ts[last][keep]
             w_f[:, :MAX_SLOTS] = np.where(has, x_e[np.maximum(lj, 0)], carry_x)[keep]
-            for j, g in enumerate(keep.tolist()):
-                if agg_g[g]:
-                    ep = episode(g, int(last[g]))
-                    if ep is not None:
-                        w_i[j, 3:9] = 1, ep["start"], ep["peak_ts"], ep["first_breach"], ep["last_breach"], \
-                            ep.get("worst", 0)
-                        w_f[j, MAX_SLOTS:] = _f(ep.get("peak")), _f(ep.get("peak_reading"))
+            # the episode of each raised group at its last row (what ``episode`` gives there), all at once: the
+            # rows' own (a raised last row always has one), merged into the stored one where it goes on
+            ra = np.flatnonzero(agg_g[keep] > 0)
+            g = keep[ra]
+            e = last[g]
+            lo_e, pk = ep_lo[e], peak_at[e]
+            c_peak = x_e[pk]
+            c_i = np.column_stack([np.ones_like(e), e_ts[lo_e], e_ts[pk], e_ts[lo_e], e_ts[e], worst_at[e]])
+            c_f = np.column_stack([c_peak, v_e[pk]])
+            j = k_at[g]
+            go_on = (lo_e == first_idx[e]) & (carry_l[g] > 0) & has_ks[g]
+            go_on[go_on] = k_i[j[go_on], 3] != 0
+            if go_on.any():
+                w, jw = np.flatnonzero(go_on), j[go_on]
+                o_i, o_f = k_i[jw, 3:9].copy(), k_f[jw, MAX_SLOTS:].copy()
+                better = np.where(np.isnan(c_peak[w]), -np.inf, c_peak[w]) > np.where(np.isnan(o_f[:, 0]), -np.inf,
+                                                                                      o_f[:, 0])
+                o_f[better] = c_f[w[better]]
+                o_i[better, 2] = c_i[w[better], 2]  # peak_ts
+                o_i[:, 4] = c_i[w, 4]  # last breach
+                o_i[:, 5] = np.maximum(o_i[:, 5], c_i[w, 5])  # worst
+                c_i[w], c_f[w] = o_i, o_f
+            w_i[ra, 3:9] = c_i
+            w_f[ra, MAX_SLOTS:] = c_f
             store.kinds.queue(g_key, g_key[keep], w_i, slots_g[keep], w_f)
             store.kinds.apply()
             return findings
@@ -1647,9 +1669,11 @@ class DetectorEngine:
         ci = r.check if r is not None else _KIND_SLOT_CHECK[(kind, col)]
         c = CHECKS[ci]
         metric = metric or c.metric
-        prm = p.checks.get(ci)
+        pp = _base_plan(p)  # the plan's own fields, without a __getattr__ per read
+        site, _, device = p.key.partition("/") if type(p) is _SharedPlan else (p.site, "", p.device)
+        prm = pp.checks.get(ci)
         if prm is None:  # check switched off by a rule reload while raised: report the clear plainly
-            return Finding(p.site, p.device, p.family, kind, "hazard", _LEVELS[level], ts, metric, x, _NAN,
+            return Finding(site, device, p.family, kind, "hazard", _LEVELS[level], ts, metric, x, _NAN,
                            "check disabled by configuration", "", False, ev)
         if level:
             threshold = prm.lines[level - 1]
@@ -1675,14 +1699,15 @@ class DetectorEngine:
                 ev["unapproved_point"] = bool(r.extra["charging"]["unapproved"][loc])
             if "phases" in r.extra:
                 ev["phases_a"] = [_j(r.extra["phases"][i, loc]) for i in range(3)]
-        if p.rules.overridden_by:
-            ev["config"] = list(p.rules.overridden_by)
-        return Finding(p.site, p.device, p.family, kind, "hazard", _LEVELS[level], ts, metric, x,
+        if pp.rules.overridden_by:
+            ev["config"] = list(pp.rules.overridden_by)
+        return Finding(site, device, p.family, kind, "hazard", _LEVELS[level], ts, metric, x,
                        float(threshold), rule, prm.source, level >= prm.major_from, ev)
 
     def _fault_finding(self, p: DevicePlan, kind: str, level: int, ts: int, metric: str, value: float,
                        ev: dict, rts: int) -> Finding:
-        s = p.sensors[metric]
+        pp = _base_plan(p)
+        s = pp.sensors[metric]
         if kind == "fault.out_of_range":
             threshold = s.hi if value > s.hi else s.lo
             rule = f"{metric} outside its physical range [{s.lo:g}, {s.hi:g}]"
@@ -1695,8 +1720,9 @@ class DetectorEngine:
         if not level:
             rule = "cleared: " + rule
         ev.update({"value": value, "reading_ts": rts, "withheld_from_hazards": bool(level)})
-        return Finding(p.site, p.device, p.family, kind, "fault", _LEVELS[level], ts, metric, value,
-                       float(threshold), rule, p.fault_source, False, ev)
+        site, _, device = p.key.partition("/") if type(p) is _SharedPlan else (p.site, "", p.device)
+        return Finding(site, device, p.family, kind, "fault", _LEVELS[level], ts, metric, value,
+                       float(threshold), rule, pp.fault_source, False, ev)
 
     # ============================================================================================ clock
     def tick(self, now_ms: int, states: dict[str, dict], keys: Any = None) -> list[Finding]:
