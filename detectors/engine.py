@@ -1296,14 +1296,17 @@ class DetectorEngine:
             r_first, r_grp = first[rr], grp[rr]
             r_grp = np.searchsorted(rg, r_grp)  # group number among the rate groups
             rp, rc = gp[rg], gci[rg]
-            xr, refs, kept = windowed_rate(v[rr], ts[rr], r_first, r_grp, cc.hist(keys[rg], rg.shape[0]),
+            rk = keys[rg]
+            pool = cc.store.rate
+            lo, cnt = pool.find(rk)
+            had = _block_rows(lo, cnt)  # the groups' samples: read now, replaced at the end of the batch
+            xr, refs, kept = windowed_rate(v[rr], ts[rr], r_first, r_grp, (cnt, pool.col[0][had], pool.col[1][had]),
                                            tab.window_ms[rp, rc], tab.bucket_ms[rp, rc], tab.consecutive[rp, rc],
                                            tab.per_ms[rp, rc], tab.direction[rp, rc])
             x[rr] = xr
             rate_refs = (rr, refs)
             kg, kt, kv = kept
-            rk = keys[rg]
-            cc.store.rate.queue(rk, rk[kg], kt, kv)
+            pool.queue_rows(had, rk[kg], kt, kv)
         charging = {}
         for b in np.flatnonzero(mode == _CHARGING).tolist():
             a, e = int(b_lo[b]), int(b_lo[b + 1])
@@ -1312,9 +1315,11 @@ class DetectorEngine:
             ga, ge = int(g_lo[b]), int(g_lo[b + 1])
             x[a:e], charging[b] = self._charging(ts[a:e], v[a:e], grp[a:e] - ga, gdev[ga:ge],
                                                  tab.min_load[gp[ga:ge], b_ci[b]][grp[a:e] - ga], dkeys)
-        level, out = self._hyst(x, ts, first, first_idx, grp, last, gp, gci, tab, cc.hyst(keys),
-                                end=b_lo[r_blk + 1] - 1)
-        cc.put_hyst(-1, gdev, out, keys)
+        busy_in, had = cc.hyst_of(gdev, gci)
+        level, out = self._hyst(x, ts, first, first_idx, grp, last, gp, gci, tab, busy_in, end=b_lo[r_blk + 1] - 1)
+        busy = np.flatnonzero(out.bits.any(axis=1) | (out.run > 0).any(axis=1))
+        cc.store.hyst.queue_rows(had, keys[busy], np.hstack([out.bits[busy], out.run[busy], out.start[busy]]).astype(
+            np.int64))
         results: list[_Res] = []
         for b, ci in enumerate(b_ci):
             a, e = int(b_lo[b]), int(b_lo[b + 1])
@@ -2100,6 +2105,29 @@ class _StoreCarry:
         if not gi.shape[0]:
             return None
         return gi, pool.col[0][lo[gi]]
+
+    def hyst_of(self, gdev: np.ndarray, gci: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray] | None, np.ndarray]:
+        """``hyst`` for groups of several checks (``_run_checks``), and the pool positions of what was found. The
+        pool holds few entries (latches set, holds running) and a batch brings tens of thousands of groups: the
+        pool's entries are placed among the groups (through the devices' batch numbers and a (device, check)
+        table) instead of every group's key searched in the pool."""
+        pool = self.store.hyst
+        k = pool.key
+        if not k.shape[0] or not gdev.shape[0]:
+            return None, np.zeros(0, dtype=np.int64)
+        inv = np.full(max(int(k[-1]) // _NC, int(self.dev_id.max())) + 1, -1, dtype=np.int64)  # store id -> device
+        ok = np.flatnonzero(self.dev_id >= 0)
+        inv[self.dev_id[ok]] = ok
+        table = np.full((self.dev_id.shape[0], _NC), -1, dtype=np.int64)  # (device, check) -> group
+        table[gdev, gci] = np.arange(gdev.shape[0])
+        d = inv[k // _NC]
+        at = np.flatnonzero(d >= 0)
+        g = table[d[at], k[at] % _NC]
+        hit = g >= 0
+        pos, g = at[hit], g[hit]
+        if not pos.shape[0]:
+            return None, pos
+        return (g, pool.col[0][pos]), pos
 
     def hist(self, keys: np.ndarray, g_count: int) -> tuple:
         pool = self.store.rate
