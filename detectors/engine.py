@@ -715,9 +715,11 @@ class DetectorEngine:
         else:  # resident: gaps and covered time straight from the store's pools
             ids = resident_ids[D]
             lo, cnt = store.cad.find(ids)
+            cad_had = _block_rows(lo, cnt)  # every device's gaps are replaced (by position: no second lookup)
             c_n = np.minimum(cnt, deadman.K_GAPS)
             c_flat = store.cad.col[0][_block_rows(lo + cnt - c_n, c_n)]
             lo, cov_n = store.cov.find(ids)
+            cov_lo = lo
             cov_flat = store.cov.col[0][_block_rows(lo, cov_n)].ravel()
             cov_b = np.where(cov_n > 0, store.cov.col[0][np.maximum(lo + cov_n - 1, 0), 1] if store.cov.key.shape[0]
                              else 0, 0)
@@ -818,9 +820,9 @@ class DetectorEngine:
             cov_pairs = np.column_stack([a_, b_]).tolist()
             cvs = np.searchsorted(own, np.arange(m + 1)).tolist()
         else:  # resident: the new gaps of every device, and the covered time of the vectorised ones, to the store
-            store.cad.queue(ids, ids[cad_own], vals)
+            store.cad.queue_rows(cad_had, ids[cad_own], vals)
             sel = vec[own]
-            store.cov.queue(ids[vec], ids[own[sel]], np.column_stack([a_[sel], b_[sel]]))
+            store.cov.queue_rows(_block_rows(cov_lo[vec], cov_n[vec]), ids[own[sel]], np.column_stack([a_[sel], b_[sel]]))
         og_new: dict[int, list] = {}
         if store is None:
             for i, x, y in zip(r_i[ogp].tolist(), prev_x[ogp].tolist(), r_t[ogp].tolist()):
@@ -1236,7 +1238,7 @@ class DetectorEngine:
         computed exactly as its check alone computes it (the grouped primitives never look across a group), so
         the levels, carries and evidence are ``_run_check``'s; one ``_Res`` per check, as before."""
         # the blocks: (check, its rows), in the order the per-check loop ran them
-        o = np.argsort(hv_fm, kind="stable")
+        o = np.argsort(hv_fm.astype(np.int16), kind="stable")  # small ints: a radix sort (the same permutation)
         h_rows, h_fm = hv[o], hv_fm[o]  # per metric code: its valid rows, in (device, ts) order
         fms, fm_at, fm_n = np.unique(h_fm, return_index=True, return_counts=True)
         b_ci: list[int] = []
@@ -1254,8 +1256,8 @@ class DetectorEngine:
         rows = h_rows[_block_rows(np.array(b_at, dtype=np.int64), b_n_a)]
         r_blk = np.repeat(np.arange(len(b_ci)), b_n_a)
         r_ci = b_ci_a[r_blk]
-        on = tab.on[dev_pid[d_[rows]], r_ci]  # a check switched off for a device's plan: its rows go
-        if not on.all():
+        if not tab.on[np.unique(dev_pid)][:, b_ci_a].all():  # a check switched off for a device's plan: its rows go
+            on = tab.on[dev_pid[d_[rows]], r_ci]
             rows, r_blk, r_ci = rows[on], r_blk[on], r_ci[on]
         if not rows.shape[0]:
             return []
@@ -1317,7 +1319,8 @@ class DetectorEngine:
                                                  tab.min_load[gp[ga:ge], b_ci[b]][grp[a:e] - ga], dkeys)
         busy_in, had = cc.hyst_of(gdev, gci)
         level, out = self._hyst(x, ts, first, first_idx, grp, last, gp, gci, tab, busy_in, end=b_lo[r_blk + 1] - 1)
-        busy = np.flatnonzero(out.bits.any(axis=1) | (out.run > 0).any(axis=1))
+        live = np.flatnonzero(out.live) if out.live is not None else np.arange(last.shape[0])  # the others are idle
+        busy = live[out.bits[live].any(axis=1) | (out.run[live] > 0).any(axis=1)]
         cc.store.hyst.queue_rows(had, keys[busy], np.hstack([out.bits[busy], out.run[busy], out.start[busy]]).astype(
             np.int64))
         results: list[_Res] = []

@@ -27,6 +27,7 @@ class HystCarry:
     bits: np.ndarray  # (G, 3) bool
     run: np.ndarray  # (G, 3) int64
     start: np.ndarray  # (G, 3) int64
+    live: np.ndarray | None = None  # (G,) bool: the groups graded_levels computed (the others idle); None: all
 
     @classmethod
     def zeros(cls, g: int) -> "HystCarry":
@@ -59,6 +60,7 @@ def graded_levels(x: np.ndarray, ts: np.ndarray, first: np.ndarray, first_idx: n
         live[grp[x >= (low[grp] if per_group else low)]] = True
     if G:
         out.start[:] = ts[nxt[last_rows]][:, None]  # no run at a quiet group's last row: the next row's time
+    out.live = live
     if not live.any():
         return level, out
     if live.all():
@@ -97,7 +99,7 @@ def graded_levels(x: np.ndarray, ts: np.ndarray, first: np.ndarray, first_idx: n
             o_run[:, k] = run[lr_]
             o_start[:, k] = start[lr_]
     if rows is None:
-        return lvl, HystCarry(o_bits, o_run, o_start)
+        return lvl, HystCarry(o_bits, o_run, o_start, live)
     level[rows] = lvl
     out.bits[gsel], out.run[gsel], out.start[gsel] = o_bits, o_run, o_start
     return level, out
