@@ -822,7 +822,8 @@ class DetectorEngine:
         else:  # resident: the new gaps of every device, and the covered time of the vectorised ones, to the store
             store.cad.queue_rows(cad_had, ids[cad_own], vals)
             sel = vec[own]
-            store.cov.queue_rows(_block_rows(cov_lo[vec], cov_n[vec]), ids[own[sel]], np.column_stack([a_[sel], b_[sel]]))
+            store.cov.queue_rows(_block_rows(cov_lo[vec], cov_n[vec]), ids[own[sel]],
+                                 np.column_stack([a_[sel], b_[sel]]))
         og_new: dict[int, list] = {}
         if store is None:
             for i, x, y in zip(r_i[ogp].tolist(), prev_x[ogp].tolist(), r_t[ogp].tolist()):
@@ -834,7 +835,7 @@ class DetectorEngine:
             u, inv = np.unique(gi, return_inverse=True)
             store.record_outages(ids[u], inv.ravel(), prev_x[ogp], r_t[ogp], older[u], self.max_intervals)
         # ---- write back
-        cad_vals = vals.tolist()
+        cad_vals = vals.tolist() if store is None else vals  # resident: a device's slice as a list where needed
         ncs = nc_start.tolist()
         if store is not None:  # a sensor fault raised, from the kind states in the store (the new ones)
             fk = (ids[:, None] * _NK + _FAULT_KC).ravel()
@@ -914,7 +915,7 @@ class DetectorEngine:
                                                                  follows_cal.tolist(), faulty_l)):
             p = plans[d]
             if not vec_i:
-                out += self._upkeep_one(d, ns, p, cad_vals[ncs[i]:ncs[i + 1]], tt[bnd_a[d]:bnd_a[d + 1]],
+                out += self._upkeep_one(d, ns, p, cad_vals[ncs[i]:ncs[i + 1]].tolist(), tt[bnd_a[d]:bnd_a[d + 1]],
                                         int(thr[i]), int(gmax[d]), olds[d], int(lo_t[i]), int(hi_t[i]), gw_l,
                                         int(ids[i]), faulty)
                 continue
@@ -926,7 +927,7 @@ class DetectorEngine:
                 del ns["off"]
             offat = None
             if cal and not self.calendar(p.site).always_working:  # always working: plain
-                dl, offat = deadman.deadlines(p, self.calendar(p.site), lt, cad_vals[ncs[i]:ncs[i + 1]], via,
+                dl, offat = deadman.deadlines(p, self.calendar(p.site), lt, cad_vals[ncs[i]:ncs[i + 1]].tolist(), via,
                                               int(lim[i]))
                 ns["dl"] = dl
                 ns["due"] = min(dl, offat) if offat is not None else dl
