@@ -49,7 +49,7 @@ from detectors.model import ReadingBatch
 from detectors.plan import (CHECKS, FAM_CODE, FAULT_KINDS, FM_CODE, FM_LIST, FM_SLOT, KIND_CODE,
                             KIND_SLOTS, KINDS, MAX_SLOTS, DevicePlan, build_plan)
 from detectors.store import (_EMPTY_F, _EMPTY_I, _FAM_NM, _KF, _KI, _NAN, _NC, _NF, _NI, _NK, _NM_BY_CODE, _NO_TS,
-                              _SeriesStore, _block_rows, _ep_dict, _f, _nullable)
+                              _SeriesStore, _block_rows, _f, _nullable)
 from detectors.rate import hist_arrays, hist_lists, windowed_rate
 from detectors.families.electrical import PHASES
 from sitewatch.contracts import FAMILIES, DeviceStatus, GatewayStatus
@@ -181,6 +181,48 @@ class _SharedPlan:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._p, name)
+
+
+def _episodes_at(rows, ep_lo, agg, first_idx, grp, carry_l, has_ks, k_at, k_i, k_f, peak_at, worst_at, e_ts, x_e,
+                 v_e) -> list[dict | None]:
+    """``_emit``'s ``episode`` for these rows (resident: the stored episodes are rows of the kinds pool), with array
+    operations: the episode a row is in (or, for a clear, the one it ends) up to and including it — the stored one
+    where it goes on (peak, last breach and worst merged with the rows'), else the rows' own, else None."""
+    n = rows.shape[0]
+    if not n:
+        return []
+    lo = ep_lo[rows]
+    hi = np.where(agg[rows] > 0, rows + 1, rows)
+    q = np.maximum(hi - 1, 0)
+    own = (hi > lo) & (agg[q] > 0)  # raised rows of its own in this batch
+    g = grp[rows]
+    go_on = (lo == first_idx[rows]) & (carry_l[g] > 0) & has_ks[g]
+    j = np.where(go_on, k_at[g], 0)
+    if k_i.shape[0]:
+        go_on &= k_i[j, 3] != 0
+    pk = peak_at[q]
+    # start, peak, peak_ts, peak_reading, first_breach, last_breach, worst (the state's key order)
+    i_c = np.column_stack([e_ts[lo], e_ts[pk], e_ts[lo], e_ts[q], worst_at[q]])
+    f_c = np.column_stack([x_e[pk], v_e[pk]])
+    w = np.flatnonzero(go_on)
+    if w.shape[0]:
+        jw = j[w]
+        o_i = k_i[jw][:, [4, 5, 6, 7, 8]]
+        o_f = k_f[jw, MAX_SLOTS:].copy()
+        mw = own[w]
+        better = mw & (np.where(np.isnan(f_c[w, 0]), -np.inf, f_c[w, 0]) > np.where(np.isnan(o_f[:, 0]), -np.inf,
+                                                                                    o_f[:, 0]))
+        o_f[better] = f_c[w[better]]
+        o_i[better, 1] = i_c[w[better], 1]
+        o_i[mw, 3] = i_c[w[mw], 3]
+        o_i[mw, 4] = np.maximum(o_i[mw, 4], i_c[w[mw], 4])
+        i_c[w], f_c[w] = o_i, o_f
+    out: list[dict | None] = []
+    for has, (st, pts, fb, lb, wo), (pk_, pr) in zip((own | go_on).tolist(), i_c.tolist(), f_c.tolist()):
+        out.append({"start": st, "peak": None if pk_ != pk_ else pk_, "peak_ts": pts,
+                    "peak_reading": None if pr != pr else pr, "first_breach": fb, "last_breach": lb,
+                    "worst": wo} if has else None)
+    return out
 
 
 def _base_plan(p: Any) -> DevicePlan:
@@ -1488,12 +1530,6 @@ class DetectorEngine:
             k_at = np.full(G, -1, dtype=np.int64)
             k_at[hit] = np.arange(hit.shape[0])
 
-            k_at_l = k_at.tolist()
-            k_i_l, k_f_l = k_i.tolist(), k_f.tolist()  # one conversion, not one per finding
-
-            def old_ep(g: int) -> dict | None:
-                j = k_at_l[g]
-                return _ep_dict(k_i_l[j], k_f_l[j]) if k_i_l[j][3] else None
 
         li = np.empty((e_dev.shape[0], MAX_SLOTS), dtype=np.int64)
         slot_lvl = np.empty((e_dev.shape[0], MAX_SLOTS), dtype=np.int8)
@@ -1529,41 +1565,42 @@ class DetectorEngine:
                                max(ne - 1, 0))]
         worst_at = np.maximum.accumulate(ep_lo * 4 + agg) - ep_lo * 4
 
-        # what ``episode`` reads, as lists (a call per finding and per raised kind: numpy scalars cost more)
-        ep_lo_l, agg_l_, fi_l, raised_l = ep_lo.tolist(), agg.tolist(), first_idx.tolist(), raised.tolist()
-        peak_l, ts_l, x_l, v_l, worst_l = peak_at.tolist(), e_ts.tolist(), x_e.tolist(), v_e.tolist(), \
-            worst_at.tolist()
-        ks_l = (carry_l.astype(bool) & has_ks).tolist()
-        memo: dict[int, dict | None] = {}
+        if store is None:  # plain engine: ``episode`` per finding and per raised kind, from the state dicts
+            # what ``episode`` reads, as lists (numpy scalars cost more)
+            ep_lo_l, agg_l_, fi_l, raised_l = ep_lo.tolist(), agg.tolist(), first_idx.tolist(), raised.tolist()
+            peak_l, ts_l, x_l, v_l, worst_l = peak_at.tolist(), e_ts.tolist(), x_e.tolist(), v_e.tolist(), \
+                worst_at.tolist()
+            ks_l = (carry_l.astype(bool) & has_ks).tolist()
+            memo: dict[int, dict | None] = {}
 
-        def episode(g: int, e: int) -> dict | None:
-            """The episode that row ``e`` is in (or, for a clear, the one it ends), up to and including ``e``."""
-            if e in memo:  # a finding at a group's last row: the kind state's episode is the same (a copy)
-                ep = memo[e]
-                return dict(ep) if ep is not None else None
-            lo = ep_lo_l[e]
-            hi = e + 1 if agg_l_[e] > 0 else e
-            carried = lo == fi_l[e] and ks_l[g]
-            ep = old_ep(g) if carried else None
-            if hi > lo and raised_l[hi - 1]:
-                q = hi - 1
-                j = peak_l[q]
-                # peak: the checked quantity (the finding's value and threshold unit: t, mm/d, % ...);
-                # peak_reading: the raw reading behind it
-                xj = x_l[j]
-                cand = {"start": ts_l[lo], "peak": None if xj != xj else xj, "peak_ts": ts_l[j],
-                        "peak_reading": v_l[j], "first_breach": ts_l[lo],
-                        "last_breach": ts_l[q], "worst": worst_l[q]}
-                if ep is None:
-                    ep = cand
-                else:
-                    if (cand["peak"] if cand["peak"] is not None else -math.inf) > (
-                            ep.get("peak") if ep.get("peak") is not None else -math.inf):
-                        ep.update(peak=cand["peak"], peak_ts=cand["peak_ts"], peak_reading=cand["peak_reading"])
-                    ep["last_breach"] = cand["last_breach"]
-                    ep["worst"] = max(ep.get("worst", 0), cand["worst"])
-            memo[e] = ep
-            return ep
+            def episode(g: int, e: int) -> dict | None:
+                """The episode that row ``e`` is in (or, for a clear, the one it ends), up to and including ``e``."""
+                if e in memo:  # a finding at a group's last row: the kind state's episode is the same (a copy)
+                    ep = memo[e]
+                    return dict(ep) if ep is not None else None
+                lo = ep_lo_l[e]
+                hi = e + 1 if agg_l_[e] > 0 else e
+                carried = lo == fi_l[e] and ks_l[g]
+                ep = old_ep(g) if carried else None
+                if hi > lo and raised_l[hi - 1]:
+                    q = hi - 1
+                    j = peak_l[q]
+                    # peak: the checked quantity (the finding's value and threshold unit: t, mm/d, % ...);
+                    # peak_reading: the raw reading behind it
+                    xj = x_l[j]
+                    cand = {"start": ts_l[lo], "peak": None if xj != xj else xj, "peak_ts": ts_l[j],
+                            "peak_reading": v_l[j], "first_breach": ts_l[lo],
+                            "last_breach": ts_l[q], "worst": worst_l[q]}
+                    if ep is None:
+                        ep = cand
+                    else:
+                        if (cand["peak"] if cand["peak"] is not None else -math.inf) > (
+                                ep.get("peak") if ep.get("peak") is not None else -math.inf):
+                            ep.update(peak=cand["peak"], peak_ts=cand["peak_ts"], peak_reading=cand["peak_reading"])
+                        ep["last_breach"] = cand["last_breach"]
+                        ep["worst"] = max(ep.get("worst", 0), cand["worst"])
+                memo[e] = ep
+                return ep
 
         # the slot that explains each emitted level: the entry's own if it carries the level, else the worst one
         findings = []
@@ -1580,10 +1617,13 @@ class DetectorEngine:
                     k.tolist(), e_res[kc].tolist(), e_loc[kc].tolist(), x_e[kc].tolist(), v_[krow].tolist(),
                     t_[krow].tolist(), f_[krow].tolist(), change[emit].tolist())
             g_dev_l, g_kind_l = g_dev.tolist(), g_kind.tolist()
+            if store is not None:  # resident: every finding's episode at once
+                eps = iter(_episodes_at(emit, ep_lo, agg, first_idx, grp, carry_l, has_ks, k_at, k_i, k_f, peak_at,
+                                        worst_at, e_ts, x_e, v_e))
             for e, g, level, before, ts, c, kk, ri, loc, x, raw, rts, fm, changed in zip(emit.tolist(), *cols):
                 f = self._finding(results, plans[g_dev_l[g]], KINDS[g_kind_l[g]], level, before, ts, c,
                                   kk, ri, loc, x, raw, rts, fm, float(carry_x[g, c]), changed)
-                ep = episode(g, e)
+                ep = episode(g, e) if store is None else next(eps)
                 if ep is not None:
                     f.evidence["episode"] = ep
                 if not level:
