@@ -35,6 +35,7 @@ import math
 from bisect import bisect_left
 from dataclasses import dataclass, replace
 from itertools import chain
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,7 @@ HEALTH = ("ok", "off", "silent", "faulty")
 _OK, _OFF, _SILENT, _FAULTY = range(4)
 _FAULT_KIND_NAMES = frozenset(_FAULT_BITS)
 _FAULT_KC = np.array(sorted(KIND_CODE[k] for k in _FAULT_BITS), dtype=np.int64)
+_FINDING_ORDER = attrgetter("ts", "site", "device", "kind")  # a batch's findings: by time, then device and kind
 
 
 def _j(x: float) -> float | None:
@@ -705,7 +707,7 @@ class DetectorEngine:
         self._write_back(states, dkeys, new_states)
         if late is not None:
             findings += self._late_lane(late, site_l, dev_l, first_row, plans, dkeys, states, now_ms)
-        findings.sort(key=lambda f: (f.ts, f.site, f.device, f.kind))
+        findings.sort(key=_FINDING_ORDER)
         return findings
 
     # -------------------------------------------------------------------------------------------- upkeep
@@ -2159,16 +2161,23 @@ class _StoreCarry:
         k = pool.key
         if not k.shape[0] or not gdev.shape[0]:
             return None, np.zeros(0, dtype=np.int64)
-        inv = np.full(max(int(k[-1]) // _NC, int(self.dev_id.max())) + 1, -1, dtype=np.int64)  # store id -> device
-        ok = np.flatnonzero(self.dev_id >= 0)
-        inv[self.dev_id[ok]] = ok
-        table = np.full((self.dev_id.shape[0], _NC), -1, dtype=np.int64)  # (device, check) -> group
-        table[gdev, gci] = np.arange(gdev.shape[0])
-        d = inv[k // _NC]
-        at = np.flatnonzero(d >= 0)
-        g = table[d[at], k[at] % _NC]
-        hit = g >= 0
-        pos, g = at[hit], g[hit]
+        n_inv = max(int(k[-1]) // _NC, int(self.dev_id.max())) + 1
+        if k.shape[0] + n_inv + self.dev_id.shape[0] * _NC > 8 * gdev.shape[0]:
+            # a large pool or fleet for this batch (a small batch): search the groups' keys instead
+            lo, cnt = pool.find(self.dev_id[gdev] * _NC + gci)
+            g = np.flatnonzero(cnt)
+            pos = lo[g]
+        else:
+            inv = np.full(n_inv, -1, dtype=np.int64)  # store id -> batch device
+            ok = np.flatnonzero(self.dev_id >= 0)
+            inv[self.dev_id[ok]] = ok
+            table = np.full((self.dev_id.shape[0], _NC), -1, dtype=np.int32)  # (device, check) -> group
+            table[gdev, gci] = np.arange(gdev.shape[0])
+            d = inv[k // _NC]
+            at = np.flatnonzero(d >= 0)
+            g = table[d[at], k[at] % _NC].astype(np.int64)
+            hit = g >= 0
+            pos, g = at[hit], g[hit]
         if not pos.shape[0]:
             return None, pos
         return (g, pool.col[0][pos]), pos
