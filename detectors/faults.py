@@ -60,9 +60,18 @@ def sensor_faults(v: np.ndarray, ts: np.ndarray, sgrp: np.ndarray, sfirst: np.nd
     with np.errstate(invalid="ignore"):
         oor = (v < lo[sgrp]) | (v > hi[sgrp])
         good = ~oor
-        grun, gstart = runs(good, sfirst_idx, sgrp, c.oor_good, ts, np.zeros(s_count, np.int64))
-        ev = oor.astype(np.int8) - (good & (grun >= clear_after_good[sgrp])).astype(np.int8)
-        oor_bit = latch(ev, sfirst, sgrp, c.oor_bit)
+        # The quiet case, nearly every batch of a healthy fleet, without the scans: no reading out of range
+        # (every run of good readings goes on from the carry) and no latch set that a reset could matter to.
+        any_oor = bool(oor.any())
+        if any_oor:
+            grun, _ = runs(good, sfirst_idx, sgrp, c.oor_good, ts, np.zeros(s_count, np.int64))
+        else:
+            grun = np.arange(n) - sfirst_idx + 1 + c.oor_good[sgrp]
+        if any_oor or c.oor_bit.any():
+            ev = oor.astype(np.int8) - (good & (grun >= clear_after_good[sgrp])).astype(np.int8)
+            oor_bit = latch(ev, sfirst, sgrp, c.oor_bit)
+        else:
+            oor_bit = np.zeros(n, dtype=bool)
 
         out = SeriesCarry(*(a.copy() for a in (c.p1, c.p2, c.p1_ts, c.sus, c.frun, c.fstart, c.oor_bit, c.oor_good,
                                                c.spk_bit, c.spk_good, c.flat_bit)))
@@ -81,18 +90,34 @@ def sensor_faults(v: np.ndarray, ts: np.ndarray, sgrp: np.ndarray, sfirst: np.nd
             p1, p2 = shifted(vi, first, first_idx, grp, c.p1[ser], c.p2[ser])
             st = step[si]
             suspect = (np.abs(vi - p1) > st) & (np.abs(vi - p2) > st)
-            prev_sus = prev_in_group(suspect, first, grp, c.sus[ser])
-            confirm = prev_sus & (np.abs(vi - p2) <= st)
-            brun, _ = runs(~suspect, first_idx, grp, c.spk_good[ser], ti, np.zeros(ser.shape[0], np.int64))
-            ev = confirm.astype(np.int8) - (~suspect & ~confirm & (brun >= clear_after_good[si])).astype(np.int8)
-            spk = latch(ev, first, grp, c.spk_bit[ser])
+            any_sus = bool(suspect.any()) or bool(c.sus[ser].any())
+            if any_sus:
+                prev_sus = prev_in_group(suspect, first, grp, c.sus[ser])
+                confirm = prev_sus & (np.abs(vi - p2) <= st)
+                brun, _ = runs(~suspect, first_idx, grp, c.spk_good[ser], ti, np.zeros(ser.shape[0], np.int64))
+            else:  # nothing held back now or before: nothing to confirm, every good run goes on
+                confirm = np.zeros(vi.shape[0], dtype=bool)
+                brun = np.arange(vi.shape[0]) - first_idx + 1 + c.spk_good[ser][grp]
+            if any_sus or c.spk_bit[ser].any():
+                ev = confirm.astype(np.int8) - (~suspect & ~confirm & (brun >= clear_after_good[si])).astype(
+                    np.int8)
+                spk = latch(ev, first, grp, c.spk_bit[ser])
+            else:
+                spk = np.zeros(vi.shape[0], dtype=bool)
 
             eq = np.abs(vi - p1) <= eps[si]
             pts = prev_in_group(ti, first, grp, c.p1_ts[ser])
-            frun, fstart = runs(eq, first_idx, grp, c.frun[ser], pts, c.fstart[ser])
-            flat = eq & (frun >= 2) & ((ti - fstart) >= flat_ms[si])
-            ev = flat.astype(np.int8) - (~eq).astype(np.int8)
-            flat_bit = latch(ev, first, grp, c.flat_bit[ser])
+            if eq.any():
+                frun, fstart = runs(eq, first_idx, grp, c.frun[ser], pts, c.fstart[ser])
+                flat = eq & (frun >= 2) & ((ti - fstart) >= flat_ms[si])
+                ev = flat.astype(np.int8) - (~eq).astype(np.int8)
+                flat_bit = latch(ev, first, grp, c.flat_bit[ser])
+            else:  # no reading equal to the one before: no flat run, every latch reset (what ``runs`` and
+                # ``latch`` give; the start of a run that is not running is the next row's, as ``runs`` has it)
+                frun = np.zeros(vi.shape[0], dtype=np.int64)
+                fstart = pts[np.minimum(np.arange(1, vi.shape[0] + 1), vi.shape[0] - 1)]
+                flat = np.zeros(vi.shape[0], dtype=bool)
+                flat_bit = flat
 
             valid[ir] = ~suspect & ~flat
             spk_bit_rows[ir] = spk

@@ -40,10 +40,13 @@ def latch(events: np.ndarray, first: np.ndarray, grp: np.ndarray, init: np.ndarr
 
 
 def runs(cond: np.ndarray, first_idx: np.ndarray, grp: np.ndarray, carry_run: np.ndarray,
-         ts: np.ndarray, carry_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+         ts: np.ndarray, carry_start: np.ndarray, ts_next: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Length and start time of the run of ``cond`` ending at each row (0 / undefined where cond is False).
 
-    A run still open at the end of the previous batch (``carry_run[g] > 0``) continues into this one.
+    A run still open at the end of the previous batch (``carry_run[g] > 0``) continues into this one. Where cond
+    is False the start is the next row's time (the last row's: its own): a value nobody reads, but carries are
+    stored with it; ``ts_next`` (per row) gives that time where the rows are a selection or a concatenation of
+    other calls' rows, so each row gets what it gets in its own call.
     """
     n = cond.shape[0]
     idx = np.arange(n)
@@ -53,8 +56,13 @@ def runs(cond: np.ndarray, first_idx: np.ndarray, grp: np.ndarray, carry_run: np
     run = idx - lastbreak
     cr = carry_run[grp]
     run = np.where(unbroken, run + cr, run)
-    start_idx = np.minimum(lastbreak + 1, n - 1) if n else lastbreak
-    start = np.where(unbroken & (cr > 0), carry_start[grp], ts[start_idx] if n else ts)
+    if not n:
+        at = ts
+    elif ts_next is None:
+        at = ts[np.minimum(lastbreak + 1, n - 1)]
+    else:  # where cond holds the run's first row is in the group; else the next row, as given
+        at = np.where(cond, ts[np.minimum(lastbreak + 1, n - 1)], ts_next)
+    start = np.where(unbroken & (cr > 0), carry_start[grp], at)
     return np.where(cond, run, 0), start
 
 

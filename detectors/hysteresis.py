@@ -27,6 +27,7 @@ class HystCarry:
     bits: np.ndarray  # (G, 3) bool
     run: np.ndarray  # (G, 3) int64
     start: np.ndarray  # (G, 3) int64
+    live: np.ndarray | None = None  # (G,) bool: the groups graded_levels computed (the others idle); None: all
 
     @classmethod
     def zeros(cls, g: int) -> "HystCarry":
@@ -35,26 +36,70 @@ class HystCarry:
 
 def graded_levels(x: np.ndarray, ts: np.ndarray, first: np.ndarray, first_idx: np.ndarray, grp: np.ndarray,
                   last_rows: np.ndarray, lines: np.ndarray, clear_lines: np.ndarray, hold_count: np.ndarray,
-                  hold_ms: np.ndarray, carry: HystCarry) -> tuple[np.ndarray, HystCarry]:
+                  hold_ms: np.ndarray, carry: HystCarry, end: np.ndarray | None = None,
+                  per_group: bool = False) -> tuple[np.ndarray, HystCarry]:
     """Level (0..3) per row and the carry after the last row of each group.
 
     ``lines`` and ``clear_lines`` are (n, 3), NaN for a level that is switched off; the per-row parameters let
-    one call serve devices with different ratings.
+    one call serve devices with different ratings (``per_group``: the four parameters are per group instead,
+    (G, 3) and (G,)). ``end`` (per row, the last row of its segment): rows of several calls concatenated give
+    what each call gives alone (see ``grouped.runs``).
+
+    Only *live* groups are computed: a group with no latch set, no hold run carried in and no reading at or
+    above its lowest line stays at level 0 with nothing carried (its rows can set nothing, and a reset of a
+    latch that is not set changes nothing) — in a quiet batch nearly every group.
     """
     n = x.shape[0]
+    G = last_rows.shape[0]
     level = np.zeros(n, dtype=np.int8)
-    out = HystCarry.zeros(last_rows.shape[0])
+    out = HystCarry.zeros(G)
+    nxt = np.minimum(np.arange(1, n + 1), n - 1 if end is None else end)  # the row after each (its run start)
+    with np.errstate(invalid="ignore"):
+        low = np.fmin(np.fmin(lines[:, 0], lines[:, 1]), lines[:, 2])
+        live = carry.bits.any(axis=1) | (carry.run > 0).any(axis=1)
+        live[grp[x >= (low[grp] if per_group else low)]] = True
+    if G:
+        out.start[:] = ts[nxt[last_rows]][:, None]  # no run at a quiet group's last row: the next row's time
+    out.live = live
+    if not live.any():
+        return level, out
+    if live.all():
+        rows, gsel = None, None
+        g_, f_, fi_, lr_ = grp, first, first_idx, last_rows
+        x_, ts_, tn_ = x, ts, ts[nxt]
+        c_bits, c_run, c_start = carry.bits, carry.run, carry.start
+        pick = grp if per_group else slice(None)
+    else:
+        gsel = np.flatnonzero(live)
+        rows = np.flatnonzero(live[grp])
+        g_ = (np.cumsum(live) - 1)[grp[rows]]
+        f_ = first[rows]
+        starts = np.flatnonzero(f_)
+        fi_ = starts[g_]
+        lr_ = np.r_[starts[1:] - 1, rows.shape[0] - 1]
+        x_, ts_, tn_ = x[rows], ts[rows], ts[nxt[rows]]
+        c_bits, c_run, c_start = carry.bits[gsel], carry.run[gsel], carry.start[gsel]
+        pick = grp[rows] if per_group else rows
+    lines, clear_lines, hold_count, hold_ms = lines[pick], clear_lines[pick], hold_count[pick], hold_ms[pick]
+    lvl = np.zeros(x_.shape[0], dtype=np.int8)
+    o_bits = np.empty((lr_.shape[0], NLEVELS), bool)
+    o_run = np.empty((lr_.shape[0], NLEVELS), np.int64)
+    o_start = np.empty((lr_.shape[0], NLEVELS), np.int64)
     with np.errstate(invalid="ignore"):
         for k in range(NLEVELS):
             line = lines[:, k]
-            above = x >= line
-            run, start = runs(above, first_idx, grp, carry.run[:, k], ts, carry.start[:, k])
-            set_ = above & (run >= hold_count) & ((ts - start) >= hold_ms)
-            reset = (x < clear_lines[:, k]) | np.isnan(line)
+            above = x_ >= line
+            run, start = runs(above, fi_, g_, c_run[:, k], ts_, c_start[:, k], tn_)
+            set_ = above & (run >= hold_count) & ((ts_ - start) >= hold_ms)
+            reset = (x_ < clear_lines[:, k]) | np.isnan(line)
             events = set_.astype(np.int8) - reset.astype(np.int8)
-            bits = latch(events, first, grp, carry.bits[:, k])
-            level = np.maximum(level, np.where(bits, k + 1, 0).astype(np.int8))
-            out.bits[:, k] = bits[last_rows]
-            out.run[:, k] = run[last_rows]
-            out.start[:, k] = start[last_rows]
+            bits = latch(events, f_, g_, c_bits[:, k])
+            lvl = np.maximum(lvl, np.where(bits, k + 1, 0).astype(np.int8))
+            o_bits[:, k] = bits[lr_]
+            o_run[:, k] = run[lr_]
+            o_start[:, k] = start[lr_]
+    if rows is None:
+        return lvl, HystCarry(o_bits, o_run, o_start, live)
+    level[rows] = lvl
+    out.bits[gsel], out.run[gsel], out.start[gsel] = o_bits, o_run, o_start
     return level, out

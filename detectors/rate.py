@@ -62,8 +62,13 @@ def windowed_rate(v: np.ndarray, ts: np.ndarray, first: np.ndarray, grp: np.ndar
     sg = np.concatenate([hg, grp[new]])
     st = np.concatenate([ht, ts[new]])
     sv = np.concatenate([hv, v[new]])
-    order = np.lexsort((st, sg))
+    # history and new samples are each in (group, time) order, and a group's history is older than its new
+    # readings: a stable sort by group (a merge of two sorted runs) is then the (group, time) order; checked
+    order = np.argsort(sg, kind="stable")
     sg, st, sv = sg[order], st[order], sv[order]
+    if st.shape[0] > 1 and not ((st[1:] >= st[:-1]) | (sg[1:] != sg[:-1])).all():
+        order = np.lexsort((st, sg))
+        sg, st, sv = sg[order], st[order], sv[order]
     lookback = int((window_ms * consecutive).max()) if g_count else 0
     tbase = int(min(st.min() if st.size else ts.min(), ts.min())) - lookback - 1
     key = sg * _SPAN + (st - tbase)

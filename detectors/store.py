@@ -110,6 +110,7 @@ class _Pool:
         self.key = np.zeros(0, dtype=np.int64)
         self.col = list(proto)  # empty arrays: dtype and trailing shape of each column
         self._drop: list[np.ndarray] = []
+        self._drop_rows: list[np.ndarray] = []
         self._add: list[tuple] = []
 
     def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -127,13 +128,20 @@ class _Pool:
         if key.shape[0]:
             self._add.append((key, *cols))
 
+    def queue_rows(self, rows: np.ndarray, key: np.ndarray, *cols: np.ndarray) -> None:
+        """``queue`` for a caller that has looked its keys up already: the entries at these positions (of the pool
+        as it is until ``apply``) go, the given ones come."""
+        self._drop_rows.append(rows)
+        if key.shape[0]:
+            self._add.append((key, *cols))
+
     def apply(self) -> None:
         """Drop, then merge the new entries in (sorted among themselves, inserted by binary search): linear in
         the pool, with a sort of the batch's entries only."""
         key, cols = self.key, self.col
-        if self._drop and key.shape[0]:
-            lo, cnt = self.find(np.concatenate(self._drop))
-            rows = _block_rows(lo, cnt)
+        if (self._drop or self._drop_rows) and key.shape[0]:
+            found = [_block_rows(*self.find(np.concatenate(self._drop)))] if self._drop else []
+            rows = np.concatenate(found + self._drop_rows)
             if rows.shape[0]:
                 keep = np.ones(key.shape[0], dtype=bool)
                 keep[rows] = False
@@ -151,7 +159,7 @@ class _Pool:
                 cols = [np.insert(c, pos, ac[o], axis=0) for c, ac in zip(cols, acols)]
                 key = np.insert(key, pos, ak[o])
         self.key, self.col = key, cols
-        self._drop, self._add = [], []
+        self._drop, self._drop_rows, self._add = [], [], []
 
 
 class _Rows(Mapping):
