@@ -271,7 +271,6 @@ def create_app(settings: Settings) -> Pipeline:
         producer_acks=-1,
         producer_max_request_size=4 * 1024 * 1024,
         producer_max_batch_size=1024 * 1024,
-        producer_linger=0.005,
         datadir=str(settings.data_dir / "faust"),
         broker_credentials=faust_credentials(settings),
     )
