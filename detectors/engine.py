@@ -167,6 +167,14 @@ class IdleState:
 _IDLE_KEYS = frozenset(("v", "fam", "lt", "dl", "due"))
 
 
+def _idled(ns: dict) -> Any:
+    """A state dict holding nothing but ``v`` (the current one), ``fam``, ``lt``, ``dl`` and ``due``, as an
+    ``IdleState``; any other dict as it is."""
+    if len(ns) == 5 and ns.keys() == _IDLE_KEYS and ns["v"] == STATE_VERSION:
+        return IdleState(ns["fam"], ns["lt"], ns["dl"], ns["due"])
+    return ns
+
+
 def _as_dict(st: Any) -> Any:
     """A state as a dict (an ``IdleState`` expanded; anything else as it is)."""
     return st.as_dict() if type(st) is IdleState else st
@@ -500,7 +508,7 @@ class DetectorEngine:
                     and (row := c.row) >= 0 and store_fam[row] == c.fc):  # a healthy resident device: as a dict
                 in_store.append(len(olds))
                 in_rows.append(row)
-                olds.append({"v": STATE_VERSION, "fam": st.fam, "lt": st.lt, "dl": st.dl, "due": st.due})
+                olds.append(st.as_dict())
                 plans.append(c)
                 fam_c.append(c.fc)
                 pid_l.append(c.pid)
@@ -2053,18 +2061,14 @@ class DetectorEngine:
 
     def _compact(self, st: Any) -> Any:
         """A resident state that holds nothing but its times, as an ``IdleState``; any other state as it is."""
-        if self.resident and type(st) is dict and len(st) == 5 and st.keys() == _IDLE_KEYS and st["v"] == STATE_VERSION:
-            return IdleState(st["fam"], st["lt"], st["dl"], st["due"])
-        return st
+        return _idled(st) if self.resident and type(st) is dict else st
 
     @staticmethod
     def _compact_all(states, dkeys, new_states) -> None:
         """The end of a resident batch (after the late lane, which still writes to the batch's states): the
         ``_compact`` of every state written, in one loop."""
         for d, ns in new_states.items():
-            # a device state of a batch always has v (the current one), fam, lt, dl and due: five keys are those
-            if len(ns) == 5 and "due" in ns and "dl" in ns and "lt" in ns:
-                states[dkeys[d]] = IdleState(ns["fam"], ns["lt"], ns["dl"], ns["due"])
+            states[dkeys[d]] = _idled(ns)
 
 
 def _check_index(olds: list) -> dict[str, tuple[list[int], list[dict]]]:

@@ -345,7 +345,7 @@ def _round(label: str, key: str, records: list[tuple[int, bytes]], readings: int
            f"{key}_kafka_python_rps": readings / kp_s, f"{key}_worker_vs_take": vs_take,
            f"{key}_worker_cpu_us_per_reading": 1e6 * worker_cpu / readings,
            f"{key}_take_cpu_us_per_reading": 1e6 * take_cpu / readings,
-           f"{key}_worker_vs_take_cpu": vs_take_cpu, f"{key}_repeats": repeat,
+           f"{key}_worker_vs_take_cpu": vs_take_cpu,
            f"{key}_worker_vs_take_each": [t[0] / w[0] for t, w in zip(runs["take"], runs["worker"])],
            f"{key}_findings": (after[TOPIC_HAZARDS] - before[TOPIC_HAZARDS]) // repeat // (2 if baseline_src else 1),
            f"{key}_dlq": (after[TOPIC_DLQ] - before[TOPIC_DLQ]) // repeat // (2 if baseline_src else 1)}
