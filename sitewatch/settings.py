@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     # A take() window is paid once per stage an alarm crosses (validate, detect); under load a batch grows by
     # what arrives while the previous one is processed, so a short window costs little throughput.
     batch_within_s: float = 0.05
+    state_checkpoint_s: float = Field(30.0, gt=0, description="the detect stage writes changed device states at "
+                                      "least this often, and only then acknowledges the records behind them "
+                                      "(a crash replays at most this much); also when the stream pauses")
+    state_checkpoint_max_readings: int = Field(500_000, ge=1, description="or when this many readings wait for "
+                                               "the next state round (their records are kept in memory until then)")
     validate_batches_in_flight: int = Field(4, ge=1, description="batches the validate stage may have sent but not "
                                             "yet acknowledged by Kafka while it takes the next (1: await each "
                                             "batch's deliveries first); their offsets are committed only after")

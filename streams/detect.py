@@ -3,16 +3,28 @@
 Readings of a whole batch are decoded into one columnar ``ReadingBatch`` and run through the detector engine
 in a single call; Python work per *device* (state in and out) remains, per *reading* none.
 
-Device state lives in memory and is checkpointed to the changelogged Faust table:
+Device state lives in memory and is checkpointed to the changelogged Faust table in *rounds*, and the stage
+acknowledges its input records only once a round has written the states that hold their readings
+(``noack_take``, ``hold``, ``checkpoint_round``):
 
-- at once for a device whose batch produced a finding (alarm state is never lost on a crash), and
-- otherwise at most every ``state_checkpoint_s`` per device (default 5 s; each device at its own phase, so a
-  fleet's checkpoints do not all fall into one batch).
+- a device whose batch produced a finding is saved at once, as soon as the findings are delivered (alarm state is
+  never lost on a crash);
+- every other changed state waits for the next round: every ``state_checkpoint_s`` (default 30 s), when
+  ``state_checkpoint_max_readings`` readings are held, as soon as the stream pauses (``ROUND_IDLE_S``) and at
+  once when a rebalance or a shutdown begins (Faust waits for every taken record to be acknowledged before it
+  commits and hands partitions over).
 
-A changelog record per device per batch was the worker's largest single cost; with the checkpoint a crash can
-roll a quiet device's state (last values, rate samples) back by a few seconds. Replayed readings older than
-the restored state are dropped by the engine; alarm levels are re-derived from the next readings, and the
-backlog treats a re-raised level on an open ticket as an update, not a new ticket.
+A crash therefore replays exactly the records after the last round onto the states that round wrote: nothing is
+lost, whatever the interval. (Before, states were saved at most every 5 s per device while offsets were committed
+after every batch, so a crash rolled a quiet device's state back by up to 5 s of readings; and a large fleet
+catching up wrote a checkpoint about once per reading — one export and one changelog record per device every
+5 s of wall time, the worker's largest cost at 25,000 devices.) Replayed readings older than a restored state
+are dropped by the engine (a device saved after a finding is ahead of the round); alarm levels are re-derived
+from the replay, and the backlog treats a re-raised level on an open ticket as an update, not a new ticket.
+
+The batch, the clock tick and a round never interleave (``Detection.lock``): a round's states hold exactly the
+readings of the records it acknowledges, and no finding of them is still in flight. A round writes its states in
+chunks with the event loop free in between, so the other stages keep moving while a large fleet is saved.
 
 The engine runs *resident*: it keeps each device's series block (last values, fault guards, baselines — the
 largest part of a state) in its own arrays across batches, and the states it hands back carry no ``m``. The cache
@@ -51,12 +63,16 @@ from sitewatch.findings import Finding
 from detectors.model import ReadingBatch
 from sitewatch.contracts import (SCHEMA_VERSION, TOPIC_READINGS, DeviceStatus, GatewayStatus, decode_readings_records,
                                  now_ms, partition_of)
+from sitewatch.settings import Settings
 from streams.input_watch import BrokerWatch, StallWatch, kafka_probe
 from streams.pipeline import Pipeline
 
 log = logging.getLogger("sitewatch.detect")
 
-STATE_CHECKPOINT_S = 5.0
+STATE_CHECKPOINT_S = Settings.model_fields["state_checkpoint_s"].default  # a round at least this often
+STATE_CHECKPOINT_MAX_READINGS = Settings.model_fields["state_checkpoint_max_readings"].default  # or this many held
+ROUND_IDLE_S = 0.25  # or when no batch came for this long: a quiet stream commits what it has
+ROUND_CHUNK = 1000  # states written between two turns of the event loop
 SNAPSHOT_FLUSH_S = 1.0
 STALL_S = 15.0  # records waiting in sw.readings and none taken for this long: the stage, not the fleet, stopped
 NO_SNAPSHOT_MAX = 1_000_000  # devices remembered as having no snapshot (then forgotten all at once)
@@ -122,13 +138,21 @@ def encode_finding(f: Finding) -> bytes:
 
 
 class Detection:
-    def __init__(self, pipe: Pipeline, checkpoint_s: float = STATE_CHECKPOINT_S, snapshots: SnapshotStore | None = None):
+    def __init__(self, pipe: Pipeline, checkpoint_s: float = STATE_CHECKPOINT_S, snapshots: SnapshotStore | None = None,
+                 max_held_readings: int = STATE_CHECKPOINT_MAX_READINGS):
         self.pipe = pipe
         self.engine = DetectorEngine(load_rule_set(pipe), resident=True)
         self.checkpoint_s = checkpoint_s
+        self.max_held_readings = max_held_readings
         self.cache: dict[str, dict] = {}  # device key -> latest state (authoritative while we own the partition)
-        self.saved_at: dict[str, float] = {}  # device key -> monotonic time of its last table checkpoint
-        self.dirty: set[str] = set()
+        self.dirty: set[str] = set()  # changed since the table last got them: the next round writes them
+        # Taken records not yet acknowledged, with the ``Stream.ack`` of their stream: acknowledged by the round that
+        # writes the states holding their readings (``hold``, ``checkpoint_round``).
+        self.held: list[tuple[Any, list, int]] = []
+        self.held_readings = 0
+        self.held_since = 0.0  # monotonic time the oldest held record was taken
+        self.last_batch = 0.0
+        self.lock = asyncio.Lock()  # batch + emit, tick + emit, round: one at a time
         # Devices with a finding: saved only once the findings are delivered (``take_pending``, ``save``). Saved
         # first, a crash before delivery restored a state that already had those readings, so their replay was
         # dropped as old and the findings never came (the scale-out test: a worker SIGKILLed mid-batch lost them).
@@ -256,7 +280,6 @@ class Detection:
             log.warning(msg, *args)
 
     def _keep(self, states: dict[str, dict], urgent: set[str]) -> None:
-        now = time.monotonic()
         for k, v in states.items():
             self.cache[k] = v
             if self.restored:
@@ -264,12 +287,10 @@ class Detection:
             self.due.update(k, DetectorEngine.next_due(v))
             if k in urgent:
                 self.pending.add(k)
-            elif now - self.saved_at.get(k, 0.0) >= self.checkpoint_s:
-                self._checkpoint(k, v, now)
             else:
                 self.dirty.add(k)
 
-    def _checkpoint(self, k: str, v: dict, now: float) -> None:
+    def _checkpoint(self, k: str, v: dict) -> None:
         if k in self.pending or k in self.sending:
             # This state holds readings whose findings are not delivered yet (the tick and a batch can overlap):
             # the emit delivering them saves it (``save``); until then it waits as dirty.
@@ -279,16 +300,7 @@ class Detection:
         self.pipe.device_state[k.encode()] = v
         if self.snapshots is not None:
             self.to_snapshot[k] = v
-        self.saved_at[k] = now - self._phase(k)
         self.dirty.discard(k)
-
-    def _phase(self, k: str) -> float:
-        """Up to half an interval earlier, by device: a fleet whose states were all saved at once (the first
-        batches after a start, a clock tick) would otherwise come due again all at once, every interval — 2,500
-        table writes and state exports in one batch held the event loop ~0.1–0.4 s and filled the producer's
-        buffer every 5 s, in front of whatever alarm came next (``sitewatch bench pipeline``). Spread this way,
-        each device's checkpoint comes at its own phase and no state is older than the interval."""
-        return (hash(k) & 1023) / 2048 * self.checkpoint_s
 
     def take_pending(self) -> set[str]:
         keys, self.pending = self.pending, set()
@@ -297,30 +309,78 @@ class Detection:
         return keys
 
     def save(self, keys: set[str]) -> None:
-        now = time.monotonic()
         for k in keys:
             n = self.sending.pop(k, 0) - 1
             if n > 0:
                 self.sending[k] = n
             v = self.cache.get(k)
             if v is not None:  # None: the partition moved meanwhile, and its next owner replays the readings
-                self._checkpoint(k, v, now)
+                self._checkpoint(k, v)
 
-    def flush_dirty(self, older_than_s: float | None = None) -> int:
-        now = time.monotonic()
-        limit = self.checkpoint_s if older_than_s is None else older_than_s
-        due = [k for k in self.dirty if now - self.saved_at.get(k, 0.0) >= limit
-               and k not in self.pending and k not in self.sending]
+    def flush_dirty(self) -> int:
+        """Write every changed state whose findings are out, now (a rebalance hands the latest state over)."""
+        due = [k for k in self.dirty if k not in self.pending and k not in self.sending]
         for k in due:
-            self._checkpoint(k, self.cache[k], now)
+            self._checkpoint(k, self.cache[k])
         return len(due)
+
+    # ------------------------------------------------------------------------------------ rounds
+    def hold(self, ack: Any, events: list, readings: int) -> None:
+        """Records whose readings are in the cache's states: acknowledged by the next round."""
+        now = time.monotonic()
+        if not self.held:
+            self.held_since = now
+        self.held.append((ack, events, readings))
+        self.held_readings += readings
+        self.last_batch = now
+
+    def round_due(self, urgent: bool = False) -> bool:
+        """Held records, and: ``urgent`` (a rebalance or shutdown is waiting for them), the interval is up, too
+        many readings held, or the stream paused."""
+        if not self.held:
+            return False
+        now = time.monotonic()
+        return (urgent or now - self.held_since >= self.checkpoint_s or self.held_readings >= self.max_held_readings
+                or now - self.last_batch >= ROUND_IDLE_S)
+
+    async def checkpoint_round(self) -> int:
+        """Write every changed state, then acknowledge the held records; the caller holds ``lock``. Returns the
+        number of records acknowledged.
+
+        Under the lock no finding is in flight (``emit`` completes inside it), so every dirty state is written and
+        the held records' readings are all in the table. Partitions that move meanwhile (``forget``) take the
+        held records with them: they are not acknowledged, and their next owner reads them again."""
+        gen, held = self.generation, self.held
+        self.held, self.held_readings = [], 0
+        keys = [k for k in self.dirty if k not in self.pending and k not in self.sending]
+        for i in range(0, len(keys), ROUND_CHUNK):
+            if i:
+                await asyncio.sleep(0)  # the other stages run between chunks
+                if gen != self.generation:
+                    return 0
+            for k in keys[i:i + ROUND_CHUNK]:
+                v = self.cache.get(k)
+                if v is not None and k in self.dirty:
+                    self._checkpoint(k, v)
+        if self.pending or self.sending:  # only a caller without the lock gets here: keep the records
+            self.held = held + self.held
+            self.held_readings += sum(r for *_, r in held)
+            return 0
+        n = 0
+        for ack, events, _ in held:
+            for ev in events:
+                await ack(ev)
+            n += len(events)
+        self.pipe.count("state_rounds", 1)
+        self.pipe.count("states_checkpointed", len(keys))
+        return n
 
     def forget(self) -> None:
         """Partitions moved (rebalance): the table is the truth again for whatever we are given next."""
         self.cache.clear()
         self.engine.drop_resident()  # with the cache: a state read back later is a full one
-        self.saved_at.clear()
         self.dirty.clear()
+        self.held, self.held_readings = [], 0  # not acknowledged: the next owner reads them again
         self.pending.clear()  # their findings may not be out: the next owner replays those readings
         self.sending.clear()
         self.due.clear()
@@ -385,7 +445,6 @@ class Detection:
                 self.due.update(k, DetectorEngine.next_due(v))
         # The engine replaces the dict of a device whose state it changed: identity tells what to save.
         self._keep({k: v for k, v in states.items() if v is not before.get(k)}, {f.key for f in findings})
-        self.flush_dirty()
         return findings
 
     # ------------------------------------------------------------------------------------ hot reload
@@ -436,7 +495,8 @@ def readings_lag(pipe: Pipeline) -> int:
 
 def register(pipe: Pipeline, snapshots: SnapshotStore | None = None, record: ReadingRecord | None = None) -> None:
     s = pipe.settings
-    detection = Detection(pipe, snapshots=snapshots)
+    detection = Detection(pipe, checkpoint_s=s.state_checkpoint_s, snapshots=snapshots,
+                          max_held_readings=s.state_checkpoint_max_readings)
     record_db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record-db")  # appends off the event loop
     unrecorded: list = []  # entries a database outage left behind, appended first next time
 
@@ -463,16 +523,35 @@ def register(pipe: Pipeline, snapshots: SnapshotStore | None = None, record: Rea
 
     @pipe.app.agent(pipe.readings, name="detect")
     async def detect(stream):
-        async for batch in stream.take(s.batch_size, within=s.batch_within_s):
-            rb = decode_readings_records(batch)
-            if record is not None:
-                record.add_batch(rb)  # references only; digested per site once per window
-            decoded = for_detectors(rb)
-            if snapshots is not None:
-                await detection.restore(Detection.keys_of(decoded))
-            await emit(detection.run_decoded(decoded))
+        async for events in stream.noack_take(s.batch_size, within=s.batch_within_s):
+            async with detection.lock:
+                rb = decode_readings_records([ev.value for ev in events])
+                if record is not None:
+                    record.add_batch(rb)  # references only; digested per site once per window
+                decoded = for_detectors(rb)
+                if snapshots is not None:
+                    await detection.restore(Detection.keys_of(decoded))
+                await emit(detection.run_decoded(decoded))
+                detection.hold(stream.ack, events, len(rb.ts))  # acknowledged by the round that saves their states
+                if detection.round_due():
+                    await detection.checkpoint_round()
             if record is not None and record.due():
                 await write_record()
+
+    @pipe.app.task
+    async def checkpoint_rounds():
+        """Rounds the stream does not bring: a pause, and a rebalance or shutdown, during which Faust waits for
+        every taken record to be acknowledged (``Consumer.wait_empty``) before it commits and lets go."""
+        while True:
+            await asyncio.sleep(0.1)
+            try:
+                urgent = pipe.app.rebalancing or pipe.app.should_stop
+                if detection.round_due(urgent):
+                    async with detection.lock:
+                        if detection.round_due(urgent):
+                            await detection.checkpoint_round()
+            except Exception:  # noqa: BLE001 - the records stay held and are tried again next turn
+                log.exception("state checkpoint round failed; its records stay unacknowledged")
 
     if snapshots is not None:
         @pipe.app.timer(SNAPSHOT_FLUSH_S, name="state-snapshots")
@@ -507,11 +586,12 @@ def register(pipe: Pipeline, snapshots: SnapshotStore | None = None, record: Rea
         # not while Kafka is away, the stage stands still or the worker catches up (streams/input_watch.py)
         reachable, moving = await watch.trusted(), stall.trusted()
         if reachable and moving:
-            await emit(detection.run_tick(now_ms()))
+            async with detection.lock:  # its findings delivered before a round may acknowledge anything
+                await emit(detection.run_tick(now_ms()))
 
     @pipe.app.on_partitions_revoked.connect
     async def revoked(sender, revoked, **kwargs):
-        detection.flush_dirty(older_than_s=0.0)  # hand over the latest state, not the last checkpoint
+        detection.flush_dirty()  # hand over the latest state, not the last round's
         detection.forget()
         if record is not None:
             await write_record()  # what this worker received is on the record before another takes over

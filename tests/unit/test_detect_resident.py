@@ -27,12 +27,13 @@ def record(step: int) -> bytes:
 def stage(table: dict) -> Detection:
     pipe = SimpleNamespace(settings=SimpleNamespace(rules_path=None, kafka_partitions=4), device_state=table,
                            count=lambda *a, **k: None)
-    return Detection(pipe, checkpoint_s=0.0)  # type: ignore[arg-type]
+    return Detection(pipe)  # type: ignore[arg-type]
 
 
 def step(det: Detection, rec: bytes) -> list:
     found = det.run_decoded(decode_batch([rec]))
     det.save(det.take_pending())  # delivered: the states behind the findings may be saved
+    det.flush_dirty()  # and a round writes the rest
     return found
 
 
@@ -75,7 +76,7 @@ def test_rebalance_and_rules_reload_keep_every_series_state():
     det = stage(table)
     step(det, record(0))
     step(det, record(1))
-    det.flush_dirty(older_than_s=0.0)
+    det.flush_dirty()
     det.forget()  # partitions moved away and back: the table is the truth, the engine's blocks are gone
     assert det.cache == {} and det.engine._store.at == {}
     step(det, record(2))
@@ -88,17 +89,3 @@ def test_rebalance_and_rules_reload_keep_every_series_state():
     got = table_states(table)
     assert got.keys() == want.keys()
     assert got == want
-
-
-def test_checkpoints_of_a_fleet_saved_together_come_due_spread_out():
-    """2,500 devices saved in one batch used to come due again in one batch, every interval (one burst of table
-    writes holding the event loop); each device now has its own phase within the interval."""
-    det = Detection(SimpleNamespace(settings=SimpleNamespace(rules_path=None, kafka_partitions=4), device_state={},
-                                    count=lambda *a, **k: None), checkpoint_s=5.0)  # type: ignore[arg-type]
-    keys = [f"s-{i // 25:03d}/tc-{i % 25:02d}" for i in range(2500)]
-    for k in keys:
-        det._checkpoint(k, {}, now=100.0)  # every state saved at the same moment
-    due = [sum(1 for k in keys if t - det.saved_at[k] >= det.checkpoint_s) for t in (102.4, 103.75, 105.0)]
-    assert due[0] == 0, "none before half the interval"
-    assert 0.3 * len(keys) < due[1] < 0.7 * len(keys), f"about half at three quarters, not all at once: {due}"
-    assert due[2] == len(keys), "and no state older than the interval"

@@ -83,7 +83,7 @@ def pit_record(site: str, steps: range) -> bytes:
 def detection(store, table: dict | None = None) -> Detection:
     pipe = SimpleNamespace(settings=SimpleNamespace(rules_path=None, kafka_partitions=4),
                            device_state=table if table is not None else {}, count=lambda *a, **k: None)
-    return Detection(pipe, checkpoint_s=0.0, snapshots=store)  # type: ignore[arg-type]
+    return Detection(pipe, snapshots=store)  # type: ignore[arg-type]
 
 
 def run(det: Detection, records: list[bytes], deliver: bool = True):
@@ -105,7 +105,7 @@ def run(det: Detection, records: list[bytes], deliver: bool = True):
 def test_snapshot_used_on_a_table_miss_only_and_never_ahead_of_delivery(tmp_path):
     store = CountingStore(StateSnapshots(f"sqlite:///{tmp_path / 'b.db'}"))
 
-    # first life: 12 readings, checkpointed (checkpoint_s=0) and written at shutdown
+    # first life: 12 readings, written at shutdown
     first = detection(store)
     run(first, [pit_record("sa", range(12))])
     assert asyncio.run(first.flush_snapshots(everything=True)) == 1
@@ -141,7 +141,7 @@ def test_state_with_undelivered_findings_is_not_snapshotted(tmp_path):
     assert found and keys == {"sc/jc-01"}
     table = det.pipe.device_state
     assert asyncio.run(det.flush_snapshots(everything=True)) == 0, "findings in flight: nothing written"
-    assert det.flush_dirty(older_than_s=0.0) == 0 and b"sc/jc-01" not in table
+    assert det.flush_dirty() == 0 and b"sc/jc-01" not in table
     assert store.load(["sc/jc-01"]) == {}
     det.save(keys)  # delivered
     assert b"sc/jc-01" in table
