@@ -73,6 +73,7 @@ STATE_CHECKPOINT_S = Settings.model_fields["state_checkpoint_s"].default  # a ro
 STATE_CHECKPOINT_MAX_READINGS = Settings.model_fields["state_checkpoint_max_readings"].default  # or this many held
 ROUND_IDLE_S = 0.25  # or when no batch came for this long: a quiet stream commits what it has
 ROUND_CHUNK = 1000  # states written between two turns of the event loop
+SLOW_ROUND_MS = 100.0  # a round taking longer is logged (INFO): the fleet's checkpoint cost, visible
 SNAPSHOT_FLUSH_S = 1.0
 STALL_S = 15.0  # records waiting in sw.readings and none taken for this long: the stage, not the fleet, stopped
 NO_SNAPSHOT_MAX = 1_000_000  # devices remembered as having no snapshot (then forgotten all at once)
@@ -350,7 +351,7 @@ class Detection:
         Under the lock no finding is in flight (``emit`` completes inside it), so every dirty state is written and
         the held records' readings are all in the table. Partitions that move meanwhile (``forget``) take the
         held records with them: they are not acknowledged, and their next owner reads them again."""
-        gen, held = self.generation, self.held
+        gen, held, t0 = self.generation, self.held, time.perf_counter()
         self.held, self.held_readings = [], 0
         keys = [k for k in self.dirty if k not in self.pending and k not in self.sending]
         for i in range(0, len(keys), ROUND_CHUNK):
@@ -373,6 +374,9 @@ class Detection:
             n += len(events)
         self.pipe.count("state_rounds", 1)
         self.pipe.count("states_checkpointed", len(keys))
+        ms = (time.perf_counter() - t0) * 1000
+        (log.info if ms >= SLOW_ROUND_MS else log.debug)("state round: %d state(s) written, %d record(s) "
+                                                         "acknowledged in %.0f ms", len(keys), n, ms)
         return n
 
     def forget(self) -> None:
