@@ -73,6 +73,7 @@ STATE_CHECKPOINT_S = Settings.model_fields["state_checkpoint_s"].default  # a ro
 STATE_CHECKPOINT_MAX_READINGS = Settings.model_fields["state_checkpoint_max_readings"].default  # or this many held
 ROUND_IDLE_S = 0.25  # or when no batch came for this long: a quiet stream commits what it has
 ROUND_CHUNK = 1000  # states written between two turns of the event loop
+ROUND_POLL_S = 0.1  # how often the stage looks whether a round is due
 SLOW_ROUND_MS = 100.0  # a round taking longer is logged (INFO): the fleet's checkpoint cost, visible
 SNAPSHOT_FLUSH_S = 1.0
 STALL_S = 15.0  # records waiting in sw.readings and none taken for this long: the stage, not the fleet, stopped
@@ -291,17 +292,20 @@ class Detection:
             else:
                 self.dirty.add(k)
 
-    def _checkpoint(self, k: str, v: dict) -> None:
-        if k in self.pending or k in self.sending:
-            # This state holds readings whose findings are not delivered yet (the tick and a batch can overlap):
-            # the emit delivering them saves it (``save``); until then it waits as dirty.
-            self.dirty.add(k)
-            return
-        v = self.engine.export_state(k, v)  # the full state: the engine holds the series block of a cached one
-        self.pipe.device_state[k.encode()] = v
-        if self.snapshots is not None:
-            self.to_snapshot[k] = v
-        self.dirty.discard(k)
+    def _checkpoint(self, keys: Iterable[str]) -> int:
+        """Write the cached states of these devices to the table (and queue their snapshots); a device whose
+        findings are not delivered yet waits as dirty — the emit delivering them saves it (``save``)."""
+        cache, busy = self.cache, self.pending or self.sending
+        todo = {k: cache[k] for k in keys if k in cache and not (busy and (k in self.pending or k in self.sending))}
+        self.dirty.update(k for k in keys if k in busy)
+        # the full states: the engine holds the series blocks of cached ones (all of them exported in one pass)
+        table, snap = self.pipe.device_state, self.to_snapshot if self.snapshots is not None else None
+        for k, v in self.engine.export_states(todo).items():
+            table[k.encode()] = v
+            if snap is not None:
+                snap[k] = v
+        self.dirty.difference_update(todo)
+        return len(todo)
 
     def take_pending(self) -> set[str]:
         keys, self.pending = self.pending, set()
@@ -314,16 +318,11 @@ class Detection:
             n = self.sending.pop(k, 0) - 1
             if n > 0:
                 self.sending[k] = n
-            v = self.cache.get(k)
-            if v is not None:  # None: the partition moved meanwhile, and its next owner replays the readings
-                self._checkpoint(k, v)
+        self._checkpoint(keys)  # a device gone from the cache: the partition moved, its next owner replays
 
     def flush_dirty(self) -> int:
         """Write every changed state whose findings are out, now (a rebalance hands the latest state over)."""
-        due = [k for k in self.dirty if k not in self.pending and k not in self.sending]
-        for k in due:
-            self._checkpoint(k, self.cache[k])
-        return len(due)
+        return self._checkpoint(list(self.dirty))
 
     # ------------------------------------------------------------------------------------ rounds
     def hold(self, ack: Any, events: list, readings: int) -> None:
@@ -345,33 +344,41 @@ class Detection:
                 or now - self.last_batch >= ROUND_IDLE_S)
 
     async def checkpoint_round(self) -> int:
-        """Write every changed state, then acknowledge the held records; the caller holds ``lock``. Returns the
-        number of records acknowledged.
+        """Write every state changed by the held records, then acknowledge them. Returns the number of records
+        acknowledged.
 
-        Under the lock no finding is in flight (``emit`` completes inside it), so every dirty state is written and
-        the held records' readings are all in the table. Partitions that move meanwhile (``forget``) take the
-        held records with them: they are not acknowledged, and their next owner reads them again."""
-        gen, held, t0 = self.generation, self.held, time.perf_counter()
-        self.held, self.held_readings = [], 0
-        keys = [k for k in self.dirty if k not in self.pending and k not in self.sending]
+        The round takes ``lock`` per chunk of states, so batches go on between its chunks and an alarm does not
+        wait for a large fleet's round. That is safe because each device's state only moves forward: a state
+        written after the round began holds at least the readings of the records held when it began (and maybe
+        later ones, whose replay after a crash the engine drops as old). Under the lock no finding is in flight
+        (``emit`` completes inside it), so a state with undelivered findings is never what a round writes.
+        Partitions that move meanwhile (``forget``) take the held records with them: they are not acknowledged,
+        and their next owner reads them again."""
+        t0 = time.perf_counter()
+        async with self.lock:
+            gen, held, keys = self.generation, self.held, list(self.dirty)
+            self.held, self.held_readings = [], 0
         for i in range(0, len(keys), ROUND_CHUNK):
             if i:
-                await asyncio.sleep(0)  # the other stages run between chunks
+                await asyncio.sleep(0)  # a batch waiting for the lock goes first
+            async with self.lock:
                 if gen != self.generation:
                     return 0
-            for k in keys[i:i + ROUND_CHUNK]:
-                v = self.cache.get(k)
-                if v is not None and k in self.dirty:
-                    self._checkpoint(k, v)
-        if self.pending or self.sending:  # only a caller without the lock gets here: keep the records
-            self.held = held + self.held
-            self.held_readings += sum(r for *_, r in held)
-            return 0
-        n = 0
-        for ack, events, _ in held:
-            for ev in events:
-                await ack(ev)
-            n += len(events)
+                self._checkpoint([k for k in keys[i:i + ROUND_CHUNK] if k in self.dirty])
+        async with self.lock:
+            if gen != self.generation:
+                return 0
+            # A state dirty again since its chunk was written then with every held record's readings: it waits for
+            # the next round with the records that changed it since.
+            if self.pending or self.sending:  # findings in flight (only a caller without the lock sees this)
+                self.held = held + self.held
+                self.held_readings += sum(r for *_, r in held)
+                return 0
+            n = 0
+            for ack, events, _ in held:
+                for ev in events:
+                    await ack(ev)
+                n += len(events)
         self.pipe.count("state_rounds", 1)
         self.pipe.count("states_checkpointed", len(keys))
         ms = (time.perf_counter() - t0) * 1000
@@ -537,23 +544,19 @@ def register(pipe: Pipeline, snapshots: SnapshotStore | None = None, record: Rea
                     await detection.restore(Detection.keys_of(decoded))
                 await emit(detection.run_decoded(decoded))
                 detection.hold(stream.ack, events, len(rb.ts))  # acknowledged by the round that saves their states
-                if detection.round_due():
-                    await detection.checkpoint_round()
             if record is not None and record.due():
                 await write_record()
 
     @pipe.app.task
     async def checkpoint_rounds():
-        """Rounds the stream does not bring: a pause, and a rebalance or shutdown, during which Faust waits for
-        every taken record to be acknowledged (``Consumer.wait_empty``) before it commits and lets go."""
+        """State rounds, beside the stream rather than in it (batches go on between a round's chunks). A
+        rebalance or shutdown makes one due at once: Faust waits for every taken record to be acknowledged
+        (``Consumer.wait_empty``) before it commits and lets go."""
         while True:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(ROUND_POLL_S)
             try:
-                urgent = pipe.app.rebalancing or pipe.app.should_stop
-                if detection.round_due(urgent):
-                    async with detection.lock:
-                        if detection.round_due(urgent):
-                            await detection.checkpoint_round()
+                if detection.round_due(pipe.app.rebalancing or pipe.app.should_stop):
+                    await detection.checkpoint_round()
             except Exception:  # noqa: BLE001 - the records stay held and are tried again next turn
                 log.exception("state checkpoint round failed; its records stay unacknowledged")
 
