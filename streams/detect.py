@@ -53,7 +53,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 
@@ -71,8 +71,11 @@ log = logging.getLogger("sitewatch.detect")
 
 STATE_CHECKPOINT_S = Settings.model_fields["state_checkpoint_s"].default  # a round at least this often
 STATE_CHECKPOINT_MAX_READINGS = Settings.model_fields["state_checkpoint_max_readings"].default  # or this many held
-ROUND_IDLE_S = 0.25  # or when no batch came for this long: a quiet stream commits what it has
-ROUND_CHUNK = 1000  # states written between two turns of the event loop
+ROUND_IDLE_S = 0.25  # or when no batch came for this long and nothing waits: a quiet stream commits what it has
+# States written per turn of a round: Faust's producer buffer holds 100 messages before it stalls every stream
+# (``ProducerBuffer.max_messages``; the conductor waits for it to ebb), and a round waits for the buffer to drain
+# between chunks — so the changelog records of a fleet's round trickle out instead of stopping the worker.
+ROUND_CHUNK = 100
 ROUND_POLL_S = 0.1  # how often the stage looks whether a round is due
 SLOW_ROUND_MS = 100.0  # a round taking longer is logged (INFO): the fleet's checkpoint cost, visible
 SNAPSHOT_FLUSH_S = 1.0
@@ -141,8 +144,11 @@ def encode_finding(f: Finding) -> bytes:
 
 class Detection:
     def __init__(self, pipe: Pipeline, checkpoint_s: float = STATE_CHECKPOINT_S, snapshots: SnapshotStore | None = None,
-                 max_held_readings: int = STATE_CHECKPOINT_MAX_READINGS):
+                 max_held_readings: int = STATE_CHECKPOINT_MAX_READINGS, waiting: Callable[[], int] = lambda: 0,
+                 drained: Callable[[], Awaitable[Any]] = lambda: asyncio.sleep(0)):
         self.pipe = pipe
+        self.waiting = waiting  # records not yet taken (readings_lag): a pause with these is no pause
+        self.drained = drained  # until the table's changelog records of a chunk are handed to the producer
         self.engine = DetectorEngine(load_rule_set(pipe), resident=True)
         self.checkpoint_s = checkpoint_s
         self.max_held_readings = max_held_readings
@@ -341,7 +347,7 @@ class Detection:
             return False
         now = time.monotonic()
         return (urgent or now - self.held_since >= self.checkpoint_s or self.held_readings >= self.max_held_readings
-                or now - self.last_batch >= ROUND_IDLE_S)
+                or (now - self.last_batch >= ROUND_IDLE_S and not self.waiting()))
 
     async def checkpoint_round(self) -> int:
         """Write every state changed by the held records, then acknowledge them. Returns the number of records
@@ -360,7 +366,7 @@ class Detection:
             self.held, self.held_readings = [], 0
         for i in range(0, len(keys), ROUND_CHUNK):
             if i:
-                await asyncio.sleep(0)  # a batch waiting for the lock goes first
+                await self.drained()  # the last chunk's changelog records out, and a waiting batch goes first
             async with self.lock:
                 if gen != self.generation:
                     return 0
@@ -506,8 +512,15 @@ def readings_lag(pipe: Pipeline) -> int:
 
 def register(pipe: Pipeline, snapshots: SnapshotStore | None = None, record: ReadingRecord | None = None) -> None:
     s = pipe.settings
+    async def changelog_drained() -> None:
+        try:
+            await pipe.app.producer.buffer.flush()
+        except RuntimeError:  # the producer is stopping: its own flush sends what is left
+            await asyncio.sleep(0)
+
     detection = Detection(pipe, checkpoint_s=s.state_checkpoint_s, snapshots=snapshots,
-                          max_held_readings=s.state_checkpoint_max_readings)
+                          max_held_readings=s.state_checkpoint_max_readings, waiting=lambda: readings_lag(pipe),
+                          drained=changelog_drained)
     record_db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record-db")  # appends off the event loop
     unrecorded: list = []  # entries a database outage left behind, appended first next time
 

@@ -136,6 +136,9 @@ def test_when_a_round_is_due():
     assert det.round_due(urgent=True), "a rebalance or shutdown waits for the held records"
     det.last_batch -= ROUND_IDLE_S
     assert det.round_due(), "the stream paused"
+    det.waiting = lambda: 7
+    assert not det.round_due(), "no pause while records wait to be taken (the stage was busy, not the stream quiet)"
+    det.waiting = lambda: 0
     det.last_batch += ROUND_IDLE_S
     det.held_since -= 30.0
     assert det.round_due(), "the interval is up"
