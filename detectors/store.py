@@ -335,7 +335,7 @@ class _SeriesStore:
         pool = self.kinds
         lo, cnt = pool.spans(ids * _NK, ids * _NK + _NK)
         rows = _block_rows(lo, cnt)
-        kc = pool.key[rows] - np.repeat(ids * _NK, cnt)
+        kc = pool.key[rows] % _NK  # key: id × _NK + kind
         names = _split([KINDS[c] for c in kc.tolist()], cnt)
         kss = _split(_kind_dicts(pool.col[0][rows], pool.col[1][rows], pool.col[2][rows], kc), cnt)
         return [dict(zip(n, ks)) for n, ks in zip(names, kss)]

@@ -62,6 +62,11 @@ def test_a_fleet_exports_as_one_device_at_a_time():
     rng = random.Random(7)
     got = assert_exports_agree(eng, states, rng)
     assert all("m" in v and "c" in v for v in got.values())
+    # kind states against the batch path's own lookup of a kind's level (``export_state`` and ``export_states``
+    # read them with one reader, ``kinds_many``)
+    raised = [(k, kind, ks["l"]) for k, v in got.items() for kind, ks in v["k"].items()]
+    assert len(raised) == held["kinds"] and any(lvl for _, _, lvl in raised)
+    assert all(eng._kind_level(k, {}, kind) == lvl for k, kind, lvl in raised)
     keys = list(states)
     rng.shuffle(keys)
     for j in range(0, len(keys), 100):
@@ -97,14 +102,17 @@ def test_random_streams_export_as_one_device_at_a_time(events, cuts, delays, see
 def test_every_kind_of_state_exports_as_one_device_at_a_time():
     """One call with every kind of state the stage hands over: a device with rate samples, a set latch, an open
     episode and outage records of each form (without samples, with none kept, with samples); an electrical
-    device with one phase current read (null phases and null series floats); idle states; a gateway's state; a
-    full state (with ``m``: as it is); a resident-looking state of a device the store has no block for (as it
-    is); a value that is no state at all (as it is) — each exported as ``export_state`` exports it."""
+    device with one phase current read (null phases and null series floats); idle states; a gateway's state;
+    full states (with ``m``: as they are, also one of a device whose newer block the store holds); a
+    resident-looking state of a device the store has no block for (as it is); a value that is no state at all (as
+    it is) — each exported as ``export_state`` exports it."""
     eng = DetectorEngine(rules(), resident=True)
     states: dict = {}
     ramp = _pit_ramp(0, 120)
-    eng.process(ReadingBatch.from_columns(*zip(*ramp[:100])), states)
+    crane = [("s-a", "c-2", "crane", "load", ramp[0][4] + 1000 * k, 1.0 + 0.1 * k) for k in range(10)]
+    eng.process(ReadingBatch.from_columns(*zip(*(ramp[:100] + crane))), states)
     restored = js(eng.export_states(states))["s-a/p-1"]
+    checkpoint = js(eng.export_states(states))["s-a/c-2"]  # older than what the store will hold for it
     t = ramp[99][4]
     cid = "pit.rate:wall_top_horizontal"
     og = [[t - 90_000, t - 80_000], [t - 60_000, t - 50_000, {}],
@@ -112,12 +120,14 @@ def test_every_kind_of_state_exports_as_one_device_at_a_time():
     restored["og"] = og  # handed back in full: the store takes its records as they are
     states["s-a/p-1"] = restored
     t1 = ramp[100][4]
-    quiet = [("s-a", "c-1", "crane", "load", t1 + 1000 * k, 1.0) for k in range(5)]
+    quiet = [("s-a", c, "crane", "load", t1 + 1000 * k, 1.0) for k in range(5) for c in ("c-1", "c-2")]
     quiet += [("s-b", "b-3", "battery", "pack_temp", t1 + 1000 * k, 25.0) for k in range(5)]
     phase = [("s-a", "e-1", "electrical", "current_a", t1 + 1000 * k, 30.0 + k) for k in range(5)]
     eng.process(ReadingBatch.from_columns(*zip(*(ramp[100:101] + quiet + phase))), states)
     eng.on_status(GatewayStatus("s-a", "gw-1", t1, False), states)
     states["s-b/full"] = js(eng.export_state("s-b/b-3", states["s-b/b-3"]))
+    assert eng._store.block("s-a/c-2") != checkpoint["m"]
+    states["s-a/c-2"] = checkpoint
     states["s-b/no-block"] = IdleState("battery", t1, None, None)
     states["s-b/no-block-dict"] = {"v": 2, "fam": "battery", "lt": t1, "dl": None, "due": None, "off": True}
     states["s-b/junk"] = None
@@ -130,7 +140,7 @@ def test_every_kind_of_state_exports_as_one_device_at_a_time():
     assert None in ph and None in e1["m"][1]
     assert any(isinstance(states[k], IdleState) for k in ("s-a/c-1", "s-b/b-3"))
     assert got["s-a/gateway:gw-1"] is states["s-a/gateway:gw-1"] and got["s-a/gateway:gw-1"]["gw"]
-    assert got["s-b/full"] is states["s-b/full"]
+    assert got["s-b/full"] is states["s-b/full"] and got["s-a/c-2"] is checkpoint
     assert got["s-b/no-block"] == states["s-b/no-block"].as_dict() and "m" not in got["s-b/no-block"]
     assert got["s-b/no-block-dict"] is states["s-b/no-block-dict"]
     assert got["s-b/junk"] is None
