@@ -1989,7 +1989,8 @@ class DetectorEngine:
         per pool and one ``tolist`` per column (``_SeriesStore.blocks_of`` and the other ``*_many`` readers),
         then sliced per device. Like ``process``, without the cyclic collector: a chunk of 1,000 states is some
         50,000 small containers (none cyclic), and each collection their allocation triggers would walk the
-        worker's state table again — without it the export takes a third of the time."""
+        worker's state table again (with it, the 25,000-device fleet bench's export took 1.7x as long in chunks of
+        1,000 keys, 3.6x all at once)."""
         enabled = gc.isenabled()
         gc.disable()
         try:
