@@ -85,6 +85,18 @@ _CHECK_INDEX = {c.id: c.index for c in CHECKS}
 _CHECK_IDS = [c.id for c in CHECKS]
 
 
+def _og_list(recs: list, smp: list, vals: list) -> list:
+    """A device's ``og`` as its state carries it, from its rows of the ``og`` and ``ogs`` pools (as lists): each
+    record ``[last before, first after]``, and a third item, the rate samples kept from before it, if the record
+    keeps samples (its flag: an empty dict when there were none)."""
+    pre: dict[int, dict] = {}
+    for (sx, ci, t), v in zip(smp, vals):
+        h = pre.setdefault(sx, {}).setdefault(_CHECK_IDS[ci], [[], []])
+        h[0].append(t)
+        h[1].append(v)
+    return [[x0, y0, pre.get(x0, {})] if has else [x0, y0] for x0, y0, has in recs]
+
+
 def _f(x: Any) -> float:
     return _NAN if x is None else float(x)
 
@@ -99,6 +111,13 @@ def _block_rows(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     if not total:
         return np.zeros(0, dtype=np.int64)
     return np.repeat(starts - np.cumsum(np.r_[0, counts[:-1]]), counts) + np.arange(total)
+
+
+def _split(items: list, counts: np.ndarray) -> list[list]:
+    """``items`` cut into consecutive runs of these lengths (the batched readers' per-device lists: one
+    ``tolist`` for all devices, then a list slice each)."""
+    ends = np.cumsum(counts).tolist()
+    return [items[x:y] for x, y in zip([0] + ends[:-1], ends)]
 
 
 class _Pool:
@@ -121,6 +140,11 @@ class _Pool:
     def span(self, k0: int, k1: int) -> tuple[int, int]:
         """The entries with keys in ``[k0, k1)``."""
         return int(self.key.searchsorted(k0)), int(self.key.searchsorted(k1))
+
+    def spans(self, k0: np.ndarray, k1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``span`` of many key ranges ``[k0[i], k1[i])`` at once: where each range's entries start, how many."""
+        lo = self.key.searchsorted(k0)
+        return lo, self.key.searchsorted(k1) - lo
 
     def queue(self, drop: np.ndarray, key: np.ndarray, *cols: np.ndarray) -> None:
         """Every entry of the keys ``drop`` goes, the given entries come (keys in ``drop``; grouped by key)."""
@@ -264,6 +288,12 @@ class _SeriesStore:
         x, y = pool.span(a, a + 1)
         return pool.col[0][x:y].tolist()
 
+    def times_many(self, name: str, ids: np.ndarray) -> list[list]:
+        """``times_of`` of many devices (``ids``: their first rows, as ``at`` gives them), in their order."""
+        pool = getattr(self, name)
+        lo, cnt = pool.find(ids)
+        return _split(pool.col[0][_block_rows(lo, cnt)].tolist(), cnt)
+
     def import_checks(self, dev_id: int, c: dict) -> None:
         """A full state's check states (``c``) into the pools (after ``forget_checks`` of the device)."""
         for cid, cs in c.items():
@@ -297,13 +327,18 @@ class _SeriesStore:
     def kinds_of(self, key: str) -> dict:
         """``k`` of one device as its state carries it (JSON-able)."""
         a = self.at.get(key)
-        if a is None:
-            return {}
+        return {} if a is None else self.kinds_many(np.array([a], dtype=np.int64))[0]
+
+    def kinds_many(self, ids: np.ndarray) -> list[dict]:
+        """``k`` of many devices (``ids``: their first rows), in their order: one lookup in the kinds pool and one
+        ``_kind_dicts`` for all of them."""
         pool = self.kinds
-        x, y = pool.span(a * _NK, a * _NK + _NK)
-        return {KINDS[kc]: ks for kc, ks in zip((pool.key[x:y] - a * _NK).tolist(),
-                                                 _kind_dicts(pool.col[0][x:y], pool.col[1][x:y], pool.col[2][x:y],
-                                                             (pool.key[x:y] - a * _NK)))}
+        lo, cnt = pool.spans(ids * _NK, ids * _NK + _NK)
+        rows = _block_rows(lo, cnt)
+        kc = pool.key[rows] % _NK  # key: id × _NK + kind
+        names = _split([KINDS[c] for c in kc.tolist()], cnt)
+        kss = _split(_kind_dicts(pool.col[0][rows], pool.col[1][rows], pool.col[2][rows], kc), cnt)
+        return [dict(zip(n, ks)) for n, ks in zip(names, kss)]
 
     def apply(self) -> None:
         for pool in (*self.pools, self.cad, self.cov, self.kinds, self.og, self.ogs):
@@ -335,12 +370,16 @@ class _SeriesStore:
         if not recs:
             return []
         x, y = self.ogs.span(a, a + 1)
-        pre: dict[int, dict] = {}
-        for (sx, ci, t), v in zip(self.ogs.col[0][x:y].tolist(), self.ogs.col[1][x:y].tolist()):
-            h = pre.setdefault(sx, {}).setdefault(_CHECK_IDS[ci], [[], []])
-            h[0].append(t)
-            h[1].append(v)
-        return [[x0, y0, pre.get(x0, {})] if has else [x0, y0] for x0, y0, has in recs]
+        return _og_list(recs, self.ogs.col[0][x:y].tolist(), self.ogs.col[1][x:y].tolist())
+
+    def outages_many(self, ids: np.ndarray) -> list[list]:
+        """``outages`` of many devices (``ids``: their first rows), in their order: one lookup per pool."""
+        lo, cnt = self.og.find(ids)
+        recs = _split(self.og.col[0][_block_rows(lo, cnt)].tolist(), cnt)
+        lo, cnt = self.ogs.find(ids)
+        rows = _block_rows(lo, cnt)
+        smp, val = _split(self.ogs.col[0][rows].tolist(), cnt), _split(self.ogs.col[1][rows].tolist(), cnt)
+        return [_og_list(r, s, v) if r else [] for r, s, v in zip(recs, smp, val)]
 
     def record_outages(self, ids: np.ndarray, own: np.ndarray, xs: np.ndarray, ys: np.ndarray,
                        older: np.ndarray, keep_n: int) -> None:
@@ -419,6 +458,37 @@ class _SeriesStore:
             cs["ph"], cs["pt"] = ph, pt
         return {CHECKS[ci].id: out[ci] for ci in sorted(out)}
 
+    def checks_many(self, ids: np.ndarray) -> list[dict]:
+        """``checks`` of many devices (``ids``: their first rows), in their order: one lookup per pool for all of
+        them and one ``tolist`` per column, instead of three lookups and a ``tolist`` per slice per device (most
+        of what a device's export cost one by one)."""
+        n = ids.shape[0]
+        k0 = ids * _NC
+        by: list[dict[int, dict]] = [{} for _ in range(n)]  # per device: check index -> check state
+        lo, cnt = self.rate.spans(k0, k0 + _NC)
+        rows = _block_rows(lo, cnt)
+        if rows.shape[0]:  # a check's samples: a run of one key (devices' key ranges do not overlap)
+            key = self.rate.key[rows]
+            x = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+            own = np.repeat(np.arange(n), cnt)[x]
+            tl, vl = self.rate.col[0][rows].tolist(), self.rate.col[1][rows].tolist()
+            for j, ci, a, b in zip(own.tolist(), (key[x] - k0[own]).tolist(), x.tolist(),
+                                   np.r_[x[1:], key.shape[0]].tolist()):
+                by[j][ci] = {"hist": [tl[a:b], vl[a:b]]}
+        lo, cnt = self.hyst.spans(k0, k0 + _NC)
+        rows = _block_rows(lo, cnt)
+        own = np.repeat(np.arange(n), cnt)
+        for j, ci, h in zip(own.tolist(), (self.hyst.key[rows] - k0[own]).tolist(), self.hyst.col[0][rows].tolist()):
+            by[j].setdefault(ci, {})["h"] = h
+        lo, cnt = self.phase.spans(k0, k0 + _NC)
+        rows = _block_rows(lo, cnt)
+        own = np.repeat(np.arange(n), cnt)
+        for j, ci, ph, pt in zip(own.tolist(), (self.phase.key[rows] - k0[own]).tolist(),
+                                 _nullable(self.phase.col[0][rows]), self.phase.col[1][rows].tolist()):
+            cs = by[j].setdefault(ci, {})
+            cs["ph"], cs["pt"] = ph, pt
+        return [{_CHECK_IDS[ci]: d[ci] for ci in sorted(d)} if d else {} for d in by]
+
     def place(self, keys: list[str], nm: np.ndarray, fam: np.ndarray) -> np.ndarray:
         """The first row of each device's block, given a block (at the end) if it has none of its family yet."""
         at, fams = self.at, self.fam
@@ -474,6 +544,16 @@ class _SeriesStore:
         fl = self.f[a:a + n].ravel()
         return [self.gather(np.arange(a, a + n)).ravel().tolist(),
                 np.where(np.isnan(fl), None, fl.astype(object)).tolist()]
+
+    def blocks_of(self, ids: np.ndarray) -> list[list]:
+        """``block`` of many devices (``ids``: their first rows, each the start of a block), in their order: one
+        gather and one ``tolist`` per column for all their rows."""
+        fam = self.fam
+        nm = np.array([_FAM_NM_L[fam[a]] for a in ids.tolist()], dtype=np.int64)
+        rows = _block_rows(ids, nm)
+        ints = _split(self.gather(rows).ravel().tolist(), nm * _NI)
+        flts = _split(_nullable(self.f[rows].ravel()), nm * _NF)
+        return [[i, f] for i, f in zip(ints, flts)]
 
     def clear(self) -> None:
         for c in self._ctx.values():
