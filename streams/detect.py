@@ -265,9 +265,8 @@ class Detection:
         if self.snapshots is None:
             return 0
         if everything:
-            for k, v in self.cache.items():
-                if k not in self.pending and k not in self.sending:
-                    self.to_snapshot[k] = self.engine.export_state(k, v)
+            self.to_snapshot.update(self.engine.export_states(
+                {k: v for k, v in self.cache.items() if k not in self.pending and k not in self.sending}))
         batch, self.to_snapshot = self.to_snapshot, {}
         if not batch:
             return 0
@@ -482,7 +481,7 @@ class Detection:
         if rules.fingerprint == self.engine.rules.fingerprint:
             return True
         # the cached states in full: the new engine starts without the old one's series blocks
-        self.cache = {k: self.engine.export_state(k, v) for k, v in self.cache.items()}
+        self.cache = self.engine.export_states(self.cache)
         self.engine = DetectorEngine(rules, resident=True)
         log.warning("rules applied from sw.config: fingerprint %s (published by %s)", rules.fingerprint,
                     msg.get("author", "?"))
