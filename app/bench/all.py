@@ -140,8 +140,8 @@ def steps(quick: bool) -> list[tuple[str, Callable[[], list[Row]]]]:
         rows = []
         for key, what in (("gateway", "gateway frames of 200 readings, 1,000 devices"),
                           ("single", "one reading per MQTT message, 1,000 devices"),
-                          ("fleet", f"gateway frames, {r.get('fleet_devices', 0):,} devices (one run; state "
-                                    "checkpoints about one per reading)")):
+                          ("fleet", f"gateway frames, {r.get('fleet_devices', 0):,} devices (one run; 12 readings "
+                                    "per device, so each device's state round costs a write per 12 readings)")):
             if f"{key}_worker_rps" in r:
                 each = r[f"{key}_worker_vs_take_each"]
                 med = f"median of {len(each)}: " + ", ".join(f"{x:.0%}" for x in each) + "; " if len(each) > 1 else ""
