@@ -491,59 +491,44 @@ class DetectorEngine:
 
         # ---- device contexts: state and plan (Python per device)
         fam_l = batch.family[first].tolist()
-        plans: list[DevicePlan | None] = []
-        olds: list[dict | None] = []
-        fam_c: list[int] = []
-        pid_l: list[int] = []
         ctx = self._ctx
         store = self._store if (self.resident and not lane) else None
-        in_store: list[int] = []  # devices whose series block is in the store (their state has no "m")
-        in_rows: list[int] = []  # and their rows
-        store_fam = store.fam if store is not None else b""
         sites, devices = [site_l[r] for r in first_row], [dev_l[r] for r in first_row]
         dkeys = [site + "/" + device for site, device in zip(sites, devices)]
-        for key, site, device, fam, st, c in zip(dkeys, sites, devices, fam_l, map(states.get, dkeys),
-                                                 map(ctx.get, dkeys)):
+        olds: list[Any] = list(map(states.get, dkeys))
+        plans: list[Any] = list(map(ctx.get, dkeys))
+        # a healthy resident device (an ``IdleState`` with its block in the store: nearly the whole fleet) stays an
+        # ``IdleState`` through the batch — no dict made, copied and compacted again; ``idle`` holds its batch number
+        idle: list[int] = []
+        in_store: list[int] = []  # devices whose series block is in the store (their state has no "m")
+        store_fam = store.fam if store is not None else b""
+        for d, (key, st, c) in enumerate(zip(dkeys, olds, plans)):
             if (type(st) is IdleState and store is not None and c is not None and c.family == st.fam
-                    and (row := c.row) >= 0 and store_fam[row] == c.fc):  # a healthy resident device: as a dict
-                in_store.append(len(olds))
-                in_rows.append(row)
-                olds.append(st.as_dict())
-                plans.append(c)
-                fam_c.append(c.fc)
-                pid_l.append(c.pid)
+                    and c.row >= 0 and store_fam[c.row] == c.fc):
+                idle.append(d)
                 continue
+            fam = fam_l[d]
             if st is not None:
                 if type(st) is IdleState:
-                    st = st.as_dict()
+                    st = olds[d] = st.as_dict()
                 # the current layout, checked as ``_upgrade`` does, without a call per device
                 if type(st) is dict and st.get("v") == STATE_VERSION and c is not None and c.family == st.get("fam"):
                     m = st.get("m")
                     if (m is None and store is not None and (row := c.row) >= 0 and store_fam[row] == c.fc) or (
                             type(m) is list and len(m) == 2 and len(m[0]) == c.nm * _NI and len(m[1]) == c.nm * _NF):
                         if m is None:
-                            in_store.append(len(olds))
-                            in_rows.append(row)
-                        olds.append(st)
-                        plans.append(c)
-                        fam_c.append(c.fc)
-                        pid_l.append(c.pid)
+                            in_store.append(d)
                         continue
-                st = _upgrade(st)
+                st = olds[d] = _upgrade(st)
                 if st is not None:
                     fam = st["fam"]
-            olds.append(st)
-            c = ctx.get(key)
             if c is None or c.family != fam:
-                if fam not in FAMILIES:
-                    plans.append(None)
-                    fam_c.append(-1)
-                    pid_l.append(0)
-                    continue
-                c = self._plan(site, device, fam, key)[0]
-            plans.append(c)
-            fam_c.append(c.fc)
-            pid_l.append(c.pid)
+                plans[d] = self._plan(sites[d], devices[d], fam, key)[0] if fam in FAMILIES else None
+        fam_c = [p.fc if p is not None else -1 for p in plans]
+        pid_l = [p.pid if p is not None else 0 for p in plans]
+        if idle:
+            in_store = sorted(in_store + idle) if in_store else idle
+        in_rows = [plans[d].row for d in in_store]
         dev_fam = np.array(fam_c, dtype=np.int64)
         dev_pid = np.array(pid_l, dtype=np.int64)
         tab = self._tables()
@@ -595,7 +580,7 @@ class DetectorEngine:
             rows_s = _block_rows(dev_id[ds], nm[ds])
             S_i[rows_b] = store.gather(rows_s)
             S_f[rows_b] = store.f[rows_s]
-            had = [d for d in range(n_dev) if olds[d] is not None and "m" in olds[d]]
+            had = [d for d in incoming if olds[d] is not None and "m" in olds[d]]
         else:
             had = [d for d in range(n_dev) if olds[d] is not None]
         if had:
@@ -625,8 +610,9 @@ class DetectorEngine:
             s_row = s_row[old_s[slast]]
             s_dev, s_fm = d_[slast], f_[slast]
         n = t_.shape[0]
-        new_states: dict[int, dict] = {}
-        for d in range(n_dev):
+        new_states: dict[int, dict] = {}  # the new state dict of every known device but the idle ones
+        idled: dict[int, IdleState] = {}  # and of the idle ones that stay idle (``_upkeep``)
+        for d in (np.setdiff1d(np.arange(n_dev), idle, assume_unique=True).tolist() if idle else range(n_dev)):
             p = plans[d]
             if p is None:
                 continue
@@ -637,7 +623,7 @@ class DetectorEngine:
             new_states[d] = ns
         findings: list[Finding] = []
         if n == 0:
-            self._write_back(states, dkeys, new_states)
+            self._write_back(states, dkeys, new_states, idled, late)
             if late is not None:
                 findings += self._late_lane(late, site_l, dev_l, first_row, plans, dkeys, states, now_ms)
             if store is not None:
@@ -715,15 +701,16 @@ class DetectorEngine:
                 for f in late_found:
                     d = where[f.key]
                     end = int(first_on[d]) if first_on[d] != big.max else int(dmax[d])
-                    self._mark_late(f, olds[d] or {}, now_ms, [olds[d].get("lt") if olds[d] else None, end])
+                    od = _as_dict(olds[d])
+                    self._mark_late(f, od or {}, now_ms, [od.get("lt") if od else None, end])
             findings += self._upkeep(batch, first, d_, t_, dmin, dmax, plans, olds, new_states, dev_pid, tab,
-                                     dev_id if store is not None else None)
+                                     dev_id if store is not None else None, idle, idled)
         out = fr.out
         S_i[s_row] = np.column_stack([t_[slast], out.p1_ts, out.sus, out.frun, out.fstart, out.oor_bit, out.oor_good,
                                       out.spk_bit, out.spk_good, out.flat_bit]).astype(np.int64)
         S_f[s_row] = np.column_stack([out.p1, out.p2, s_base])
         if store is not None:  # resident: the blocks go to the store, the states carry no "m" and no "c"
-            ds = np.fromiter(new_states, np.int64, len(new_states))
+            ds = np.flatnonzero(dev_fam >= 0)  # every known device
             rows_b = _block_rows(off[ds], nm[ds])
             rows_s = _block_rows(dev_id[ds], nm[ds])
             store.scatter(rows_s, S_i[rows_b])
@@ -750,7 +737,7 @@ class DetectorEngine:
                 new_states[d]["c"].pop(CHECKS[ci].id, None)
             else:
                 new_states[d]["c"][CHECKS[ci].id] = cs
-        self._write_back(states, dkeys, new_states)
+        self._write_back(states, dkeys, new_states, idled, late)
         if late is not None:
             findings += self._late_lane(late, site_l, dev_l, first_row, plans, dkeys, states, now_ms)
         if store is not None:
@@ -760,14 +747,18 @@ class DetectorEngine:
 
     # -------------------------------------------------------------------------------------------- upkeep
     def _upkeep(self, batch: ReadingBatch, first: np.ndarray, d_, t_, dmin, dmax, plans, olds,
-                new_states, dev_pid, tab: _Tables, resident_ids: np.ndarray | None = None) -> list[Finding]:
+                new_states, dev_pid, tab: _Tables, resident_ids: np.ndarray | None = None, idle: list | None = None,
+                idled: dict | None = None) -> list[Finding]:
         """Per device with fresh readings: learned cadence, covered event time, the next silent deadline, a
         silence that ended, and device health.
 
         The cadence (median of the last gaps), the gap threshold and the plain deadline are computed for all
         devices at once; a device whose batch leaves no gap in its covered time, that was not silent and does
         not follow a site calendar (nearly all of them) then only has its new numbers written. The others take
-        the general path (``_upkeep_one``)."""
+        the general path (``_upkeep_one``).
+
+        ``idle`` (resident): the devices whose state is an ``IdleState`` (in ``olds``, none in ``new_states``);
+        ``idled`` gets the new ``IdleState`` of each of them that stays idle (``_upkeep_resident``)."""
         out: list[Finding] = []
         dd, tt = _sorted_pairs(d_, t_)
         if dd.size:
@@ -781,17 +772,22 @@ class DetectorEngine:
         gmax = np.zeros(n_dev, dtype=np.int64)
         if g.size:
             np.maximum.at(gmax, dd[1:][same], g[same])
-        devs = [d for d in new_states if bnd_a[d + 1] > bnd_a[d]] if len(new_states) != n_dev else \
-            np.flatnonzero(bnd_a[1:] > bnd_a[:-1]).tolist()
+        with_rows = bnd_a[1:] > bnd_a[:-1]
+        if len(new_states) + len(idle or ()) != n_dev:  # devices of an unknown family: no state
+            known = np.zeros(n_dev, dtype=bool)
+            known[list(new_states)] = True
+            known[idle or []] = True
+            with_rows &= known
+        devs = np.flatnonzero(with_rows).tolist()
         if not devs:
             return out
         m = len(devs)
         D = np.array(devs, dtype=np.int64)
-        nss = [new_states[d] for d in devs]
+        nss = list(map(new_states.get, devs))  # None for an idle device
         ts0 = tt[bnd_a[D]]
-        # ---- what the states hold (one pass of Python)
-        lt_l = [ns.get("lt") for ns in nss]
-        sil_l = [(ns.get("sil") or (0,))[0] for ns in nss]
+        # ---- what the states hold (one pass of Python; an idle device: its last reading, no silence)
+        lt_l = [ns.get("lt") if ns is not None else olds[d].lt for d, ns in zip(devs, nss)]
+        sil_l = [(ns.get("sil") or (0,))[0] if ns is not None else 0 for ns in nss]
         has_lt = np.fromiter((x is not None for x in lt_l), bool, m)
         lt_old = np.fromiter((x if x is not None else 0 for x in lt_l), np.int64, m)
         silent = np.fromiter(sil_l, np.int64, m) != 0
@@ -942,7 +938,7 @@ class DetectorEngine:
         if store is not None:
             return out + self._upkeep_resident(devs, nss, vec, lt_new, lim, lo_t, hi_t, tab.gw_grace[pid],
                                                tab.follows_cal[pid], plans, olds, cad_vals, ncs, tt, bnd_a, thr,
-                                               gmax, gw_l, ids, faulty_l)
+                                               gmax, gw_l, ids, faulty_l, new_states, idled)
         for i, (d, ns, vec_i, lt, lim_i, lo_i, hi_i, grace) in enumerate(zip(
                 devs, nss, vec.tolist(), lt_new.tolist(), lim.tolist(), lo_t.tolist(), hi_t.tolist(),
                 tab.gw_grace[pid].tolist())):
@@ -996,15 +992,37 @@ class DetectorEngine:
         return out
 
     def _upkeep_resident(self, devs, nss, vec, lt_new, lim, lo_t, hi_t, grace, follows_cal, plans, olds, cad_vals,
-                         ncs, tt, bnd_a, thr, gmax, gw_l, ids, faulty_l) -> list[Finding]:
+                         ncs, tt, bnd_a, thr, gmax, gw_l, ids, faulty_l, new_states, idled) -> list[Finding]:
         """``_upkeep``'s write-back for resident states: what the loop of the plain engine writes, with the
         plain deadline computed for all devices at once and a device's gaps sliced out only where a calendar or
-        the general path needs them (outage records, gaps and covered time are in the store already)."""
+        the general path needs them (outage records, gaps and covered time are in the store already).
+
+        An idle device (``nss[i]`` None) that stays idle — no sensor fault raised (its health stays ok), no
+        gateway to record, no calendar of working hours (its deadline is the plain one) — only gets its new times: a new
+        ``IdleState`` in ``idled``, without a dict (nearly the whole fleet); any other idle device is made a dict
+        in ``new_states`` and written as the others are."""
         out: list[Finding] = []
-        dl_plain = (lt_new + lim).tolist()
+        dl_plain = lt_new + lim
+        was_idle = np.fromiter((ns is None for ns in nss), bool, len(nss))
+        if was_idle.any():
+            at = np.flatnonzero(was_idle & ~np.array(faulty_l, dtype=bool)).tolist()
+            cal_l = follows_cal.tolist()
+            stay = [not (p.gateway or (gw_l is not None and gw_l[d]) or (
+                cal_l[i] and not self.calendar(p.site).always_working)) for i, d, p in
+                    ((i, devs[i], plans[devs[i]]) for i in at)]
+            stay_at = np.array(at, dtype=np.int64)[np.array(stay, dtype=bool)] if at else np.zeros(0, np.int64)
+            sd = [devs[i] for i in stay_at.tolist()]
+            dl_s = dl_plain[stay_at].tolist()
+            idled.update(zip(sd, map(IdleState, [olds[d].fam for d in sd], lt_new[stay_at].tolist(), dl_s, dl_s)))
+            was_idle[stay_at] = False
+            for i in np.flatnonzero(was_idle).tolist():  # idle before, not after: as a dict, as the others
+                nss[i] = new_states[devs[i]] = olds[devs[i]].as_dict()
+        dl_plain = dl_plain.tolist()
         dl_gw = (lt_new + lim + grace).tolist()
         for i, (d, ns, vec_i, lt, cal, faulty) in enumerate(zip(devs, nss, vec.tolist(), lt_new.tolist(),
                                                                  follows_cal.tolist(), faulty_l)):
+            if ns is None:  # stays idle (above)
+                continue
             p = plans[d]
             if not vec_i:
                 out += self._upkeep_one(d, ns, p, cad_vals[ncs[i]:ncs[i + 1]].tolist(), tt[bnd_a[d]:bnd_a[d + 1]],
@@ -1678,7 +1696,8 @@ class DetectorEngine:
                     f.evidence["episode"] = ep
                 if not level:
                     f.evidence["cleared_by"] = {"ts": rts, "value": _j(raw)}
-                via = new_states[g_dev_l[g]].get("via")
+                ns = new_states.get(g_dev_l[g])  # none for an idle device: no gateway
+                via = ns.get("via") if ns is not None else None
                 if via:
                     f.evidence["gateway"] = via
                 findings.append(f)
@@ -2055,9 +2074,20 @@ class DetectorEngine:
         return _upgrade(st)
 
     @staticmethod
-    def _write_back(states, dkeys, new_states) -> None:
+    def _write_back(states, dkeys, new_states, idled: dict | None = None, late: tuple | None = None) -> None:
+        """The batch's states into the caller's dict: the dicts, and the ``IdleState`` of each resident device that
+        stayed idle (``idled``). The late lane reads and changes the states of its devices as dicts: an idle one
+        with late readings is written as a dict (and put among ``new_states``: ``_compact_all`` makes it idle again
+        after the lane)."""
         for d, ns in new_states.items():
             states[dkeys[d]] = ns
+        if idled:
+            states.update(zip([dkeys[d] for d in idled], idled.values()))
+        if late is not None:
+            for d in np.unique(late[0]).tolist():
+                st = states.get(dkeys[d])
+                if type(st) is IdleState:
+                    states[dkeys[d]] = new_states[d] = st.as_dict()
 
     def _compact(self, st: Any) -> Any:
         """A resident state that holds nothing but its times, as an ``IdleState``; any other state as it is."""
