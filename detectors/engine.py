@@ -34,7 +34,7 @@ import gc
 import math
 from bisect import bisect_left
 from dataclasses import dataclass, replace
-from itertools import chain
+from itertools import chain, count, repeat
 from operator import attrgetter
 from typing import Any
 
@@ -337,11 +337,16 @@ class _Tables:
                 self.min_load[i, ci] = prm.min_load
 
 
-def _code(values: list) -> tuple[np.ndarray, list]:
-    """Codes 0..U-1 in order of first appearance, and the distinct values (hash-based, no per-row Python)."""
-    uniq = list(dict.fromkeys(values))
-    index = {u: i for i, u in enumerate(uniq)}
-    return np.fromiter(map(index.__getitem__, values), np.int64, len(values)), uniq
+def _code(values: list) -> tuple[np.ndarray, np.ndarray]:
+    """Codes 0..U-1 in order of first appearance, and the row where each code first appears. One pass of dict
+    lookups (``setdefault`` gives each value's first row; those rows, in order, number the codes), ~20 % less than
+    a pass to collect the distinct values and one to look them up."""
+    seen: dict = {}
+    at = np.fromiter(map(seen.setdefault, values, count()), np.int64, len(values))
+    first = np.fromiter(seen.values(), np.int64, len(seen))
+    code = np.empty(len(values), dtype=np.int64)
+    code[first] = np.arange(first.shape[0])
+    return code[at], first
 
 
 def _sorted_pairs(d: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -369,12 +374,6 @@ def _row_order(d: np.ndarray, fm: np.ndarray, t: np.ndarray) -> np.ndarray:
     if (int(d.max()) + 1) * _NFM * span >= 1 << 62:
         return np.lexsort((t, fm, d))
     return np.argsort((d * _NFM + fm) * span + (t - t0), kind="stable")
-
-
-def _first_rows(codes: np.ndarray) -> np.ndarray:
-    """The row where each code first appears, for codes numbered in order of first appearance."""
-    cm = np.maximum.accumulate(codes)
-    return np.flatnonzero(np.r_[True, cm[1:] > cm[:-1]])
 
 
 class DetectorEngine:
@@ -476,24 +475,18 @@ class DetectorEngine:
         n0 = len(batch)
         if n0 == 0:
             return []
-        site_l, dev_l = batch.site.tolist(), batch.device.tolist()
-        dev_all = _code(dev_l)[0]
-        first = _first_rows(dev_all)
+        dev_all, first = _code(batch.device.tolist())
         if not (batch.site == batch.site[first][dev_all]).all():  # a device name used at several sites
-            sc = _code(site_l)[0]
-            dev_all = _code((sc * (len(first) + 1) + dev_all).tolist())[0]
-            first = _first_rows(dev_all)
+            dev_all, first = _code((_code(batch.site.tolist())[0] * (len(first) + 1) + dev_all).tolist())
         first_row = first.tolist()
         n_dev = len(first_row)
-        mlist = batch.metric.tolist()
-        mtab = {m: _METRIC_CODE.get(m, -1) for m in dict.fromkeys(mlist)}
-        mcode = np.fromiter(map(mtab.__getitem__, mlist), np.int64, n0)
+        mcode = np.fromiter(map(_METRIC_CODE.get, batch.metric.tolist(), repeat(-1)), np.int64, n0)
 
         # ---- device contexts: state and plan (Python per device)
         fam_l = batch.family[first].tolist()
         ctx = self._ctx
         store = self._store if (self.resident and not lane) else None
-        sites, devices = [site_l[r] for r in first_row], [dev_l[r] for r in first_row]
+        sites, devices = batch.site[first].tolist(), batch.device[first].tolist()
         dkeys = [site + "/" + device for site, device in zip(sites, devices)]
         olds: list[Any] = list(map(states.get, dkeys))
         plans: list[Any] = list(map(ctx.get, dkeys))
@@ -625,7 +618,7 @@ class DetectorEngine:
         if n == 0:
             self._write_back(states, dkeys, new_states, idled, late)
             if late is not None:
-                findings += self._late_lane(late, site_l, dev_l, first_row, plans, dkeys, states, now_ms)
+                findings += self._late_lane(late, batch.site, batch.device, first_row, plans, dkeys, states, now_ms)
             if store is not None:
                 self._compact_all(states, dkeys, new_states)
             return findings
@@ -704,7 +697,7 @@ class DetectorEngine:
                     od = _as_dict(olds[d])
                     self._mark_late(f, od or {}, now_ms, [od.get("lt") if od else None, end])
             findings += self._upkeep(batch, first, d_, t_, dmin, dmax, plans, olds, new_states, dev_pid, tab,
-                                     dev_id if store is not None else None, idle, idled)
+                                     dev_id if store is not None else None, idle, idled, sites)
         out = fr.out
         S_i[s_row] = np.column_stack([t_[slast], out.p1_ts, out.sus, out.frun, out.fstart, out.oor_bit, out.oor_good,
                                       out.spk_bit, out.spk_good, out.flat_bit]).astype(np.int64)
@@ -739,7 +732,7 @@ class DetectorEngine:
                 new_states[d]["c"][CHECKS[ci].id] = cs
         self._write_back(states, dkeys, new_states, idled, late)
         if late is not None:
-            findings += self._late_lane(late, site_l, dev_l, first_row, plans, dkeys, states, now_ms)
+            findings += self._late_lane(late, batch.site, batch.device, first_row, plans, dkeys, states, now_ms)
         if store is not None:
             self._compact_all(states, dkeys, new_states)
         findings.sort(key=_FINDING_ORDER)
@@ -748,7 +741,7 @@ class DetectorEngine:
     # -------------------------------------------------------------------------------------------- upkeep
     def _upkeep(self, batch: ReadingBatch, first: np.ndarray, d_, t_, dmin, dmax, plans, olds,
                 new_states, dev_pid, tab: _Tables, resident_ids: np.ndarray | None = None, idle: list | None = None,
-                idled: dict | None = None) -> list[Finding]:
+                idled: dict | None = None, sites: list | None = None) -> list[Finding]:
         """Per device with fresh readings: learned cadence, covered event time, the next silent deadline, a
         silence that ended, and device health.
 
@@ -758,7 +751,8 @@ class DetectorEngine:
         the general path (``_upkeep_one``).
 
         ``idle`` (resident): the devices whose state is an ``IdleState`` (in ``olds``, none in ``new_states``);
-        ``idled`` gets the new ``IdleState`` of each of them that stays idle (``_upkeep_resident``)."""
+        ``idled`` gets the new ``IdleState`` of each of them that stays idle (``_upkeep_resident``); ``sites``: each
+        device's site."""
         out: list[Finding] = []
         dd, tt = _sorted_pairs(d_, t_)
         if dd.size:
@@ -938,7 +932,7 @@ class DetectorEngine:
         if store is not None:
             return out + self._upkeep_resident(devs, nss, vec, lt_new, lim, lo_t, hi_t, tab.gw_grace[pid],
                                                tab.follows_cal[pid], plans, olds, cad_vals, ncs, tt, bnd_a, thr,
-                                               gmax, gw_l, ids, faulty_l, new_states, idled)
+                                               gmax, gw_l, ids, faulty_l, new_states, idled, sites)
         for i, (d, ns, vec_i, lt, lim_i, lo_i, hi_i, grace) in enumerate(zip(
                 devs, nss, vec.tolist(), lt_new.tolist(), lim.tolist(), lo_t.tolist(), hi_t.tolist(),
                 tab.gw_grace[pid].tolist())):
@@ -992,37 +986,45 @@ class DetectorEngine:
         return out
 
     def _upkeep_resident(self, devs, nss, vec, lt_new, lim, lo_t, hi_t, grace, follows_cal, plans, olds, cad_vals,
-                         ncs, tt, bnd_a, thr, gmax, gw_l, ids, faulty_l, new_states, idled) -> list[Finding]:
+                         ncs, tt, bnd_a, thr, gmax, gw_l, ids, faulty_l, new_states, idled, sites) -> list[Finding]:
         """``_upkeep``'s write-back for resident states: what the loop of the plain engine writes, with the
         plain deadline computed for all devices at once and a device's gaps sliced out only where a calendar or
         the general path needs them (outage records, gaps and covered time are in the store already).
 
         An idle device (``nss[i]`` None) that stays idle — no sensor fault raised (its health stays ok), no
-        gateway to record, no calendar of working hours (its deadline is the plain one) — only gets its new times: a new
-        ``IdleState`` in ``idled``, without a dict (nearly the whole fleet); any other idle device is made a dict
-        in ``new_states`` and written as the others are."""
+        gateway to record, no calendar of working hours (its deadline is the plain one) — only gets its new times:
+        a new ``IdleState`` in ``idled``, without a dict (nearly the whole fleet); any other idle device is made a
+        dict in ``new_states`` and written as the others are."""
         out: list[Finding] = []
         dl_plain = lt_new + lim
+        todo = np.arange(len(devs))  # the devices written one by one below
         was_idle = np.fromiter((ns is None for ns in nss), bool, len(nss))
         if was_idle.any():
-            at = np.flatnonzero(was_idle & ~np.array(faulty_l, dtype=bool)).tolist()
-            cal_l = follows_cal.tolist()
-            stay = [not (p.gateway or (gw_l is not None and gw_l[d]) or (
-                cal_l[i] and not self.calendar(p.site).always_working)) for i, d, p in
-                    ((i, devs[i], plans[devs[i]]) for i in at)]
-            stay_at = np.array(at, dtype=np.int64)[np.array(stay, dtype=bool)] if at else np.zeros(0, np.int64)
-            sd = [devs[i] for i in stay_at.tolist()]
-            dl_s = dl_plain[stay_at].tolist()
-            idled.update(zip(sd, map(IdleState, [olds[d].fam for d in sd], lt_new[stay_at].tolist(), dl_s, dl_s)))
-            was_idle[stay_at] = False
+            cand = np.flatnonzero(was_idle & ~np.array(faulty_l, dtype=bool))
+            cd = [devs[i] for i in cand.tolist()]
+            stay = [not plans[d].gateway for d in cd] if gw_l is None else [
+                not (plans[d].gateway or gw_l[d]) for d in cd]
+            always: dict[str, bool] = {}  # per site: its calendar has no working hours (the plain deadline)
+            for j in np.flatnonzero(follows_cal[cand]).tolist():
+                site = sites[cd[j]]
+                w = always.get(site)
+                if w is None:
+                    w = always[site] = self.calendar(site).always_working
+                stay[j] = stay[j] and w
+            at = cand[np.array(stay, dtype=bool)] if cd else cand
+            sd = [devs[i] for i in at.tolist()]
+            dl_s = dl_plain[at].tolist()
+            idled.update(zip(sd, map(IdleState, [olds[d].fam for d in sd], lt_new[at].tolist(), dl_s, dl_s)))
+            was_idle[at] = False
             for i in np.flatnonzero(was_idle).tolist():  # idle before, not after: as a dict, as the others
                 nss[i] = new_states[devs[i]] = olds[devs[i]].as_dict()
-        dl_plain = dl_plain.tolist()
-        dl_gw = (lt_new + lim + grace).tolist()
-        for i, (d, ns, vec_i, lt, cal, faulty) in enumerate(zip(devs, nss, vec.tolist(), lt_new.tolist(),
-                                                                 follows_cal.tolist(), faulty_l)):
-            if ns is None:  # stays idle (above)
-                continue
+            rest = np.ones(len(devs), dtype=bool)
+            rest[at] = False
+            todo = np.flatnonzero(rest)
+        for i, vec_i, lt, cal, faulty, dl_p, dl_g in zip(
+                todo.tolist(), vec[todo].tolist(), lt_new[todo].tolist(), follows_cal[todo].tolist(),
+                [faulty_l[i] for i in todo.tolist()], dl_plain[todo].tolist(), (lt_new + lim + grace)[todo].tolist()):
+            d, ns = devs[i], nss[i]
             p = plans[d]
             if not vec_i:
                 out += self._upkeep_one(d, ns, p, cad_vals[ncs[i]:ncs[i + 1]].tolist(), tt[bnd_a[d]:bnd_a[d + 1]],
@@ -1042,7 +1044,7 @@ class DetectorEngine:
                 ns["dl"] = dl
                 ns["due"] = min(dl, offat) if offat is not None else dl
             else:
-                ns["dl"] = ns["due"] = dl_gw[i] if via else dl_plain[i]
+                ns["dl"] = ns["due"] = dl_g if via else dl_p
             if offat is not None:
                 ns["offat"] = offat
             elif "offat" in ns:
@@ -1142,7 +1144,7 @@ class DetectorEngine:
                                                 "reason": reason, "gateway": st.get("via")})
 
     # -------------------------------------------------------------------------------------------- late lane
-    def _late_lane(self, late, site_l, dev_l, first_row, plans, dkeys, states, now_ms) -> list[Finding]:
+    def _late_lane(self, late, site_a, dev_a, first_row, plans, dkeys, states, now_ms) -> list[Finding]:
         """Readings older than their series' newest: duplicates inside covered time are counted and dropped;
         the rest are evaluated in event time from the state the device had before the gap (baselines, rate
         history), and their findings are back-dated and marked late."""
@@ -1179,7 +1181,7 @@ class DetectorEngine:
         fr = np.asarray(first_row, dtype=np.int64)[ld[rows]]
         fam = np.array([p.family if p else "" for p in plans], dtype=object)[ld[rows]]
         metric = np.array([m for _, m in FM_LIST], dtype=object)[lf[rows]]
-        lb = ReadingBatch.from_columns(np.asarray(site_l, dtype=object)[fr], np.asarray(dev_l, dtype=object)[fr],
+        lb = ReadingBatch.from_columns(site_a[fr], dev_a[fr],
                                        fam, metric, lts[rows], lv[rows])
         found = self._process(lb, lane_states, now_ms, lane=True)
         arrival = now_ms if now_ms is not None else int(lts.max())
@@ -1458,7 +1460,9 @@ class DetectorEngine:
         in_hours = np.ones(ts.shape[0], dtype=bool)
         approved_g = np.ones(len(keys), dtype=bool)
         # one site code per group (a Python comparison per site and device was quadratic in the sites)
-        site_c, sites = _code([k.partition("/")[0] for k in keys])
+        site_l = [k.partition("/")[0] for k in keys]
+        site_c, site_at = _code(site_l)
+        sites = [site_l[i] for i in site_at.tolist()]
         row_site = site_c[grp]
         points = getattr(self.rules, "charging_points", None)
         for si, site in enumerate(sites):
