@@ -34,7 +34,7 @@ import gc
 import math
 from bisect import bisect_left
 from dataclasses import dataclass, replace
-from itertools import chain, count, repeat
+from itertools import chain, count
 from operator import attrgetter
 from typing import Any
 
@@ -63,7 +63,17 @@ _READABLE = (1, 2)
 _NFM = len(FM_LIST)
 _LEVELS = tuple(Level)
 _LNAMES = ("clear",) + tuple(LEVEL_NAMES)
-_METRIC_CODE = {m: i for i, m in enumerate(sorted({m for ms in FAMILIES.values() for m in ms}))}
+
+
+class _Codes(dict):
+    """Names to codes, -1 for a name not in it: a batch looks up every row's metric with ``__getitem__`` (a map
+    over one list, ~20 % faster than ``get`` with a default)."""
+
+    def __missing__(self, key: Any) -> int:
+        return -1
+
+
+_METRIC_CODE = _Codes({m: i for i, m in enumerate(sorted({m for ms in FAMILIES.values() for m in ms}))})
 _FM_TABLE = np.full((len(FAMILIES) + 1, len(_METRIC_CODE) + 1), -1, dtype=np.int64)  # [-1] row/col: unknown
 for _i, (_fam, _m) in enumerate(FM_LIST):
     _FM_TABLE[FAM_CODE[_fam], _METRIC_CODE[_m]] = _i
@@ -375,10 +385,21 @@ def _sorted_pairs(d: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def _row_order(d: np.ndarray, fm: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """``np.lexsort((t, fm, d))`` (the same permutation: ties keep their order) as a stable argsort of one int64
-    key, about twice as fast; the lexsort where the key would not fit."""
+    """``np.lexsort((t, fm, d))`` (the same permutation: ties keep their order). A series' readings nearly always
+    arrive in time order: a stable sort by series alone — radix sorts of the two 16-bit halves of its number — is
+    then that permutation (checked: times non-decreasing within each series); ~4x faster than the stable argsort
+    of one int64 key on random arrivals, which is the fallback (and the lexsort where that key would not fit)."""
     if not d.shape[0]:
         return np.zeros(0, dtype=np.int64)
+    sk = d * _NFM + fm
+    top = int(sk.max())
+    if top < 1 << 32:
+        o = np.argsort((sk & 0xFFFF).astype(np.uint16), kind="stable")
+        if top >= 1 << 16:
+            o = o[np.argsort((sk[o] >> 16).astype(np.uint16), kind="stable")]
+        s, ts = sk[o], t[o]
+        if ((s[1:] != s[:-1]) | (ts[1:] >= ts[:-1])).all():
+            return o
     t0 = int(t.min())
     span = int(t.max()) - t0 + 1
     if (int(d.max()) + 1) * _NFM * span >= 1 << 62:
@@ -490,7 +511,7 @@ class DetectorEngine:
             dev_all, first = _code(_code(batch.site)[0] * (len(first) + 1) + dev_all)
         first_row = first.tolist()
         n_dev = len(first_row)
-        mcode = np.fromiter(map(_METRIC_CODE.get, batch.metric.tolist(), repeat(-1)), np.int64, n0)
+        mcode = np.fromiter(map(_METRIC_CODE.__getitem__, batch.metric.tolist()), np.int64, n0)
 
         # ---- device contexts: state and plan (Python per device)
         fam_l = batch.family[first].tolist()
