@@ -1554,8 +1554,11 @@ class DetectorEngine:
             carry.bits[gi] = hs[:, 0:3].astype(bool)
             carry.run[gi] = hs[:, 3:6]
             carry.start[gi] = hs[:, 6:9]
-        return graded_levels(x, ts, first, first_idx, grp, last, tab.lines[gp, ci], tab.clear[gp, ci],
-                             tab.hold_n[gp, ci], tab.hold_ms[gp, ci], carry, end, per_group=True)
+        at = gp * _NC + ci  # the groups' (plan, check) rows of the tables: one flat index, ``take`` (~25 % faster
+        # than the 2-d fancy index of four tables by two arrays, for the ~66k groups of a 10k-device batch)
+        return graded_levels(x, ts, first, first_idx, grp, last, tab.lines.reshape(-1, 3).take(at, axis=0),
+                             tab.clear.reshape(-1, 3).take(at, axis=0), tab.hold_n.ravel().take(at),
+                             tab.hold_ms.ravel().take(at), carry, end, per_group=True)
 
     # -------------------------------------------------------------------------------------------- emission
     def _emit(self, results: list[_Res], d_, f_, t_, v_, plans, dev_pid, tab: _Tables, olds, new_states,
