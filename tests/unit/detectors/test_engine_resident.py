@@ -15,10 +15,10 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detectors import DetectorEngine, ReadingBatch
+from detectors import DetectorEngine, ReadingBatch, RuleSet
 from detectors.engine import IdleState
 from detectors.plan import CHECKS
-from sitewatch.contracts import DeviceStatus
+from sitewatch.contracts import FAMILIES, DeviceStatus
 
 from .test_reference_differential import DEVICES, SETTINGS, batches, build, event, rules
 
@@ -293,3 +293,55 @@ def test_kind_states_and_outage_records_live_in_the_store():
             assert (x, y) == (live[-1][4], after[0][4]) and pre["pit.rate:wall_top_horizontal"][0]
         s_plain = js(s_plain)
     assert any(f.evidence.get("late") and f.kind == "pit.rate" for f in got)  # the lane judged the buffered rate
+
+
+
+WORKING_HOURS = """
+families: {}
+---
+site: s-w
+calendar: {timezone: UTC, working_hours: ["06:00-18:00"]}
+"""
+
+
+def test_an_idle_device_leaves_the_idle_path_as_the_plain_engine_does():
+    """The resident engine keeps an idle device (``IdleState``) idle through a batch without making it a dict; where
+    the batch changes more than its times — heard through a gateway, a site with working hours (an off-hours
+    deadline), a sensor fault raised — and where it has late readings (the late lane changes its state), it gets
+    the plain engine's state. Batch by batch against the plain engine: findings and exported states."""
+    rs = RuleSet.from_yaml_text(WORKING_HOURS, "wh.yaml")
+    devs = [("s-w", "c-w", "crane"), ("s-x", "f-x", "formwork"), ("s-x", "c-x", "crane"), ("s-x", "p-x", "pit")]
+    eng, plain = DetectorEngine(rs, resident=True), DetectorEngine(rs)
+    s_res: dict = {}
+    s_plain: dict = {}
+    t0 = 1_793_555_520_000  # 17:52 UTC: the end of the working day on s-w
+    for k in range(9):
+        rows = []
+        for j, (site, device, fam) in enumerate(devs):
+            if (k, device) == (5, "c-x"):
+                continue  # an outage: the buffered readings come at k = 7
+            m = list(FAMILIES[fam])[0]
+            for i in range(6):
+                v = 999.0 if (k, device, i) == (4, "p-x", 3) else 1.0 + 0.01 * i + 0.001 * k  # 999: out of range
+                rows.append((site, device, fam, m, t0 + k * 60_000 + i * 10_000 + j, v,
+                             "gw-1" if (k, device) == (3, "f-x") else None))
+        if k == 7:
+            rows += [("s-x", "c-x", "crane", "load", t0 + 5 * 60_000 + i * 10_000 + 2, 1.2, None) for i in range(6)]
+        site, device, fam, metric, ts, value, gw = zip(*rows)
+        b = ReadingBatch.from_columns(site, device, fam, metric, ts, value, gw if any(gw) else None)
+        now = t0 + k * 60_000 + 90_000
+        assert list(map(full, eng.process(b, s_res, now))) == list(map(full, plain.process(b, s_plain, now)))
+        assert js(eng.export_states(s_res)) == js(s_plain)
+        idle = {key for key, v in s_res.items() if isinstance(v, IdleState)}
+        if k == 1:  # s-w's crane as an idle device (its off-hours deadline dropped) before a batch in working hours
+            assert "s-w/c-w" not in idle and s_res["s-w/c-w"]["offat"]
+            s_res["s-w/c-w"] = IdleState(*(s_res["s-w/c-w"][f] for f in ("fam", "lt", "dl", "due")))
+            del s_plain["s-w/c-w"]["offat"]
+        if k == 2:
+            assert "s-w/c-w" not in idle
+        assert ("s-x/f-x" in idle) == (k < 3)  # then it has a gateway
+        assert ("s-x/p-x" in idle) == (k < 4)  # then a sensor fault
+        assert "s-x/c-x" in idle
+        s_plain = js(s_plain)
+    assert js(eng.export_states(s_res))["s-x/f-x"]["via"] == "gw-1"
+    assert eng.stats["late"] == plain.stats["late"] == 6
