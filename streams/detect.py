@@ -10,9 +10,9 @@ acknowledges its input records only once a round has written the states that hol
 - a device whose batch produced a finding is saved at once, as soon as the findings are delivered (alarm state is
   never lost on a crash);
 - every other changed state waits for the next round: every ``state_checkpoint_s`` (default 30 s), when
-  ``state_checkpoint_max_readings`` readings are held, as soon as the stream pauses (``ROUND_IDLE_S``) and at
-  once when a rebalance or a shutdown begins (Faust waits for every taken record to be acknowledged before it
-  commits and hands partitions over).
+  ``state_checkpoint_max_readings`` readings are held, as soon as the stream pauses with no records waiting
+  (``ROUND_IDLE_S``), and at once when a rebalance or a shutdown begins (Faust waits for every taken record to be
+  acknowledged before it commits and hands partitions over).
 
 A crash therefore replays exactly the records after the last round onto the states that round wrote: nothing is
 lost, whatever the interval. (Before, states were saved at most every 5 s per device while offsets were committed
@@ -22,9 +22,10 @@ catching up wrote a checkpoint about once per reading — one export and one cha
 are dropped by the engine (a device saved after a finding is ahead of the round); alarm levels are re-derived
 from the replay, and the backlog treats a re-raised level on an open ticket as an update, not a new ticket.
 
-The batch, the clock tick and a round never interleave (``Detection.lock``): a round's states hold exactly the
-readings of the records it acknowledges, and no finding of them is still in flight. A round writes its states in
-chunks with the event loop free in between, so the other stages keep moving while a large fleet is saved.
+A batch, the clock tick and each chunk of a round run one at a time (``Detection.lock``), so no finding is in
+flight when a round writes a state or acknowledges. Batches go on between a round's chunks: a device's state only
+moves forward, so a state written after the round began holds at least the readings of every record the round
+acknowledges (and perhaps later ones, whose replay the engine drops as old).
 
 The engine runs *resident*: it keeps each device's series block (last values, fault guards, baselines — the
 largest part of a state) in its own arrays across batches, and the states it hands back carry no ``m``. The cache
@@ -53,7 +54,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
+from typing import Any, Awaitable, Callable, Collection, Iterable, Mapping, Protocol
 
 import numpy as np
 
@@ -265,8 +266,9 @@ class Detection:
         if self.snapshots is None:
             return 0
         if everything:
-            self.to_snapshot.update(self.engine.export_states(
-                {k: v for k, v in self.cache.items() if k not in self.pending and k not in self.sending}))
+            busy = self._in_flight()
+            quiet = {k: v for k, v in self.cache.items() if k not in busy}
+            self.to_snapshot.update(self.engine.export_states(quiet))
         batch, self.to_snapshot = self.to_snapshot, {}
         if not batch:
             return 0
@@ -297,12 +299,17 @@ class Detection:
             else:
                 self.dirty.add(k)
 
-    def _checkpoint(self, keys: Iterable[str]) -> int:
+    def _in_flight(self) -> set[str]:
+        """Devices whose findings are not delivered yet (to be taken, or being sent): their states wait."""
+        return self.pending | self.sending.keys() if self.pending or self.sending else set()
+
+    def _checkpoint(self, keys: Collection[str]) -> int:
         """Write the cached states of these devices to the table (and queue their snapshots); a device whose
         findings are not delivered yet waits as dirty — the emit delivering them saves it (``save``)."""
-        cache, busy = self.cache, self.pending or self.sending
-        todo = {k: cache[k] for k in keys if k in cache and not (busy and (k in self.pending or k in self.sending))}
-        self.dirty.update(k for k in keys if k in busy)
+        cache, busy = self.cache, self._in_flight()
+        todo = {k: cache[k] for k in keys if k in cache and k not in busy}
+        if busy:
+            self.dirty.update(k for k in busy.intersection(keys) if k in cache)
         # the full states: the engine holds the series blocks of cached ones (all of them exported in one pass)
         table, snap = self.pipe.device_state, self.to_snapshot if self.snapshots is not None else None
         for k, v in self.engine.export_states(todo).items():
@@ -359,22 +366,22 @@ class Detection:
         (``emit`` completes inside it), so a state with undelivered findings is never what a round writes.
         Partitions that move meanwhile (``forget``) take the held records with them: they are not acknowledged,
         and their next owner reads them again."""
-        t0 = time.perf_counter()
+        t0, written = time.perf_counter(), 0
         async with self.lock:
             gen, held, keys = self.generation, self.held, list(self.dirty)
             self.held, self.held_readings = [], 0
+        # One pass: a state dirty again after its chunk was written then with every held record's readings, and
+        # waits for the next round with the records that changed it since.
         for i in range(0, len(keys), ROUND_CHUNK):
             if i:
                 await self.drained()  # the last chunk's changelog records out, and a waiting batch goes first
             async with self.lock:
                 if gen != self.generation:
                     return 0
-                self._checkpoint([k for k in keys[i:i + ROUND_CHUNK] if k in self.dirty])
+                written += self._checkpoint([k for k in keys[i:i + ROUND_CHUNK] if k in self.dirty])
         async with self.lock:
             if gen != self.generation:
                 return 0
-            # A state dirty again since its chunk was written then with every held record's readings: it waits for
-            # the next round with the records that changed it since.
             if self.pending or self.sending:  # findings in flight (only a caller without the lock sees this)
                 self.held = held + self.held
                 self.held_readings += sum(r for *_, r in held)
@@ -385,10 +392,10 @@ class Detection:
                     await ack(ev)
                 n += len(events)
         self.pipe.count("state_rounds", 1)
-        self.pipe.count("states_checkpointed", len(keys))
+        self.pipe.count("states_checkpointed", written)
         ms = (time.perf_counter() - t0) * 1000
         (log.info if ms >= SLOW_ROUND_MS else log.debug)("state round: %d state(s) written, %d record(s) "
-                                                         "acknowledged in %.0f ms", len(keys), n, ms)
+                                                         "acknowledged in %.0f ms", written, n, ms)
         return n
 
     def forget(self) -> None:
@@ -511,6 +518,7 @@ def readings_lag(pipe: Pipeline) -> int:
 
 def register(pipe: Pipeline, snapshots: SnapshotStore | None = None, record: ReadingRecord | None = None) -> None:
     s = pipe.settings
+
     async def changelog_drained() -> None:
         try:
             await pipe.app.producer.buffer.flush()

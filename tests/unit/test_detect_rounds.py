@@ -201,3 +201,17 @@ def test_batches_go_on_between_a_rounds_chunks_and_a_crash_still_loses_nothing()
     batch(b, acks_b, second)  # the record not acknowledged, read again
     asyncio.run(b.checkpoint_round())
     assert table_states(restored) == plain_run([first, second])
+
+
+def test_a_state_whose_findings_are_in_flight_waits_as_dirty_whatever_else_is_pending():
+    """One device's findings are being delivered (``sending``) while another's wait to be taken (``pending``): a
+    write of the first is refused and it stays dirty, so the next round or the delivery's ``save`` writes it."""
+    table: dict = {}
+    det, acks = stage(table), Acks()
+    sending = batch(det, acks, pit_rise("sc", 40.0), deliver=False)  # taken for delivery, not yet delivered
+    det.run_decoded(decode_batch([pit_rise("sd", 40.0)]))  # another finding, not yet taken
+    assert sending == {"sc/jc-01"} and det.pending == {"sd/jc-01"}
+    assert det._checkpoint(["sc/jc-01", "sd/jc-01"]) == 0 and table == {}
+    assert {"sc/jc-01", "sd/jc-01"} <= det.dirty
+    det.save(det.take_pending() | sending)  # both delivered
+    assert {b"sc/jc-01", b"sd/jc-01"} <= table.keys() and not det.dirty
