@@ -34,6 +34,16 @@ class HystCarry:
         return cls(np.zeros((g, NLEVELS), bool), np.zeros((g, NLEVELS), np.int64), np.zeros((g, NLEVELS), np.int64))
 
 
+def held(bits: np.ndarray, run: np.ndarray) -> np.ndarray:
+    """Per group: a latch set or a hold run in progress (``bits.any(axis=1) | (run > 0).any(axis=1)``, by
+    columns: a reduction along the short axis of these (G, 3) arrays is ~7x slower)."""
+    out = bits[:, 0] | (run[:, 0] > 0)
+    for k in range(1, bits.shape[1]):
+        out |= bits[:, k]
+        out |= run[:, k] > 0
+    return out
+
+
 def graded_levels(x: np.ndarray, ts: np.ndarray, first: np.ndarray, first_idx: np.ndarray, grp: np.ndarray,
                   last_rows: np.ndarray, lines: np.ndarray, clear_lines: np.ndarray, hold_count: np.ndarray,
                   hold_ms: np.ndarray, carry: HystCarry, end: np.ndarray | None = None,
@@ -56,7 +66,7 @@ def graded_levels(x: np.ndarray, ts: np.ndarray, first: np.ndarray, first_idx: n
     nxt = np.minimum(np.arange(1, n + 1), n - 1 if end is None else end)  # the row after each (its run start)
     with np.errstate(invalid="ignore"):
         low = np.fmin(np.fmin(lines[:, 0], lines[:, 1]), lines[:, 2])
-        live = carry.bits.any(axis=1) | (carry.run > 0).any(axis=1)
+        live = held(carry.bits, carry.run)
         live[grp[x >= (low[grp] if per_group else low)]] = True
     if G:
         out.start[:] = ts[nxt[last_rows]][:, None]  # no run at a quiet group's last row: the next row's time
