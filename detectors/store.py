@@ -175,11 +175,17 @@ class _Pool:
             if rows.shape[0]:
                 keep = np.ones(key.shape[0], dtype=bool)
                 keep[rows] = False
-                key, cols = key[keep], [c.compress(keep, axis=0) for c in cols]  # 2-d: ~10x a mask index
+                if keep.any():
+                    key, cols = key[keep], [c.compress(keep, axis=0) for c in cols]  # 2-d: ~10x a mask index
+                else:  # every entry goes (the rate samples and gaps of a batch with the whole fleet)
+                    key, cols = key[:0], [c[:0] for c in cols]
         if self._add:
             ak = np.concatenate([a[0] for a in self._add])
             acols = [np.concatenate([a[j + 1] for a in self._add]) for j in range(len(cols))]
-            if 4 * ak.shape[0] > key.shape[0]:  # most of the pool is new: one stable sort of everything
+            if not key.shape[0] and (ak.shape[0] < 2 or bool((ak[1:] >= ak[:-1]).all())):
+                # all new and in key order already: what the stable sort gives (in the dtypes it gives)
+                key, cols = ak, [ac.astype(np.result_type(c.dtype, ac.dtype), copy=False) for c, ac in zip(cols, acols)]
+            elif 4 * ak.shape[0] > key.shape[0]:  # most of the pool is new: one stable sort of everything
                 key = np.concatenate([key, ak])
                 o = np.argsort(key, kind="stable")
                 key, cols = key[o], [np.concatenate([c, ac]).take(o, axis=0) for c, ac in zip(cols, acols)]

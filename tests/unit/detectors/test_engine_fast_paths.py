@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from detectors.faults import SeriesCarry, sensor_faults
+from detectors.engine import _dev_time_order
 from detectors.grouped import group_layout
-from detectors.hysteresis import held
+from detectors.hysteresis import HystCarry, graded_levels, held
 from detectors.store import _I8, _I32, _I32_MAX, _I64, _NF, _NI, _SeriesStore
 
 
@@ -108,3 +109,74 @@ def test_faults_with_every_reading_in_range_are_the_general_path(seed):
     for f in c.__dataclass_fields__:
         assert np.array_equal(getattr(fast.out, f), getattr(gen.out, f)[1:], equal_nan=True), f
     assert fast.valid.any() and not fast.valid.all() and fast.flat_level_bit.any()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_graded_levels_from_table_rows_are_the_per_group_parameters(seed):
+    """``at``: the parameters read from table rows for the live groups only give what the gathered per-group
+    parameters give (levels and every carry), with groups live by a latch, a carried run or a reading above."""
+    rng = np.random.default_rng(seed)
+    grp = np.sort(rng.integers(0, 400, 5000))
+    grp = np.unique(grp, return_inverse=True)[1].ravel()
+    first, grp, first_idx, last = group_layout(grp)
+    g = last.shape[0]
+    ts = np.arange(grp.shape[0]) * 500
+    lines_t = np.sort(rng.uniform(10, 40, (7, 3)), axis=1)
+    lines_t[2, 0] = np.nan  # a level switched off
+    clear_t, hold_n_t, hold_ms_t = lines_t * 0.9, rng.integers(1, 4, 7), rng.integers(0, 2000, 7)
+    at = rng.integers(0, 7, g)
+    x = rng.uniform(0, 30, grp.shape[0])
+    x[rng.random(grp.shape[0]) < 0.3] = 1.0  # many quiet groups
+    x[rng.random(grp.shape[0]) < 0.01] = np.nan
+    carry = HystCarry.zeros(g)
+    busy = rng.choice(g, 30, replace=False)
+    carry.bits[busy[:15], 0] = True
+    carry.run[busy[15:], 1], carry.start[busy[15:], 1] = 2, -300
+    want_l, want = graded_levels(x, ts, first, first_idx, grp, last, lines_t[at], clear_t[at], hold_n_t[at],
+                                 hold_ms_t[at], carry, per_group=True)
+    got_l, got = graded_levels(x, ts, first, first_idx, grp, last, lines_t, clear_t, hold_n_t, hold_ms_t, carry, at=at)
+    assert (got_l == want_l).all() and (got.live == want.live).all()
+    assert (got.bits == want.bits).all() and (got.run == want.run).all() and (got.start == want.start).all()
+    assert 0 < got.live.sum() < g and (got_l > 0).any()
+
+
+@pytest.mark.parametrize("span", [10_000, 1 << 60])  # the key, and the lexsort where it would not fit
+def test_device_time_order_is_the_lexsort(span):
+    """``_dev_time_order`` (the imbalance check's row order) on rows in (device, metric, time) order."""
+    rng = np.random.default_rng(7)
+    d = rng.integers(0, 300, 6000)
+    f = rng.integers(0, 3, 6000)
+    t = rng.integers(0, span, 6000)
+    t[::5] = t[0]  # ties of (device, time) across metrics
+    o = np.lexsort((t, f, d))
+    d, f, t = d[o], f[o], t[o]
+    keep = np.r_[True, (d[1:] != d[:-1]) | (f[1:] != f[:-1]) | (t[1:] != t[:-1])]
+    d, f, t = d[keep], f[keep], t[keep]
+    assert (_dev_time_order(d, t, f) == np.lexsort((f, t, d))).all()
+
+
+def test_a_pool_whose_entries_all_go_takes_the_new_ones_as_they_come():
+    """Every entry dropped and the new ones in key order: the pool is the new entries (in the pool's dtypes);
+    out of order, or with entries kept, the merge as before."""
+    from detectors.store import _Pool
+
+    def pool():
+        p = _Pool(np.zeros(0, np.int64), np.zeros((0, 2), np.float64))
+        p.queue_rows(np.zeros(0, np.int64), np.array([3, 5, 5, 9]), np.array([1, 2, 3, 4]),
+                     np.arange(8.0).reshape(4, 2))
+        p.apply()
+        return p
+
+    p = pool()
+    assert p.key.tolist() == [3, 5, 5, 9] and p.col[0].dtype == np.int64 and p.col[1].dtype == np.float64
+    p.queue_rows(np.arange(4), np.array([2, 5, 5]), np.array([7, 8, 9], dtype=np.int32), np.ones((3, 2)))
+    p.apply()
+    assert p.key.tolist() == [2, 5, 5] and p.col[0].tolist() == [7, 8, 9] and p.col[0].dtype == np.int64
+    p = pool()
+    p.queue_rows(np.arange(4), np.array([6, 2, 6]), np.array([1, 2, 3]), np.arange(6.0).reshape(3, 2))
+    p.apply()
+    assert p.key.tolist() == [2, 6, 6] and p.col[0].tolist() == [2, 1, 3] and p.col[1][:, 0].tolist() == [2, 0, 4]
+    p = pool()
+    p.queue_rows(np.array([0, 2]), np.array([4]), np.array([9]), np.zeros((1, 2)))
+    p.apply()
+    assert p.key.tolist() == [4, 5, 9] and p.col[0].tolist() == [9, 2, 4]
