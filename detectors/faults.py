@@ -83,10 +83,15 @@ def sensor_faults(v: np.ndarray, ts: np.ndarray, sgrp: np.ndarray, sfirst: np.nd
         spk_bit_rows = np.zeros(n, dtype=bool)
         flat_bit_rows = np.zeros(n, dtype=bool)
         suspect = np.zeros(0, dtype=bool)
-        if ir.size:
+        if ir.size == n:  # every reading in range (nearly every batch): the series' own layout, no copies
+            vi, ti, si = v, ts, sgrp
+            first, grp, first_idx, last = sfirst, sgrp, sfirst_idx, slast
+            ser = np.arange(s_count)
+        elif ir.size:
             vi, ti, si = v[ir], ts[ir], sgrp[ir]
             first, grp, first_idx, last = group_layout(si)
             ser = si[last]  # series of each in-range group
+        if ir.size:
             p1, p2 = shifted(vi, first, first_idx, grp, c.p1[ser], c.p2[ser])
             st = step[si]
             suspect = (np.abs(vi - p1) > st) & (np.abs(vi - p2) > st)

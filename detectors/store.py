@@ -113,6 +113,12 @@ def _block_rows(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.repeat(starts - np.cumsum(np.r_[0, counts[:-1]]), counts) + np.arange(total)
 
 
+def _row_view(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous 2-d array as a 1-d array of its rows (one opaque item per row): a fancy row assignment to
+    it is a copy per row, several times faster than the same assignment to the 2-d array."""
+    return a.view(np.dtype((np.void, a.dtype.itemsize * a.shape[1]))).reshape(-1)
+
+
 def _split(items: list, counts: np.ndarray) -> list[list]:
     """``items`` cut into consecutive runs of these lengths (the batched readers' per-device lists: one
     ``tolist`` for all devices, then a list slice each)."""
@@ -169,18 +175,24 @@ class _Pool:
             if rows.shape[0]:
                 keep = np.ones(key.shape[0], dtype=bool)
                 keep[rows] = False
-                key, cols = key[keep], [c[keep] for c in cols]
+                if keep.any():
+                    key, cols = key[keep], [c.compress(keep, axis=0) for c in cols]  # 2-d: ~10x a mask index
+                else:  # every entry goes (the rate samples and gaps of a batch with the whole fleet)
+                    key, cols = key[:0], [c[:0] for c in cols]
         if self._add:
             ak = np.concatenate([a[0] for a in self._add])
             acols = [np.concatenate([a[j + 1] for a in self._add]) for j in range(len(cols))]
-            if 4 * ak.shape[0] > key.shape[0]:  # most of the pool is new: one stable sort of everything
+            if not key.shape[0] and (ak.shape[0] < 2 or bool((ak[1:] >= ak[:-1]).all())):
+                # all new and in key order already: what the stable sort gives (in the dtypes it gives)
+                key, cols = ak, [ac.astype(np.result_type(c.dtype, ac.dtype), copy=False) for c, ac in zip(cols, acols)]
+            elif 4 * ak.shape[0] > key.shape[0]:  # most of the pool is new: one stable sort of everything
                 key = np.concatenate([key, ak])
                 o = np.argsort(key, kind="stable")
-                key, cols = key[o], [np.concatenate([c, ac])[o] for c, ac in zip(cols, acols)]
+                key, cols = key[o], [np.concatenate([c, ac]).take(o, axis=0) for c, ac in zip(cols, acols)]
             else:
                 o = np.argsort(ak, kind="stable")  # a key's entries keep their order (samples, gaps: in time)
                 pos = np.searchsorted(key, ak[o], side="right")
-                cols = [np.insert(c, pos, ac[o], axis=0) for c, ac in zip(cols, acols)]
+                cols = [np.insert(c, pos, ac.take(o, axis=0), axis=0) for c, ac in zip(cols, acols)]
                 key = np.insert(key, pos, ak[o])
         self.key, self.col = key, cols
         self._drop, self._drop_rows, self._add = [], [], []
@@ -523,17 +535,35 @@ class _SeriesStore:
         return row is not None and self.fam[row] == fc
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
-        """The integer series columns of these rows, in the state's layout (``_NI`` columns)."""
-        out = np.empty((rows.shape[0], _NI), dtype=np.int64)
-        out[:, _I64] = self.i[rows]
-        out[:, _I32] = self.n[rows]
-        out[:, _I8] = self.b[rows]
-        return out
+        """The integer series columns of these rows, in the state's layout (``_NI`` columns; column-major: each
+        column contiguous, as the engine reads them). ``take`` of rows (~5x faster than a fancy index of these
+        narrow 2-d arrays), then one column at a time."""
+        out = np.empty((_NI, rows.shape[0]), dtype=np.int64)
+        for part, at in ((self.i, _I64), (self.n, _I32), (self.b, _I8)):
+            got = part.take(rows, axis=0)
+            for j, c in enumerate(at):
+                out[c] = got[:, j]
+        return out.T
+
+    def gather_f(self, rows: np.ndarray) -> np.ndarray:
+        """The float series columns of these rows (``self.f[rows]``)."""
+        return self.f.take(rows, axis=0)
 
     def scatter(self, rows: np.ndarray, ints: np.ndarray) -> None:
-        self.i[rows] = ints[:, _I64]
-        self.n[rows] = np.minimum(ints[:, _I32], _I32_MAX)
-        self.b[rows] = ints[:, _I8]
+        self.scatter_cols(rows, [ints[:, j] for j in range(_NI)])
+
+    def scatter_cols(self, rows: np.ndarray, cols: list, flts: np.ndarray | None = None) -> None:
+        """``scatter`` from the ``_NI`` integer columns as separate arrays (any integer or bool dtype), and the
+        float columns (``flts``, (n, ``_NF``)) if given: each part's rows are built in its own dtype and written
+        whole (a row view), ~2x faster than a fancy row assignment of a 10-column array."""
+        n = rows.shape[0]
+        for part, at in ((self.i, _I64), (self.n, _I32), (self.b, _I8)):
+            new = np.empty((n, len(at)), dtype=part.dtype)
+            for j, c in enumerate(at):
+                new[:, j] = np.minimum(cols[c], _I32_MAX) if part is self.n else cols[c]
+            _row_view(part)[rows] = _row_view(new)
+        if flts is not None:
+            _row_view(self.f)[rows] = _row_view(np.ascontiguousarray(flts, dtype=np.float64))
 
     def block(self, key: str) -> list | None:
         """``m`` of one device as its state carries it (JSON-able), or None if it has no block."""
