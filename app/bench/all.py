@@ -168,7 +168,7 @@ def steps(quick: bool) -> list[tuple[str, Callable[[], list[Row]]]]:
                     f"{'met' if r.get('goal_p99_under_1s_met') else 'NOT met'}")]
 
     def scale() -> list[Row]:
-        r = bench_scale(500_000 // k, (1, 2, 3))
+        r = bench_scale(2_000_000 // k, (1, 2, 3))
         base = r["rounds"][1]
         return [Row(f"{w} worker(s) in one group, {r['partitions']} partitions, {r['cores']} cores",
                     f"{n(x['rps'])} readings/s, {x['cores_used']:.2f} cores busy",
